@@ -1,0 +1,32 @@
+# The two commands a newcomer needs: `make run` and `make test`. Everything else is set up from here.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench install clean-data
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	# pip older than 24 backtracks forever on httpx/httpcore; a current pip resolves in seconds.
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m config.run_local
+
+# Tests get their own data folder, Redis database and Celery queue, so they never touch `make run`'s.
+test: $(STAMP)
+	SILO_DATA_DIR=$(CURDIR)/.data/test SILO_EMBEDDED_FAST=true \
+	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} CELERY_QUEUE=silo-test \
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	@echo "no benchmarks yet"
+
+clean-data:
+	$(BIN)/python -m config.embedded_postgres stop || true
+	rm -rf .data

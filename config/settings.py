@@ -1,0 +1,331 @@
+"""Settings, read from the environment only (every variable is documented in .env.example).
+
+Unset means the embedded defaults: an embedded PostgreSQL + pgvector in the data folder, tenant databases on that
+same server, Redis on localhost, local embeddings, extractive answers, email sign-in.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+from config.environment import (
+    ImproperEnvironment,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
+from config.settings_paths import BASE_DIR, data_root_from_environment
+
+DATA_DIR: Path = data_root_from_environment()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+HTTPS = env_bool("SILO_HTTPS", False)
+
+
+def _local_secret_key() -> str:
+    # Embedded mode only: a key generated once and kept in the data folder, so sessions survive restarts.
+    key_file = DATA_DIR / "secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = env_str("DJANGO_SECRET_KEY") or _local_secret_key()
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+SITE_URL = env_str("SILO_SITE_URL", "http://127.0.0.1:8000")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "allauth",
+    "allauth.account",
+    "allauth.socialaccount",
+    "allauth.socialaccount.providers.google",
+    "vectordb",
+    "tenants",
+    "documents",
+    "chat",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "config.context_processors.silo",
+            ],
+        },
+    },
+]
+
+# --- main database -------------------------------------------------------------------------------------------------
+
+
+def database_from_url(url: str) -> dict:
+    parsed = urlparse(url)
+    if parsed.scheme not in {"postgres", "postgresql"}:
+        raise ImproperEnvironment(f"DATABASE_URL must be a postgresql:// URL, got scheme {parsed.scheme!r}")
+    options = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parsed.path.lstrip("/")) or "postgres",
+        "USER": unquote(parsed.username or ""),
+        "PASSWORD": unquote(parsed.password or ""),
+        "HOST": parsed.hostname or "",
+        "PORT": str(parsed.port or ""),
+        "OPTIONS": options,
+        "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0),
+        "CONN_HEALTH_CHECKS": True,
+    }
+
+
+EMBEDDED_POSTGRES = not env_str("DATABASE_URL")
+EMBEDDED_POSTGRES_FAST = env_bool("SILO_EMBEDDED_FAST", False)
+if EMBEDDED_POSTGRES:
+    from config.embedded_postgres import ensure_database, ensure_running
+
+    _embedded = ensure_running(DATA_DIR, fast_unsafe=EMBEDDED_POSTGRES_FAST)
+    _main_database = env_str("SILO_MAIN_DATABASE", "silo")
+    ensure_database(_embedded, _main_database)
+    EMBEDDED_POSTGRES_ADMIN_URL = _embedded.dsn("postgres")
+    DATABASES = {"default": database_from_url(_embedded.dsn(_main_database))}
+else:
+    EMBEDDED_POSTGRES_ADMIN_URL = ""
+    DATABASES = {"default": database_from_url(env_str("DATABASE_URL"))}
+
+DATABASE_ROUTERS = ["vectordb.routers.TenantDatabaseRouter"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- tenants and their databases -----------------------------------------------------------------------------------
+
+TENANT_PROVIDER = env_str("TENANT_PROVIDER", "postgres")
+if TENANT_PROVIDER not in {"postgres", "neon"}:
+    raise ImproperEnvironment(f"TENANT_PROVIDER={TENANT_PROVIDER!r} must be 'postgres' or 'neon'")
+TENANT_DEFAULT_REGION = env_str("TENANT_DEFAULT_REGION", "local")
+
+
+def _tenant_postgres_servers() -> list[dict]:
+    raw = env_str("TENANT_POSTGRES_SERVERS")
+    if not raw:
+        if not EMBEDDED_POSTGRES_ADMIN_URL:
+            return []
+        return [{"name": "embedded", "region": TENANT_DEFAULT_REGION, "admin_url": EMBEDDED_POSTGRES_ADMIN_URL}]
+    try:
+        servers = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ImproperEnvironment(f"TENANT_POSTGRES_SERVERS is not valid JSON: {error}") from None
+    if not isinstance(servers, list) or not all(
+        isinstance(server, dict) and {"name", "region", "admin_url"} <= server.keys() for server in servers
+    ):
+        raise ImproperEnvironment("TENANT_POSTGRES_SERVERS must be a list of {name, region, admin_url} objects")
+    return servers
+
+
+TENANT_POSTGRES_SERVERS = _tenant_postgres_servers()
+
+NEON_API_KEY = env_str("NEON_API_KEY")
+NEON_API_URL = env_str("NEON_API_URL", "https://console.neon.tech/api/v2").rstrip("/")
+NEON_ORG_ID = env_str("NEON_ORG_ID")
+NEON_REGION = env_str("NEON_REGION", "aws-eu-central-1")
+NEON_PG_VERSION = env_int("NEON_PG_VERSION", 17, minimum=14)
+NEON_AUTOSCALING_MIN_CU = env_float("NEON_AUTOSCALING_MIN_CU", 0.25, minimum=0.25)
+NEON_AUTOSCALING_MAX_CU = env_float("NEON_AUTOSCALING_MAX_CU", 1.0, minimum=0.25)
+NEON_SUSPEND_TIMEOUT_SECONDS = env_int("NEON_SUSPEND_TIMEOUT_SECONDS", 300, minimum=-1)
+NEON_QUOTA_LOGICAL_SIZE_BYTES = env_int("NEON_QUOTA_LOGICAL_SIZE_BYTES", 0, minimum=0)
+NEON_REQUEST_TIMEOUT_SECONDS = env_float("NEON_REQUEST_TIMEOUT_SECONDS", 30.0, minimum=0.1)
+NEON_MAX_RETRIES = env_int("NEON_MAX_RETRIES", 6, minimum=0)
+NEON_OPERATION_TIMEOUT_SECONDS = env_float("NEON_OPERATION_TIMEOUT_SECONDS", 300.0, minimum=1)
+if TENANT_PROVIDER == "neon" and not NEON_API_KEY:
+    raise ImproperEnvironment("TENANT_PROVIDER=neon needs NEON_API_KEY")
+
+# Fernet keys for tenant credentials at rest; the first encrypts, all decrypt (rotation).
+_credential_keys = env_list("SILO_CREDENTIALS_KEYS")
+if not _credential_keys:
+    _derived = hashlib.sha256(b"silo-tenant-credentials:" + SECRET_KEY.encode()).digest()
+    _credential_keys = [base64.urlsafe_b64encode(_derived).decode()]
+CREDENTIALS_KEYS = _credential_keys
+
+# Connections into tenant databases, per process.
+TENANT_POOL_MAX_TOTAL_CONNECTIONS = env_int("TENANT_POOL_MAX_TOTAL_CONNECTIONS", 40, minimum=1)
+TENANT_POOL_MAX_PER_TENANT = env_int("TENANT_POOL_MAX_PER_TENANT", 4, minimum=1)
+TENANT_POOL_IDLE_SECONDS = env_float("TENANT_POOL_IDLE_SECONDS", 300.0, minimum=1)
+TENANT_MIGRATION_JOBS = env_int("TENANT_MIGRATION_JOBS", 8, minimum=1)
+
+# --- embeddings, retrieval and chat --------------------------------------------------------------------------------
+
+OPENAI_API_KEY = env_str("OPENAI_API_KEY")
+OPENAI_BASE_URL = env_str("OPENAI_BASE_URL")
+CHAT_MODEL = env_str("CHAT_MODEL", "gpt-4o-mini")
+if OPENAI_API_KEY:
+    EMBEDDING_MODEL = env_str("EMBEDDING_MODEL", "text-embedding-3-small")
+    EMBEDDING_DIMENSIONS = env_int("EMBEDDING_DIMENSIONS", 1536, minimum=1)
+else:
+    EMBEDDING_MODEL = env_str("EMBEDDING_MODEL", "all-MiniLM-L6-v2")
+    EMBEDDING_DIMENSIONS = env_int("EMBEDDING_DIMENSIONS", 384, minimum=1)
+EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 256, minimum=1)
+CHUNK_SIZE = env_int("CHUNK_SIZE", 1000, minimum=100)
+CHUNK_OVERLAP = env_int("CHUNK_OVERLAP", 200, minimum=0)
+RETRIEVAL_K = env_int("RETRIEVAL_K", 5, minimum=1)
+RETRIEVAL_HYBRID = env_bool("RETRIEVAL_HYBRID", True)
+
+# --- uploads -------------------------------------------------------------------------------------------------------
+
+MEDIA_ROOT = Path(env_str("SILO_MEDIA_ROOT") or DATA_DIR / "media")
+MEDIA_URL = "/media/"
+UPLOAD_MAX_BYTES = env_int("UPLOAD_MAX_BYTES", 50 * 1024 * 1024, minimum=1)
+UPLOAD_MAX_PAGES = env_int("UPLOAD_MAX_PAGES", 2000, minimum=1)
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+
+# --- Redis, Celery, cache ------------------------------------------------------------------------------------------
+
+REDIS_URL = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+CELERY_BROKER_URL = REDIS_URL
+CELERY_TASK_IGNORE_RESULT = True
+# A task whose worker dies is delivered again: our tasks are idempotent, so late acks lose nothing.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)}
+CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "silo")
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "silo"),
+    }
+}
+
+# --- accounts ------------------------------------------------------------------------------------------------------
+
+AUTH_USER_MODEL = "tenants.User"
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+SITE_ID = 1
+LOGIN_URL = "account_login"
+LOGIN_REDIRECT_URL = "dashboard"
+ACCOUNT_LOGOUT_REDIRECT_URL = "account_login"
+ACCOUNT_USER_MODEL_USERNAME_FIELD = None
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = env_str("ACCOUNT_EMAIL_VERIFICATION", "none")
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_SESSION_REMEMBER = True
+ACCOUNT_ADAPTER = "tenants.adapters.AccountAdapter"
+SOCIALACCOUNT_ADAPTER = "tenants.adapters.SocialAccountAdapter"
+SOCIALACCOUNT_LOGIN_ON_GET = False
+SOCIALACCOUNT_EMAIL_AUTHENTICATION = True
+SOCIALACCOUNT_EMAIL_AUTHENTICATION_AUTO_CONNECT = True
+
+GOOGLE_CLIENT_ID = env_str("GOOGLE_CLIENT_ID")
+GOOGLE_CLIENT_SECRET = env_str("GOOGLE_CLIENT_SECRET")
+GOOGLE_SIGN_IN_ENABLED = bool(GOOGLE_CLIENT_ID and GOOGLE_CLIENT_SECRET)
+_google = {
+    "SCOPE": ["profile", "email"],
+    "AUTH_PARAMS": {"access_type": "online"},
+    "OAUTH_PKCE_ENABLED": True,
+    # Read the profile from the userinfo endpoint rather than verifying an id_token against Google's certificates.
+    "FETCH_USERINFO": True,
+}
+if GOOGLE_SIGN_IN_ENABLED:
+    _google["APPS"] = [{"client_id": GOOGLE_CLIENT_ID, "secret": GOOGLE_CLIENT_SECRET, "key": ""}]
+for _setting, _variable in [
+    ("AUTHORIZE_URL", "GOOGLE_AUTHORIZE_URL"),
+    ("ACCESS_TOKEN_URL", "GOOGLE_ACCESS_TOKEN_URL"),
+    ("IDENTITY_URL", "GOOGLE_IDENTITY_URL"),
+    ("CERTS_URL", "GOOGLE_CERTS_URL"),
+]:
+    if env_str(_variable):
+        _google[_setting] = env_str(_variable)
+SOCIALACCOUNT_PROVIDERS = {"google": _google}
+
+# --- HTTP security -------------------------------------------------------------------------------------------------
+
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = HTTPS and env_bool("SILO_SSL_REDIRECT", True)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("SILO_BEHIND_PROXY", False) else None
+SECURE_HSTS_SECONDS = env_int("SILO_HSTS_SECONDS", 31536000 if HTTPS else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
+SECURE_HSTS_PRELOAD = HTTPS
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "SAMEORIGIN"  # the document page embeds our own PDF viewer
+
+# --- static files, i18n, logging -----------------------------------------------------------------------------------
+
+STATIC_URL = "/static/"
+STATIC_ROOT = DATA_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = True  # `make run` serves static files without collectstatic
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,12 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from tenants import views as tenant_views
+
+urlpatterns = [
+    path("", tenant_views.home, name="home"),
+    path("dashboard/", tenant_views.dashboard, name="dashboard"),
+    path("healthz", tenant_views.health, name="health"),
+    path("accounts/", include("allauth.urls")),
+    path("admin/", admin.site.urls),
+]

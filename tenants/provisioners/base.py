@@ -1,0 +1,41 @@
+"""The interface every tenant database provider implements. Every call is idempotent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class ProvisioningError(Exception):
+    """The provider could not finish; safe to retry later (the call is idempotent)."""
+
+
+class QuotaExceeded(ProvisioningError):
+    """The provider refuses to create more databases (e.g. Neon's PROJECTS_LIMIT_EXCEEDED). Retrying will not help."""
+
+
+@dataclass(frozen=True)
+class ProvisionedDatabase:
+    """Where a tenant's database is and how to reach it. `dsn`/`migration_dsn` hold credentials: never log them."""
+
+    external_id: str  # database name (postgres provider) or Neon project id
+    region: str
+    server: str  # administered server's name, or "neon"
+    dsn: str  # for application traffic (Neon: the pooled endpoint)
+    migration_dsn: str  # direct connection, for schema migrations
+
+    def __repr__(self) -> str:  # keep credentials out of logs and tracebacks
+        return f"ProvisionedDatabase(external_id={self.external_id!r}, region={self.region!r}, server={self.server!r})"
+
+
+class Provisioner(Protocol):
+    name: str
+
+    def create(self, tenant_key: str, region: str | None = None) -> ProvisionedDatabase:
+        """Create the tenant's database, or find the one a previous attempt created. pgvector installed."""
+
+    def delete(self, external_id: str, server: str) -> None:
+        """Drop the tenant's database (and role / project). Deleting what is already gone succeeds."""
+
+    def dsn(self, external_id: str, server: str) -> ProvisionedDatabase:
+        """Fresh connection details for an existing database (e.g. after a failed login)."""
