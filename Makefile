@@ -21,7 +21,7 @@ run: $(STAMP)
 # Tests get their own data folder, Redis database and Celery queue, so they never touch `make run`'s.
 test: $(STAMP)
 	SILO_DATA_DIR=$(CURDIR)/.data/test SILO_EMBEDDED_FAST=true \
-	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} CELERY_QUEUE=silo-test \
+	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} CELERY_QUEUE=silo-test-$$$$ SILO_TEST_DATABASE=test_silo_$$$$ \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

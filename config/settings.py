@@ -129,6 +129,10 @@ else:
     EMBEDDED_POSTGRES_ADMIN_URL = ""
     DATABASES = {"default": database_from_url(env_str("DATABASE_URL"))}
 
+# Parallel test runs on one machine each get their own test database (see the Makefile's test target).
+if env_str("SILO_TEST_DATABASE"):
+    DATABASES["default"]["TEST"] = {"NAME": env_str("SILO_TEST_DATABASE")}
+
 DATABASE_ROUTERS = ["vectordb.routers.TenantDatabaseRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

@@ -53,3 +53,58 @@ class User(AbstractBaseUser, PermissionsMixin):
     @property
     def display_name(self) -> str:
         return self.name or self.email.split("@")[0]
+
+
+def new_tenant_key() -> str:
+    import secrets
+
+    # Random, not the user id: database and project names never repeat, even across test runs on one server.
+    return secrets.token_hex(6)
+
+
+class VectorDatabase(models.Model):
+    """The registry entry for one tenant's dedicated vector database (`vector_databases`)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        PROVISIONING = "provisioning"
+        READY = "ready"
+        FAILED = "failed"
+        DELETING = "deleting"
+        DELETED = "deleted"
+
+    tenant = models.OneToOneField(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="vector_database"
+    )
+    # Kept after the account is gone (as a record of erasure) with the tenant's email hashed away.
+    tenant_key = models.CharField(max_length=32, unique=True, default=new_tenant_key)
+    provider = models.CharField(max_length=20)
+    server = models.CharField(max_length=100, blank=True)  # administered server's name, or "neon"
+    external_id = models.CharField(max_length=100, blank=True)  # database name or Neon project id
+    region = models.CharField(max_length=50, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    encrypted_credentials = models.TextField(blank=True)
+    schema_version = models.CharField(max_length=100, blank=True)
+    embedding_model = models.CharField(max_length=100, blank=True)
+    embedding_dimensions = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    ready_at = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "vector_databases"
+        indexes = [models.Index(name="vector_databases_status", fields=["status"])]
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.external_id or self.tenant_key} ({self.status})"
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == self.Status.READY
+
+    @property
+    def is_busy(self) -> bool:
+        return self.status in {self.Status.PENDING, self.Status.PROVISIONING, self.Status.DELETING}

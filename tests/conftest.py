@@ -29,9 +29,7 @@ def redis_service():
     if not redis_reachable(settings.REDIS_URL):
         parsed = urlparse(settings.REDIS_URL)
         started = start_redis(settings.DATA_DIR, port=parsed.port or 6379)
-    import redis
 
-    redis.Redis.from_url(settings.REDIS_URL).flushdb()
     yield settings.REDIS_URL
     if started:
         started.stop()

@@ -1,0 +1,260 @@
+"""Tenant databases on PostgreSQL servers we administer (the embedded server by default).
+
+Per tenant: a LOGIN role with a random password, a database owned by it, CONNECT revoked from PUBLIC, pgvector
+installed. Fast path: clone a template database kept at the latest tenant schema version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import threading
+from dataclasses import dataclass
+from urllib.parse import quote, urlparse, urlunparse
+
+import psycopg
+from django.conf import settings
+from django.db import DatabaseError
+from psycopg import sql
+
+from tenants.provisioners.base import ProvisionedDatabase, ProvisioningError
+
+logger = logging.getLogger(__name__)
+
+DATABASE_PREFIX = "silo_t_"
+TEMPLATE_DATABASE = "silo_tenant_template"
+TEMPLATE_OWNER = "silo_template_owner"
+# Serialises template creation across processes (taken in the server's `postgres` database).
+TEMPLATE_LOCK_KEY = 7_316_221_002
+
+
+@dataclass(frozen=True)
+class AdministeredServer:
+    name: str
+    region: str
+    admin_url: str
+
+    def __repr__(self) -> str:
+        return f"AdministeredServer(name={self.name!r}, region={self.region!r})"
+
+    def url_for(self, database: str, user: str | None = None, password: str | None = None) -> str:
+        parsed = urlparse(self.admin_url)
+        netloc = parsed.hostname or "127.0.0.1"
+        if parsed.port:
+            netloc = f"{netloc}:{parsed.port}"
+        user = user if user is not None else parsed.username
+        password = password if password is not None else parsed.password
+        if user:
+            credentials = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
+            netloc = f"{credentials}@{netloc}"
+        return urlunparse(parsed._replace(netloc=netloc, path=f"/{database}"))
+
+
+def database_name(tenant_key: str) -> str:
+    return f"{DATABASE_PREFIX}{tenant_key}"
+
+
+class PostgresProvisioner:
+    name = "postgres"
+
+    def __init__(self, servers: list[AdministeredServer]):
+        if not servers:
+            raise ProvisioningError("no PostgreSQL server is configured for tenant databases (TENANT_POSTGRES_SERVERS)")
+        self.servers = {server.name: server for server in servers}
+        self._templates_ready: set[str] = set()
+        self._template_lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls) -> PostgresProvisioner:
+        return cls([AdministeredServer(**server) for server in settings.TENANT_POSTGRES_SERVERS])
+
+    # --- administration helpers ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _admin(self, server: AdministeredServer, database: str = "postgres"):
+        try:
+            connection = psycopg.connect(server.url_for(database), autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as error:
+            raise ProvisioningError(f"cannot reach PostgreSQL server {server.name!r}: {error.sqlstate or 'offline'}") from None
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+    def _server(self, name: str) -> AdministeredServer:
+        try:
+            return self.servers[name]
+        except KeyError:
+            raise ProvisioningError(f"unknown tenant database server {name!r}") from None
+
+    def _find(self, database: str) -> AdministeredServer | None:
+        for server in self.servers.values():
+            with self._admin(server) as admin:
+                if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
+                    return server
+        return None
+
+    def _place(self, region: str | None) -> AdministeredServer:
+        candidates = [s for s in self.servers.values() if not region or s.region == region]
+        if not candidates:
+            raise ProvisioningError(f"no tenant database server in region {region!r}")
+        counts = {}
+        for server in candidates:
+            with self._admin(server) as admin:
+                counts[server.name] = admin.execute(
+                    "SELECT count(*) FROM pg_database WHERE starts_with(datname, %s)", [DATABASE_PREFIX]
+                ).fetchone()[0]
+        return min(candidates, key=lambda server: (counts[server.name], server.name))
+
+    def _set_login(self, admin: psycopg.Connection, role: str) -> str:
+        password = secrets.token_urlsafe(32)
+        exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
+        verb = "ALTER" if exists else "CREATE"
+        admin.execute(
+            sql.SQL("{} ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {}").format(
+                sql.SQL(verb), sql.Identifier(role), sql.Literal(password)
+            )
+        )
+        return password
+
+    # --- template ------------------------------------------------------------------------------------------------
+
+    def template_refresh(self, server_name: str | None = None) -> None:
+        """Create the template database if missing and bring it to the latest tenant schema."""
+        from vectordb.schema import migrate_tenant_database
+
+        for server in [self._server(server_name)] if server_name else self.servers.values():
+            with self._admin(server) as admin:
+                admin.execute("SELECT pg_advisory_lock(%s)", [TEMPLATE_LOCK_KEY])
+                try:
+                    password = self._set_login(admin, TEMPLATE_OWNER)
+                    if not admin.execute(
+                        "SELECT 1 FROM pg_database WHERE datname = %s", [TEMPLATE_DATABASE]
+                    ).fetchone():
+                        admin.execute(
+                            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                                sql.Identifier(TEMPLATE_DATABASE), sql.Identifier(TEMPLATE_OWNER)
+                            )
+                        )
+                        admin.execute(
+                            sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(TEMPLATE_DATABASE))
+                        )
+                    admin.execute(
+                        sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                            sql.Identifier(TEMPLATE_DATABASE), sql.Identifier(TEMPLATE_OWNER)
+                        )
+                    )
+                    with self._admin(server, TEMPLATE_DATABASE) as template:
+                        template.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                    migrate_tenant_database(
+                        f"template_{server.name}", server.url_for(TEMPLATE_DATABASE, TEMPLATE_OWNER, password)
+                    )
+                    # The migration's connection is closed: nothing may stay connected to a template we clone.
+                    admin.execute(
+                        sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(sql.Identifier(TEMPLATE_OWNER))
+                    )
+                finally:
+                    admin.execute("SELECT pg_advisory_unlock(%s)", [TEMPLATE_LOCK_KEY])
+            self._templates_ready.add(server.name)
+
+    def _ensure_template(self, server: AdministeredServer) -> bool:
+        """Once per process and server: make sure the template exists and is current (a no-op when it is)."""
+        if server.name in self._templates_ready:
+            return True
+        with self._template_lock:
+            if server.name not in self._templates_ready:
+                try:
+                    self.template_refresh(server.name)
+                except (psycopg.Error, DatabaseError, ProvisioningError):  # the slow path works without a template
+                    logger.exception("could not prepare the tenant template database on %s", server.name)
+                    return False
+        return True
+
+    # --- the provider interface --------------------------------------------------------------------------------------
+
+    def create(self, tenant_key: str, region: str | None = None) -> ProvisionedDatabase:
+        database = database_name(tenant_key)
+        role = database
+        server = self._find(database) or self._place(region)
+        use_template = self._ensure_template(server)
+        with self._admin(server) as admin:
+            password = self._set_login(admin, role)
+            cloned = False
+            if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
+                cloned = use_template and self._clone_template(admin, database, role)
+                if not cloned:
+                    admin.execute(
+                        sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(role))
+                    )
+            admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database)))
+            admin.execute(
+                sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
+                    sql.Identifier(database), sql.Identifier(role)
+                )
+            )
+        with self._admin(server, database) as tenant_admin:
+            # A clone's tables belong to the template owner until handed over. (Not REASSIGN OWNED: that would
+            # also hand over the template database itself, a shared object.)
+            relations = tenant_admin.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "JOIN pg_roles r ON r.oid = c.relowner "
+                "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm') AND r.rolname = %s",
+                [TEMPLATE_OWNER],
+            ).fetchall()
+            for (relation,) in relations:
+                tenant_admin.execute(
+                    sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(relation), sql.Identifier(role))
+                )
+            tenant_admin.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        dsn = server.url_for(database, role, password)
+        return ProvisionedDatabase(
+            external_id=database, region=server.region, server=server.name, dsn=dsn, migration_dsn=dsn
+        )
+
+    def _clone_template(self, admin: psycopg.Connection, database: str, role: str) -> bool:
+        try:
+            admin.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {} TEMPLATE {} STRATEGY FILE_COPY").format(
+                    sql.Identifier(database), sql.Identifier(role), sql.Identifier(TEMPLATE_DATABASE)
+                )
+            )
+            return True
+        except psycopg.errors.ObjectInUse:
+            # Someone is connected to the template (a fleet migration refreshing it): take the slow path.
+            return False
+
+    def delete(self, external_id: str, server: str) -> None:
+        administered = self._server(server)
+        with self._admin(administered) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(external_id)))
+            admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(external_id)))
+
+    def dsn(self, external_id: str, server: str) -> ProvisionedDatabase:
+        administered = self._server(server)
+        with self._admin(administered) as admin:
+            if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [external_id]).fetchone():
+                raise ProvisioningError(f"tenant database {external_id} does not exist on {server}")
+            password = self._set_login(admin, external_id)
+        dsn = administered.url_for(external_id, external_id, password)
+        return ProvisionedDatabase(
+            external_id=external_id, region=administered.region, server=server, dsn=dsn, migration_dsn=dsn
+        )
+
+    def list_databases(self) -> list[tuple[str, str]]:
+        """(server, external_id) of every tenant database that exists, for reconciliation."""
+        found = []
+        for server in self.servers.values():
+            with self._admin(server) as admin:
+                rows = admin.execute(
+                    "SELECT datname FROM pg_database WHERE starts_with(datname, %s) ORDER BY datname", [DATABASE_PREFIX]
+                ).fetchall()
+            found += [(server.name, row[0]) for row in rows]
+        return found
+
+    def size_bytes(self, external_id: str, server: str) -> int | None:
+        with self._admin(self._server(server)) as admin:
+            row = admin.execute(
+                "SELECT pg_database_size(datname) FROM pg_database WHERE datname = %s", [external_id]
+            ).fetchone()
+        return row[0] if row else None

@@ -1,0 +1,19 @@
+from celery import shared_task
+
+from tenants import services
+
+
+@shared_task(
+    autoretry_for=(services.ProvisioningFailed,),
+    retry_backoff=5,
+    retry_backoff_max=300,
+    retry_jitter=True,
+    max_retries=5,
+)
+def provision_vector_database(vector_database_id: int) -> str:
+    return services.vector_database_provision(vector_database_id).status
+
+
+@shared_task(autoretry_for=(services.ProvisioningError,), retry_backoff=10, max_retries=10)
+def erase_tenant(tenant_id: int) -> bool:
+    return services.tenant_erase(tenant_id)

@@ -1,0 +1,97 @@
+import django.contrib.postgres.indexes
+import django.contrib.postgres.search
+import django.db.models.deletion
+import pgvector.django.indexes
+import pgvector.django.vector
+import uuid
+from django.conf import settings
+from django.db import migrations, models
+from pgvector.django import VectorExtension
+
+
+class Migration(migrations.Migration):
+
+    initial = True
+
+    dependencies = [
+    ]
+
+    operations = [
+        VectorExtension(),
+        migrations.CreateModel(
+            name='TenantSetting',
+            fields=[
+                ('key', models.CharField(max_length=100, primary_key=True, serialize=False)),
+                ('value', models.TextField()),
+                ('updated_at', models.DateTimeField(auto_now=True)),
+            ],
+            options={
+                'db_table': 'tenant_settings',
+            },
+        ),
+        migrations.CreateModel(
+            name='Conversation',
+            fields=[
+                ('id', models.UUIDField(default=uuid.uuid4, primary_key=True, serialize=False)),
+                ('title', models.CharField(max_length=200)),
+                ('document_id', models.BigIntegerField(blank=True, null=True)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('updated_at', models.DateTimeField(auto_now=True)),
+            ],
+            options={
+                'db_table': 'conversations',
+                'indexes': [models.Index(fields=['-updated_at'], name='conversations_updated_at')],
+            },
+        ),
+        migrations.CreateModel(
+            name='Embedding',
+            fields=[
+                ('id', models.UUIDField(default=uuid.uuid4, primary_key=True, serialize=False)),
+                ('document_id', models.BigIntegerField()),
+                ('chunk_index', models.IntegerField()),
+                ('content', models.TextField()),
+                ('metadata', models.JSONField(default=dict)),
+                ('first_page', models.IntegerField()),
+                ('last_page', models.IntegerField()),
+                ('embedding', pgvector.django.vector.VectorField(dimensions=settings.EMBEDDING_DIMENSIONS)),
+                ('content_search', django.contrib.postgres.search.SearchVectorField(editable=False, null=True)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+            ],
+            options={
+                'db_table': 'embeddings',
+                'indexes': [pgvector.django.indexes.HnswIndex(ef_construction=64, fields=['embedding'], m=16, name='embeddings_embedding_hnsw', opclasses=['vector_cosine_ops']), models.Index(fields=['document_id'], name='embeddings_document_id')],
+                'constraints': [models.UniqueConstraint(fields=('document_id', 'chunk_index'), name='embeddings_document_chunk_unique')],
+            },
+        ),
+        # PostgreSQL keeps the full-text column in step with `content` itself (no trigger, no app code).
+        migrations.RunSQL(
+            sql=(
+                "ALTER TABLE embeddings DROP COLUMN content_search; "
+                "ALTER TABLE embeddings ADD COLUMN content_search tsvector "
+                "GENERATED ALWAYS AS (to_tsvector('english'::regconfig, content)) STORED"
+            ),
+            reverse_sql=(
+                "ALTER TABLE embeddings DROP COLUMN content_search; "
+                "ALTER TABLE embeddings ADD COLUMN content_search tsvector NULL"
+            ),
+        ),
+        migrations.AddIndex(
+            model_name='embedding',
+            index=django.contrib.postgres.indexes.GinIndex(fields=['content_search'], name='embeddings_content_search_gin'),
+        ),
+        migrations.CreateModel(
+            name='Message',
+            fields=[
+                ('id', models.BigAutoField(primary_key=True, serialize=False)),
+                ('role', models.CharField(choices=[('user', 'User'), ('assistant', 'Assistant')], max_length=20)),
+                ('content', models.TextField()),
+                ('citations', models.JSONField(default=list)),
+                ('created_at', models.DateTimeField(auto_now_add=True)),
+                ('conversation', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='vectordb.conversation')),
+            ],
+            options={
+                'db_table': 'messages',
+                'indexes': [models.Index(fields=['conversation', 'created_at'], name='messages_conversation_created')],
+            },
+        ),
+    ]
