@@ -5,7 +5,7 @@ from tenants import views as tenant_views
 
 urlpatterns = [
     path("", tenant_views.home, name="home"),
-    path("dashboard/", tenant_views.dashboard, name="dashboard"),
+    path("", include("tenants.urls")),
     path("healthz", tenant_views.health, name="health"),
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),

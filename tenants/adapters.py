@@ -21,5 +21,5 @@ class SocialAccountAdapter(DefaultSocialAccountAdapter):
         ]
         picture = extra.get("picture") or ""
         if picture.startswith("https://") or picture.startswith("http://"):
-            pass
+            user.avatar_url = picture[:500]
         return user

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
@@ -18,6 +19,8 @@ from django.utils import timezone
 from tenants.crypto import decrypt_credentials, encrypt_credentials
 from tenants.models import User, VectorDatabase
 from tenants.provisioners import ProvisionedDatabase, ProvisioningError, QuotaExceeded, get_provisioner
+from vectordb.connections import TenantTarget, get_registry
+from vectordb.fleet import FleetMember, FleetOutcome, fleet_migrate
 from vectordb.schema import (
     BreakingMigrationRefused,
     EmbeddingModelMismatch,
@@ -190,8 +193,6 @@ def vector_database_deprovision(vector_database_id: int) -> VectorDatabase:
         if vector_database.status == Status.DELETED:
             return vector_database
         VectorDatabase.objects.filter(id=vector_database_id).update(status=Status.DELETING, updated_at=timezone.now())
-        from vectordb.connections import get_registry
-
         get_registry().close_tenant(vector_database.tenant_key)
         if vector_database.external_id:
             get_provisioner(vector_database.provider).delete(vector_database.external_id, vector_database.server)
@@ -218,8 +219,8 @@ class ReconcileReport:
         return not (self.orphans or self.missing or self.stuck)
 
 
-def tenants_reconcile(fix: bool = False, stuck_after_seconds: int = 600) -> ReconcileReport:
-    """Compare the registry with what the provider really has; with `fix`, delete orphans and re-provision."""
+def tenants_reconcile(apply: bool = False, stuck_after_seconds: int = 600) -> ReconcileReport:
+    """Compare the registry with what the provider really has; with `apply`, delete orphans and re-provision."""
     provisioner = get_provisioner()
     existing = set(provisioner.list_databases())
     live_rows = VectorDatabase.objects.filter(provider=provisioner.name).exclude(status=Status.DELETED)
@@ -233,7 +234,7 @@ def tenants_reconcile(fix: bool = False, stuck_after_seconds: int = 600) -> Reco
             timezone.now() - row.updated_at
         ).total_seconds() > stuck_after_seconds:
             report.stuck.append(row.tenant_key)
-    if fix:
+    if apply:
         for server, external_id in report.orphans:
             provisioner.delete(external_id, server)
             report.fixed.append(f"deleted orphan {external_id}")
@@ -243,3 +244,66 @@ def tenants_reconcile(fix: bool = False, stuck_after_seconds: int = 600) -> Reco
             _enqueue_provisioning(row.id)
             report.fixed.append(f"re-provisioning {tenant_key}")
     return report
+
+
+def fleet_members(tenant_email: str | None = None) -> list[FleetMember]:
+    """Every ready tenant database (or one tenant's), with credentials that may change its schema."""
+    rows = VectorDatabase.objects.filter(status=Status.READY).select_related("tenant").order_by("id")
+    if tenant_email:
+        rows = rows.filter(tenant__email__iexact=tenant_email.strip())
+    return [
+        FleetMember(
+            key=row.tenant_key,
+            label=row.tenant.email if row.tenant else row.tenant_key,
+            dsn=decrypt_credentials(row.encrypted_credentials)["migration_dsn"],
+        )
+        for row in rows
+    ]
+
+
+def tenants_migrate(
+    members: list[FleetMember],
+    jobs: int,
+    allow_breaking: bool = False,
+    on_done: Callable[[FleetOutcome], None] | None = None,
+) -> list[FleetOutcome]:
+    """Migrate the fleet, record each tenant's schema version, then bring the new-tenant template up to date."""
+
+    def record(outcome: FleetOutcome) -> None:
+        if outcome.ok:
+            VectorDatabase.objects.filter(tenant_key=outcome.member.key).update(
+                schema_version=outcome.schema_version, updated_at=timezone.now()
+            )
+        if on_done:
+            on_done(outcome)
+
+    outcomes = fleet_migrate(members, jobs=jobs, allow_breaking=allow_breaking, on_done=record)
+    provisioner = get_provisioner()
+    if hasattr(provisioner, "template_refresh"):  # new tenants are cloned from it: same version as the fleet
+        try:
+            provisioner.template_refresh(allow_breaking=allow_breaking)
+        except BreakingMigrationRefused:
+            logger.warning("tenant template left at its version: the pending migrations are destructive")
+    return outcomes
+
+
+class TenantDatabaseNotReady(Exception):
+    """The tenant's database is not ready yet (provisioning, failed or erased)."""
+
+    def __init__(self, status: str):
+        self.status = status
+        super().__init__(f"tenant database is {status}")
+
+
+def tenant_target(tenant: User) -> TenantTarget:
+    """How `vectordb` reaches this tenant's database. Credentials are decrypted once per process (cached there)."""
+    vector_database = VectorDatabase.objects.filter(tenant=tenant).first()
+    if vector_database is None or vector_database.status != Status.READY:
+        raise TenantDatabaseNotReady(vector_database.status if vector_database else "missing")
+    vector_database_id = vector_database.id
+
+    def resolve_dsn(refresh: bool) -> str:
+        row = VectorDatabase.objects.get(id=vector_database_id)
+        return vector_database_credentials(row, refresh=refresh)["dsn"]
+
+    return TenantTarget(key=vector_database.tenant_key, resolve_dsn=resolve_dsn)

@@ -1,8 +1,12 @@
+from django.contrib import messages
+from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
+
+from tenants import selectors, services
 
 
 @require_GET
@@ -15,7 +19,48 @@ def home(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
-    return render(request, "tenants/dashboard.html", {})
+    vector_database = selectors.vector_database_for_tenant(request.user)
+    return render(
+        request,
+        "tenants/dashboard.html",
+        {"database": selectors.vector_database_status_payload(vector_database)},
+    )
+
+
+@login_required
+@require_GET
+def database_status(request: HttpRequest) -> JsonResponse:
+    vector_database = selectors.vector_database_for_tenant(request.user)
+    return JsonResponse(selectors.vector_database_status_payload(vector_database))
+
+
+@login_required
+@require_POST
+def database_retry(request: HttpRequest) -> HttpResponse:
+    if selectors.vector_database_for_tenant(request.user) is None:
+        services.vector_database_request(request.user)
+    else:
+        services.vector_database_retry(request.user)
+    messages.info(request, "We are setting up your database again.")
+    return redirect("dashboard")
+
+
+@login_required
+@require_GET
+def account(request: HttpRequest) -> HttpResponse:
+    return render(request, "tenants/account.html", {})
+
+
+@login_required
+@require_POST
+def account_delete(request: HttpRequest) -> HttpResponse:
+    if request.POST.get("confirm_email", "").strip().lower() != request.user.email:
+        messages.error(request, "Type your email address exactly to confirm deleting your account.")
+        return redirect("account")
+    services.account_delete_request(request.user)
+    logout(request)
+    messages.success(request, "Your account is being deleted, together with your database and documents.")
+    return redirect("account_login")
 
 
 @require_GET

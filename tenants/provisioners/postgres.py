@@ -7,10 +7,12 @@ installed. Fast path: clone a template database kept at the latest tenant schema
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import secrets
 import threading
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import quote, urlparse, urlunparse
 
 import psycopg
@@ -67,7 +69,8 @@ class PostgresProvisioner:
 
     @classmethod
     def from_settings(cls) -> PostgresProvisioner:
-        return cls([AdministeredServer(**server) for server in settings.TENANT_POSTGRES_SERVERS])
+        # One instance per process and server list, so the template check runs once, not on every sign-up.
+        return _provisioner_for(json.dumps(settings.TENANT_POSTGRES_SERVERS, sort_keys=True))
 
     # --- administration helpers ------------------------------------------------------------------------------------
 
@@ -120,7 +123,7 @@ class PostgresProvisioner:
 
     # --- template ------------------------------------------------------------------------------------------------
 
-    def template_refresh(self, server_name: str | None = None) -> None:
+    def template_refresh(self, server_name: str | None = None, allow_breaking: bool = False) -> None:
         """Create the template database if missing and bring it to the latest tenant schema."""
         from vectordb.schema import migrate_tenant_database
 
@@ -148,7 +151,9 @@ class PostgresProvisioner:
                     with self._admin(server, TEMPLATE_DATABASE) as template:
                         template.execute("CREATE EXTENSION IF NOT EXISTS vector")
                     migrate_tenant_database(
-                        f"template_{server.name}", server.url_for(TEMPLATE_DATABASE, TEMPLATE_OWNER, password)
+                        f"template_{server.name}",
+                        server.url_for(TEMPLATE_DATABASE, TEMPLATE_OWNER, password),
+                        allow_breaking=allow_breaking,
                     )
                     # The migration's connection is closed: nothing may stay connected to a template we clone.
                     admin.execute(
@@ -220,8 +225,10 @@ class PostgresProvisioner:
                 )
             )
             return True
-        except psycopg.errors.ObjectInUse:
-            # Someone is connected to the template (a fleet migration refreshing it): take the slow path.
+        except (psycopg.errors.ObjectInUse, psycopg.errors.InvalidCatalogName):
+            # Someone is connected to the template (a fleet migration refreshing it), or it was dropped: take the
+            # slow path now and check the template again next time.
+            self._templates_ready.clear()
             return False
 
     def delete(self, external_id: str, server: str) -> None:
@@ -258,3 +265,8 @@ class PostgresProvisioner:
                 "SELECT pg_database_size(datname) FROM pg_database WHERE datname = %s", [external_id]
             ).fetchone()
         return row[0] if row else None
+
+
+@lru_cache(maxsize=8)
+def _provisioner_for(servers_json: str) -> PostgresProvisioner:
+    return PostgresProvisioner([AdministeredServer(**server) for server in json.loads(servers_json)])

@@ -25,6 +25,7 @@ import argparse
 import base64
 import datetime
 import hashlib
+import html
 import json
 import secrets
 import threading
@@ -307,7 +308,9 @@ class GoogleOAuthEmulator:
             if self.deny_consent:
                 raise _OAuthError(302, "access_denied", "The user denied access.")
         except _OAuthError as error:
-            return _redirect(redirect_uri, {"error": error.error, "error_description": error.description, "state": state})
+            return _redirect(
+                redirect_uri, {"error": error.error, "error_description": error.description, "state": state}
+            )
 
         code = "4/0" + secrets.token_urlsafe(48)
         with self._lock:
@@ -330,7 +333,10 @@ class GoogleOAuthEmulator:
         if client_id != self.client_id or not secrets.compare_digest(client_secret or "", self.client_secret):
             return HTTPStatus.UNAUTHORIZED, {"error": "invalid_client", "error_description": "Unauthorized"}
         if params.get("grant_type") != "authorization_code":
-            return HTTPStatus.BAD_REQUEST, {"error": "unsupported_grant_type", "error_description": "Invalid grant_type"}
+            return HTTPStatus.BAD_REQUEST, {
+                "error": "unsupported_grant_type",
+                "error_description": "Invalid grant_type",
+            }
         with self._lock:
             # A code is single use: take it out whether or not the rest of the request is valid.
             grant = self._grants.pop(params.get("code", ""), None)
@@ -450,7 +456,8 @@ def _redirect(redirect_uri: str, params: dict[str, str | None]) -> tuple[int, di
 
 
 def _error_page(status: int, error: str, description: str) -> tuple[int, dict[str, str], bytes]:
-    body = f"<!DOCTYPE html><title>Error {int(status)}: {error}</title><h1>Error {int(status)}: {error}</h1><p>{description}</p>"
+    title = f"Error {int(status)}: {error}"
+    body = f"<!DOCTYPE html><title>{title}</title><h1>{title}</h1><p>{html.escape(description)}</p>"
     return status, {"Content-Type": "text/html; charset=utf-8"}, body.encode("utf-8")
 
 
@@ -482,7 +489,8 @@ class _Handler(BaseHTTPRequestHandler):
         if endpoint == "userinfo":
             status, payload = emulator.userinfo(authorization, version=2 if path == USERINFO_V2_PATH else 3)
             if status == HTTPStatus.UNAUTHORIZED:
-                return self._send_json(status, payload, {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'})
+                challenge = {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'}
+                return self._send_json(status, payload, challenge)
             return self._send_json(status, payload)
         if path == CERTS_V1_PATH:
             key = emulator._signing_key
@@ -510,7 +518,9 @@ class _Handler(BaseHTTPRequestHandler):
         """Records the request and applies the latency and failure switches; False when a failure was sent."""
         emulator = self.emulator
         emulator._record(
-            RecordedRequest(endpoint=endpoint, method=self.command, path=path, params=params, headers=dict(self.headers))
+            RecordedRequest(
+                endpoint=endpoint, method=self.command, path=path, params=params, headers=dict(self.headers)
+            )
         )
         if emulator.latency_seconds:
             time.sleep(emulator.latency_seconds)

@@ -6,15 +6,19 @@ handling the callback, which itself calls the emulator's token endpoint over HTT
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+import re
+import secrets
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
+import jwt
 import pytest
 import requests
 from allauth.account.models import EmailAddress
 from allauth.socialaccount.models import SocialAccount
 from allauth.socialaccount.providers.google import views as google_views
 from allauth.socialaccount.providers.oauth2.client import OAuth2Error
+from cryptography.hazmat.primitives.asymmetric import rsa
 from django.urls import reverse
 
 from tests.emulators.google_oauth import GoogleIdentity, GoogleOAuthEmulator, pkce_challenge
@@ -80,13 +84,23 @@ def visit_google(authorize_url: str) -> httpx.Response:
     return httpx.get(authorize_url, follow_redirects=False, timeout=BROWSER_TIMEOUT_SECONDS)
 
 
-def sign_in_with_google(client):
-    """The whole round trip; returns Django's response to the callback."""
-    consent = visit_google(start_google_sign_in(client))
+def sign_in_with_google_from(client, authorize_url: str):
+    """The browser consents at Google and is sent back; returns Django's response to the callback."""
+    consent = visit_google(authorize_url)
     assert consent.status_code == 302, consent.text
     callback_url = consent.headers["Location"]
     assert callback_url.startswith(CALLBACK_URL + "?")
     return client.get(callback_url)
+
+
+def sign_in_with_google(client):
+    """The whole round trip, from the "Google" button to Django's response to the callback."""
+    return sign_in_with_google_from(client, start_google_sign_in(client))
+
+
+def google_button_href(html: str) -> str | None:
+    match = re.search(r'<a title="Google" href="([^"]+)">Google</a>', html)
+    return match and match.group(1)
 
 
 def assert_third_party_login_failure(response) -> Exception | None:
@@ -122,8 +136,23 @@ def test_sign_in_page_has_a_google_button_when_google_is_configured(client, sett
     response = client.get(reverse("account_login"))
 
     assert response.status_code == 200
-    assert reverse("google_login").encode() in response.content
-    assert b"Google" in response.content
+    assert google_button_href(response.content.decode()) == reverse("google_login") + "?process=login"
+
+
+def test_the_google_button_asks_to_continue_and_continuing_goes_to_google(client, google):
+    href = google_button_href(client.get(reverse("account_login")).content.decode())
+
+    # SOCIALACCOUNT_LOGIN_ON_GET is off: following the link only shows a form, it does not leave the site.
+    confirmation = client.get(href)
+    assert confirmation.status_code == 200
+    assert b"Sign In Via Google" in confirmation.content
+    assert re.search(r'<form method="post"\s*>', confirmation.content.decode())
+    assert google.requests == []
+
+    response = client.post(href)
+
+    assert response.status_code == 302
+    assert response["Location"].startswith(google.authorize_url + "?")
 
 
 def test_sign_in_starts_at_google_with_the_client_scopes_state_and_pkce(client, google):
@@ -188,12 +217,6 @@ def test_the_code_is_exchanged_with_the_client_secret_and_the_pkce_verifier(clie
     assert pkce_challenge(token_request.params["code_verifier"]) == code_challenge
 
 
-def sign_in_with_google_from(client, authorize_url: str):
-    consent = visit_google(authorize_url)
-    assert consent.status_code == 302, consent.text
-    return client.get(consent.headers["Location"])
-
-
 def test_a_second_sign_in_with_the_same_google_account_signs_in_the_same_user(
     client, google, django_user_model
 ):
@@ -241,7 +264,9 @@ def test_when_the_id_token_has_no_picture_the_avatar_comes_from_the_userinfo_end
 # --- existing email/password users --------------------------------------------------------------------------------
 
 
-def test_google_sign_in_connects_an_existing_user_with_the_same_verified_email(client, google, owner, django_user_model):
+def test_google_sign_in_connects_an_existing_user_with_the_same_verified_email(
+    client, google, owner, django_user_model
+):
     EmailAddress.objects.create(user=owner, email=owner.email, verified=True, primary=True)
     google.identity = GoogleIdentity(sub="100000000000000000003", email="Owner@Example.com", name="The Owner")
 
@@ -372,3 +397,72 @@ def test_a_google_slower_than_the_request_timeout_shows_an_error_page_instead_of
 
     assert isinstance(assert_third_party_login_failure(response), requests.Timeout)
     assert django_user_model.objects.count() == 0
+
+
+
+# --- Google One Tap: an id_token posted by Google's script, verified against Google's published certificates -------
+
+
+def google_one_tap_credential(google: GoogleOAuthEmulator) -> str:
+    """An id_token obtained from the emulator over HTTP, as Google's sign-in script would hand it to the page."""
+    code_verifier = secrets.token_urlsafe(64)
+    query = urlencode(
+        {
+            "client_id": CLIENT_ID,
+            "redirect_uri": CALLBACK_URL,
+            "response_type": "code",
+            "scope": "openid email profile",
+            "state": "one-tap",
+            "code_challenge": pkce_challenge(code_verifier),
+            "code_challenge_method": "S256",
+        }
+    )
+    consent = visit_google(f"{google.authorize_url}?{query}")
+    code = parse_qs(urlsplit(consent.headers["Location"]).query)["code"][0]
+    token = httpx.post(
+        google.token_url,
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": CALLBACK_URL,
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "code_verifier": code_verifier,
+        },
+        timeout=BROWSER_TIMEOUT_SECONDS,
+    )
+    assert token.status_code == 200, token.text
+    return token.json()["id_token"]
+
+
+def post_one_tap_credential(client, credential: str):
+    client.cookies["g_csrf_token"] = "double-submit"
+    return client.post(reverse("google_login_by_token"), {"credential": credential, "g_csrf_token": "double-submit"})
+
+
+def test_a_one_tap_credential_signed_by_google_signs_in(client, google, django_user_model):
+    response = post_one_tap_credential(client, google_one_tap_credential(google))
+
+    assert response.status_code == 302
+    assert response["Location"] == reverse("dashboard")
+    assert len(google.requests_to("certs")) == 1
+    user = django_user_model.objects.get()
+    assert user.email == "ada.lovelace@example.com"
+    assert (user.name, user.avatar_url) == ("Ada Lovelace", google.identity.picture)
+    assert signed_in_email(client) == "ada.lovelace@example.com"
+
+
+def test_a_one_tap_credential_signed_by_anyone_but_google_is_refused(client, google, django_user_model):
+    genuine = google_one_tap_credential(google)
+    # Same claims, same key id, but signed with a key Google never published.
+    claims = jwt.decode(genuine, options={"verify_signature": False})
+    attacker_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_id = jwt.get_unverified_header(genuine)["kid"]
+    forged = jwt.encode(claims, attacker_key, algorithm="RS256", headers={"kid": key_id})
+
+    response = post_one_tap_credential(client, forged)
+
+    assert response.status_code == 401
+    assert b"Third-Party Login Failure" in response.content
+    assert django_user_model.objects.count() == 0
+    assert signed_in_email(client) is None

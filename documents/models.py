@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+def document_upload_path(document: Document, filename: str) -> str:
+    # Random names: the user's file name never becomes a path on our disk.
+    return f"documents/{document.owner_id}/{uuid.uuid4().hex}.pdf"
+
+
+class Document(models.Model):
+    """A PDF a tenant uploaded. Its chunks and embeddings live in the tenant's own database."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        PARSING = "parsing"
+        EMBEDDING = "embedding"
+        READY = "ready"
+        FAILED = "failed"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="documents")
+    title = models.CharField(max_length=255)
+    file = models.FileField(upload_to=document_upload_path, max_length=255)
+    original_filename = models.CharField(max_length=255)
+    size_bytes = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    progress = models.FloatField(default=0.0)  # 0..1 within the whole pipeline
+    page_count = models.PositiveIntegerField(null=True, blank=True)
+    chunk_count = models.PositiveIntegerField(default=0)
+    error_message = models.TextField(blank=True)
+    embedding_model = models.CharField(max_length=100, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    ingested_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "documents"
+        ordering = ["-created_at"]
+        indexes = [models.Index(name="documents_owner_created", fields=["owner", "-created_at"])]
+
+    def __str__(self) -> str:
+        return self.title
+
+    @property
+    def is_busy(self) -> bool:
+        return self.status in {self.Status.QUEUED, self.Status.PARSING, self.Status.EMBEDDING}

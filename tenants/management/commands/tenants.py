@@ -1,0 +1,115 @@
+import json
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from tenants import selectors, services
+from tenants.crypto import decrypt_credentials
+from tenants.models import User, VectorDatabase
+
+
+class Command(BaseCommand):
+    help = "Operate the fleet of tenant databases: add, show, dsn, remove, list, reconcile."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        subcommands = parser.add_subparsers(dest="subcommand", required=True)
+        add = subcommands.add_parser("add", help="Create the user if missing and provision their database now.")
+        add.add_argument("email")
+        add.add_argument("--region", default=None)
+        show = subcommands.add_parser("show", help="Where a tenant's database is and its state.")
+        show.add_argument("email")
+        show.add_argument("--json", action="store_true")
+        dsn = subcommands.add_parser("dsn", help="Print the tenant's connection URI (operator use only).")
+        dsn.add_argument("email")
+        remove = subcommands.add_parser("remove", help="Drop the tenant's database and delete the account.")
+        remove.add_argument("email")
+        listing = subcommands.add_parser("list", help="Every tenant database in the registry.")
+        listing.add_argument("--json", action="store_true")
+        reconcile = subcommands.add_parser("reconcile", help="Compare the registry with the provider.")
+        reconcile.add_argument("--apply", action="store_true", help="Delete orphans, re-provision what is missing.")
+
+    def handle(self, *args, subcommand: str, **options) -> None:
+        getattr(self, f"_{subcommand}")(**options)
+
+    def _tenant(self, email: str) -> User:
+        tenant = User.objects.filter(email__iexact=email.strip()).first()
+        if tenant is None:
+            raise CommandError(f"no tenant with email {email}")
+        return tenant
+
+    def _vector_database(self, email: str) -> VectorDatabase:
+        vector_database = selectors.vector_database_for_tenant(self._tenant(email))
+        if vector_database is None:
+            raise CommandError(f"{email} has no vector database; run `tenants add {email}`")
+        return vector_database
+
+    def _add(self, email: str, region: str | None, **_) -> None:
+        tenant = User.objects.filter(email__iexact=email.strip()).first()
+        if tenant is None:
+            tenant = User.objects.create_user(email=email.strip())  # no password: signs in with a reset or Google
+            self.stdout.write(f"created user {tenant.email}")
+        vector_database = services.vector_database_request(tenant, region=region)
+        if vector_database.status == VectorDatabase.Status.FAILED:
+            services.vector_database_retry(tenant)
+        try:
+            vector_database = services.vector_database_provision(vector_database.id)
+        except services.ProvisioningFailed as error:
+            raise CommandError(f"provisioning failed: {error}") from None
+        if vector_database.status != VectorDatabase.Status.READY:
+            raise CommandError(f"provisioning failed: {vector_database.last_error}")
+        self.stdout.write(
+            self.style.SUCCESS(f"{tenant.email}: ready ({vector_database.provider}, {vector_database.external_id})")
+        )
+
+    def _show(self, email: str, json: bool, **_) -> None:
+        summary = selectors.vector_database_summary(self._vector_database(email), with_size=True)
+        if json:
+            self.stdout.write(_json(summary))
+        else:
+            for key, value in summary.items():
+                self.stdout.write(f"{key:>22}: {value if value is not None else ''}")
+
+    def _dsn(self, email: str, **_) -> None:
+        vector_database = self._vector_database(email)
+        if vector_database.status != VectorDatabase.Status.READY:
+            raise CommandError(f"{email}'s database is {vector_database.status}")
+        self.stdout.write(decrypt_credentials(vector_database.encrypted_credentials)["dsn"])
+
+    def _remove(self, email: str, **_) -> None:
+        tenant = self._tenant(email)
+        services.tenant_erase(tenant.id)
+        self.stdout.write(self.style.SUCCESS(f"{email}: database dropped and account deleted"))
+
+    def _list(self, json: bool, **_) -> None:
+        rows = [
+            selectors.vector_database_summary(row)
+            for row in VectorDatabase.objects.select_related("tenant").exclude(status=VectorDatabase.Status.DELETED)
+        ]
+        if json:
+            self.stdout.write(_json(rows))
+            return
+        self.stdout.write(f"{'email':<32} {'status':<13} {'provider':<9} {'region':<16} {'schema':<28} external id")
+        for row in rows:
+            self.stdout.write(
+                f"{(row['email'] or '-'):<32} {row['status']:<13} {row['provider']:<9} {row['region']:<16} "
+                f"{row['schema_version']:<28} {row['external_id']}"
+            )
+        self.stdout.write(f"{len(rows)} tenant database(s)")
+
+    def _reconcile(self, apply: bool, **_) -> None:
+        report = services.tenants_reconcile(apply=apply)
+        for server, external_id in report.orphans:
+            self.stdout.write(f"orphan: {external_id} on {server} has no tenant")
+        for tenant_key in report.missing:
+            self.stdout.write(f"missing: tenant {tenant_key} is marked ready but its database is gone")
+        for tenant_key in report.stuck:
+            self.stdout.write(f"stuck: tenant {tenant_key} has been provisioning for too long")
+        for line in report.fixed:
+            self.stdout.write(f"fixed: {line}")
+        if report.clean:
+            self.stdout.write(self.style.SUCCESS("registry and provider agree"))
+        elif not apply:
+            raise CommandError("registry and provider disagree; run with --apply to fix")
+
+
+def _json(value) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,321 @@
+"""Tenant databases on Neon: one project per tenant, through the Neon API v2 (see shared/reference/neon-api.md).
+
+A project is found again by its name (`silo-<tenant_key>`), so a retried `create` finishes what an earlier attempt
+started instead of making a second project. 423, 429 and 5xx answers and network errors are retried with bounded
+exponential back-off; every request has a timeout. Credentials (the API key, connection URIs) are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+import httpx
+import psycopg
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from tenants.provisioners.base import ProvisionedDatabase, ProvisioningError, QuotaExceeded
+
+logger = logging.getLogger(__name__)
+
+SERVER_NAME = "neon"
+PROJECT_NAME_PREFIX = "silo-"
+# Asked for explicitly at creation, so a project found by search needs no extra look-up of its names.
+BRANCH_NAME = "main"
+DATABASE_NAME = "neondb"
+ROLE_NAME = "neondb_owner"
+# "failed" is not terminal (Neon may retry it); "error" is the one status that will not finish.
+TERMINAL_OPERATION_STATUSES = frozenset({"finished", "skipped", "cancelled"})
+FAILED_OPERATION_STATUSES = frozenset({"error"})
+RETRYABLE_STATUSES = frozenset({423, 429, 500, 502, 503, 504})
+LIST_PAGE_SIZE = 400  # the most GET /projects returns at once
+CONNECT_TIMEOUT_SECONDS = 15
+
+
+class NeonProvisioner:
+    name = "neon"
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        api_url: str,
+        region: str,
+        org_id: str = "",
+        pg_version: int = 17,
+        autoscaling_min_cu: float = 0.25,
+        autoscaling_max_cu: float = 1.0,
+        suspend_timeout_seconds: int = 300,
+        quota_logical_size_bytes: int = 0,
+        request_timeout_seconds: float = 30.0,
+        max_retries: int = 6,
+        operation_timeout_seconds: float = 300.0,
+        retry_base_delay_seconds: float = 0.5,
+        retry_max_delay_seconds: float = 30.0,
+        poll_interval_seconds: float = 2.0,
+    ) -> None:
+        if not api_key:
+            raise ImproperlyConfigured("The neon provider needs NEON_API_KEY (a Neon API key).")
+        self.api_url = api_url.rstrip("/")
+        self.region = region
+        self.org_id = org_id
+        self.pg_version = pg_version
+        self.autoscaling_min_cu = autoscaling_min_cu
+        self.autoscaling_max_cu = autoscaling_max_cu
+        self.suspend_timeout_seconds = suspend_timeout_seconds
+        self.quota_logical_size_bytes = quota_logical_size_bytes
+        self.request_timeout_seconds = request_timeout_seconds
+        self.max_retries = max_retries
+        self.operation_timeout_seconds = operation_timeout_seconds
+        self.retry_base_delay_seconds = retry_base_delay_seconds
+        self.retry_max_delay_seconds = retry_max_delay_seconds
+        self.poll_interval_seconds = poll_interval_seconds
+        self._api_key = api_key
+
+    @classmethod
+    def from_settings(cls, **overrides: Any) -> NeonProvisioner:
+        options: dict[str, Any] = dict(
+            api_key=settings.NEON_API_KEY,
+            api_url=settings.NEON_API_URL,
+            region=settings.NEON_REGION,
+            org_id=settings.NEON_ORG_ID,
+            pg_version=settings.NEON_PG_VERSION,
+            autoscaling_min_cu=settings.NEON_AUTOSCALING_MIN_CU,
+            autoscaling_max_cu=settings.NEON_AUTOSCALING_MAX_CU,
+            suspend_timeout_seconds=settings.NEON_SUSPEND_TIMEOUT_SECONDS,
+            quota_logical_size_bytes=settings.NEON_QUOTA_LOGICAL_SIZE_BYTES,
+            request_timeout_seconds=settings.NEON_REQUEST_TIMEOUT_SECONDS,
+            max_retries=settings.NEON_MAX_RETRIES,
+            operation_timeout_seconds=settings.NEON_OPERATION_TIMEOUT_SECONDS,
+        )
+        options.update(overrides)
+        return cls(**options)
+
+    def __repr__(self) -> str:  # keep the API key out of logs and tracebacks
+        return f"NeonProvisioner(api_url={self.api_url!r}, region={self.region!r})"
+
+    # --- the Provisioner interface -----------------------------------------------------------------------------------
+
+    def create(self, tenant_key: str, region: str | None = None) -> ProvisionedDatabase:
+        project_name = PROJECT_NAME_PREFIX + tenant_key
+        with self._client() as client:
+            project = self._find_or_create_project(client, project_name, region or self.region)
+            self._wait_for_operations(client, project["id"])
+            database = self._connection_details(client, project)
+        self._install_pgvector(database)
+        logger.info("Neon project %s ready for tenant %s", project["id"], tenant_key)
+        return database
+
+    def delete(self, external_id: str, server: str = SERVER_NAME) -> None:
+        with self._client() as client:
+            # Neon answers 423 while operations run, so wait for them first; 404 means an earlier attempt deleted it.
+            found = self._wait_for_operations(client, external_id, accept_not_found=True)
+            if found:
+                response = self._request(client, "DELETE", f"/projects/{external_id}", accept_not_found=True)
+                found = response.status_code != 404
+        logger.info("Neon project %s %s", external_id, "deleted" if found else "already gone")
+
+    def dsn(self, external_id: str, server: str = SERVER_NAME) -> ProvisionedDatabase:
+        with self._client() as client:
+            response = self._request(client, "GET", f"/projects/{external_id}", accept_not_found=True)
+            if response.status_code == 404:
+                raise ProvisioningError(f"Neon project {external_id} does not exist")
+            project = response.json()["project"]
+            # A password reset takes effect when its operation finishes.
+            self._wait_for_operations(client, external_id)
+            return self._connection_details(client, project)
+
+    # --- steps -------------------------------------------------------------------------------------------------------
+
+    def _find_or_create_project(self, client: httpx.Client, project_name: str, region: str) -> dict:
+        # The POST is never retried blindly: its answer may be lost after Neon created the project, so every new
+        # attempt searches first.
+        for attempt in range(self.max_retries + 1):
+            existing = self._find_project(client, project_name)
+            if existing:
+                return existing
+            response = self._send(client, "POST", "/projects", json=self._project_request(project_name, region))
+            if response.status_code == 201:
+                return response.json()["project"]
+            self._raise_unless_retryable(response, "POST", "/projects")
+            self._back_off(attempt, response, "POST", "/projects")
+        raise ProvisioningError(f"Neon did not create project {project_name} after {self.max_retries + 1} attempts")
+
+    def _find_project(self, client: httpx.Client, project_name: str) -> dict | None:
+        # `search` matches parts of names and ids, so keep only the exact name; page until a short page.
+        cursor = None
+        matches: list[dict] = []
+        while True:
+            params: dict[str, Any] = {"search": project_name, "limit": LIST_PAGE_SIZE}
+            if cursor:
+                params["cursor"] = cursor
+            if self.org_id:
+                params["org_id"] = self.org_id
+            body = self._request(client, "GET", "/projects", params=params).json()
+            page = body.get("projects", [])
+            matches += [project for project in page if project.get("name") == project_name]
+            cursor = (body.get("pagination") or {}).get("cursor")
+            if len(page) < LIST_PAGE_SIZE or not cursor:
+                break
+        if len(matches) > 1:
+            logger.warning("%d Neon projects are named %s; using the oldest", len(matches), project_name)
+        return min(matches, key=lambda project: (project.get("created_at", ""), project["id"])) if matches else None
+
+    def _project_request(self, project_name: str, region: str) -> dict:
+        project: dict[str, Any] = {
+            "name": project_name,
+            "region_id": region,
+            "pg_version": self.pg_version,
+            "default_endpoint_settings": {
+                "autoscaling_limit_min_cu": self.autoscaling_min_cu,
+                "autoscaling_limit_max_cu": self.autoscaling_max_cu,
+                "suspend_timeout_seconds": self.suspend_timeout_seconds,
+            },
+            "branch": {"name": BRANCH_NAME, "database_name": DATABASE_NAME, "role_name": ROLE_NAME},
+        }
+        if self.org_id:
+            project["org_id"] = self.org_id
+        if self.quota_logical_size_bytes:
+            project["settings"] = {"quota": {"logical_size_bytes": self.quota_logical_size_bytes}}
+        return {"project": project}
+
+    def _wait_for_operations(self, client: httpx.Client, project_id: str, *, accept_not_found: bool = False) -> bool:
+        """Polls until every operation of the project is done; False when the project does not exist."""
+        # A 201 is not "ready": Neon says to wait for the project's operations before connecting.
+        deadline = time.monotonic() + self.operation_timeout_seconds
+        path = f"/projects/{project_id}/operations"
+        while True:
+            response = self._request(client, "GET", path, params={"limit": 1000}, accept_not_found=accept_not_found)
+            if response.status_code == 404:
+                return False
+            operations = response.json().get("operations", [])
+            failed = [op for op in operations if op.get("status") in FAILED_OPERATION_STATUSES]
+            if failed:
+                actions = ", ".join(f"{op.get('action')} ({op.get('error') or op['status']})" for op in failed)
+                raise ProvisioningError(f"Neon project {project_id}: operations failed: {actions}")
+            if all(op.get("status") in TERMINAL_OPERATION_STATUSES for op in operations):
+                return True
+            if time.monotonic() >= deadline:
+                raise ProvisioningError(
+                    f"Neon project {project_id}: operations still running after {self.operation_timeout_seconds}s"
+                )
+            time.sleep(self.poll_interval_seconds)
+
+    def _connection_details(self, client: httpx.Client, project: dict) -> ProvisionedDatabase:
+        path = f"/projects/{project['id']}/connection_uri"
+        params = {"database_name": DATABASE_NAME, "role_name": ROLE_NAME}
+        pooled = self._request(client, "GET", path, params={**params, "pooled": "true"}).json()["uri"]
+        direct = self._request(client, "GET", path, params={**params, "pooled": "false"}).json()["uri"]
+        return ProvisionedDatabase(
+            external_id=project["id"],
+            region=project.get("region_id", self.region),
+            server=SERVER_NAME,
+            dsn=pooled,
+            migration_dsn=direct,
+        )
+
+    def _install_pgvector(self, database: ProvisionedDatabase) -> None:
+        # Over the direct URI: DDL does not belong on a transaction-mode pooler.
+        try:
+            with psycopg.connect(database.migration_dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as c:
+                c.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        except psycopg.Error as error:
+            # psycopg's message names host and user, never the password; the URI itself stays out of the log.
+            raise ProvisioningError(
+                f"Neon project {database.external_id}: could not install pgvector: {error.__class__.__name__}: "
+                f"{str(error).strip()}"
+            ) from error
+
+    # --- HTTP --------------------------------------------------------------------------------------------------------
+
+    def _client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.api_url,
+            timeout=self.request_timeout_seconds,
+            headers={
+                "Authorization": f"Bearer {self._api_key}",
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+            },
+        )
+
+    def _request(
+        self,
+        client: httpx.Client,
+        method: str,
+        path: str,
+        *,
+        params: dict | None = None,
+        json: dict | None = None,
+        accept_not_found: bool = False,
+    ) -> httpx.Response:
+        """A request that is safe to repeat, retried on 423/429/5xx and network errors with bounded back-off."""
+        for attempt in range(self.max_retries + 1):
+            response = self._send(client, method, path, params=params, json=json)
+            if response.status_code < 400 or (accept_not_found and response.status_code == 404):
+                return response
+            self._raise_unless_retryable(response, method, path)
+            self._back_off(attempt, response, method, path)
+        raise AssertionError("unreachable: _back_off raises on the last attempt")
+
+    def _send(self, client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; a network error becomes a 503-like answer so that it is retried like one."""
+        try:
+            return client.request(method, path, **kwargs)
+        except httpx.TransportError as error:
+            logger.warning("Neon API %s %s: %s", method, path, error.__class__.__name__)
+            return httpx.Response(503, json={"code": "", "message": f"network error: {error.__class__.__name__}"})
+
+    def _raise_unless_retryable(self, response: httpx.Response, method: str, path: str) -> None:
+        if response.status_code in RETRYABLE_STATUSES:
+            return
+        code, message = _error_details(response)
+        if response.status_code == 401:
+            raise ProvisioningError("The Neon API rejected the API key (HTTP 401): check NEON_API_KEY.")
+        if response.status_code == 422 and code == "PROJECTS_LIMIT_EXCEEDED":
+            raise QuotaExceeded(
+                f"Neon refused to create another project: the plan's project limit is reached ({message}). "
+                "Delete unused projects or raise the limit."
+            )
+        raise ProvisioningError(f"Neon API {method} {path} failed with HTTP {response.status_code}: {message}")
+
+    def _back_off(self, attempt: int, response: httpx.Response, method: str, path: str) -> None:
+        if attempt >= self.max_retries:
+            _, message = _error_details(response)
+            raise ProvisioningError(
+                f"Neon API {method} {path} still failing with HTTP {response.status_code} after "
+                f"{self.max_retries + 1} attempts: {message}"
+            )
+        delay = _retry_after_seconds(response)
+        if delay is None:
+            # Full jitter keeps many workers that failed together from retrying together.
+            delay = random.uniform(0, self.retry_base_delay_seconds * 2**attempt)
+        delay = min(delay, self.retry_max_delay_seconds)
+        logger.warning(
+            "Neon API %s %s answered HTTP %s; retry %d of %d in %.2fs",
+            method, path, response.status_code, attempt + 1, self.max_retries, delay,
+        )  # fmt: skip
+        time.sleep(delay)
+
+
+def _error_details(response: httpx.Response) -> tuple[str, str]:
+    try:
+        body = response.json()
+    except ValueError:
+        return "", response.text[:200]
+    if not isinstance(body, dict):
+        return "", str(body)[:200]
+    return str(body.get("code") or ""), str(body.get("message") or "")
+
+
+def _retry_after_seconds(response: httpx.Response) -> float | None:
+    raw = response.headers.get("Retry-After")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        return None  # an HTTP date: fall back to our own back-off

@@ -1,0 +1,68 @@
+"""Reads about tenants and their databases."""
+
+from __future__ import annotations
+
+from tenants.models import User, VectorDatabase
+
+
+def vector_database_for_tenant(tenant: User) -> VectorDatabase | None:
+    return VectorDatabase.objects.filter(tenant=tenant).first()
+
+
+def vector_database_status_payload(vector_database: VectorDatabase | None) -> dict:
+    """What the browser may know about the tenant's database: never credentials or internal errors."""
+    if vector_database is None:
+        return {"status": "missing", "label": "Not requested", "busy": False, "can_retry": False}
+    Status = VectorDatabase.Status
+    labels = {
+        Status.PENDING: "Queued",
+        Status.PROVISIONING: "Provisioning",
+        Status.READY: "Ready",
+        Status.FAILED: "Failed",
+        Status.DELETING: "Deleting",
+        Status.DELETED: "Deleted",
+    }
+    return {
+        "status": vector_database.status,
+        "label": labels[vector_database.status],
+        "busy": vector_database.is_busy,
+        "can_retry": vector_database.status == Status.FAILED,
+        "provider": vector_database.provider,
+        "region": vector_database.region,
+        "schema_version": vector_database.schema_version,
+        "embedding_model": vector_database.embedding_model,
+        "error": vector_database.last_error if vector_database.status == Status.FAILED else "",
+    }
+
+
+def vector_database_size_bytes(vector_database: VectorDatabase) -> int | None:
+    """On-disk size of the tenant's database, asked with the tenant's own credentials."""
+    import psycopg
+
+    from tenants.crypto import decrypt_credentials
+
+    if vector_database.status != VectorDatabase.Status.READY:
+        return None
+    credentials = decrypt_credentials(vector_database.encrypted_credentials)
+    with psycopg.connect(credentials["dsn"], connect_timeout=10) as tenant_connection:
+        return tenant_connection.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+
+
+def vector_database_summary(vector_database: VectorDatabase, with_size: bool = False) -> dict:
+    """For operators (the `tenants` command): where the database is, never its credentials."""
+    summary = {
+        "email": vector_database.tenant.email if vector_database.tenant else None,
+        "tenant_key": vector_database.tenant_key,
+        "provider": vector_database.provider,
+        "server": vector_database.server,
+        "region": vector_database.region,
+        "status": vector_database.status,
+        "external_id": vector_database.external_id,
+        "schema_version": vector_database.schema_version,
+        "embedding_model": vector_database.embedding_model,
+        "embedding_dimensions": vector_database.embedding_dimensions,
+        "last_error": vector_database.last_error,
+    }
+    if with_size:
+        summary["size_bytes"] = vector_database_size_bytes(vector_database)
+    return summary

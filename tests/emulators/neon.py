@@ -1,0 +1,816 @@
+"""An emulator of the Neon API v2 subset Silo uses, served over real HTTP and backed by a real PostgreSQL server.
+
+It follows /work/shared/reference/neon-api.md (paths are under /api/v2, as on console.neon.tech):
+
+    POST   /projects                                     201 {project, connection_uris, roles, databases, operations,
+                                                         branch, endpoints}; 422 PROJECTS_LIMIT_EXCEEDED over the limit
+    GET    /projects?search=&limit=&cursor=&org_id=      {projects, pagination: {cursor: last id}, ...}
+    GET    /projects/{id}                                {project}
+    PATCH  /projects/{id}                                {project, operations: []}
+    DELETE /projects/{id}                                {project}; 404 when unknown
+    GET    /projects/{id}/operations?limit=&cursor=      {operations, pagination: {cursor: a created_at timestamp}}
+    GET    /projects/{id}/operations/{operation_id}      {operation}
+    GET    /projects/{id}/connection_uri?database_name=&role_name=&pooled=
+                                                         {uri}
+    POST   /projects/{id}/branches/{branch_id}/roles/{role_name}/reset_password
+                                                         {role, operations}
+
+Every request needs `Authorization: Bearer <api_key>` (401 otherwise). A project is a real database and a real role
+with a random password on the admin server; the role can log in only once the project's operations have finished, so
+a client that connects before waiting for them fails, as the spec warns. While operations run, mutating calls get 423.
+
+Deviations, on purpose: connection URIs point at the admin server's host and port (the pooled URI at `pooler_host`,
+the same server), without `sslmode=require`; the API shows the names the client asked for (`neondb`,
+`neondb_owner`) while the server holds unique per-project names behind them; the owner role is a superuser, because
+pgvector is not a trusted extension and Neon's owner role (through neon_superuser) may install it.
+
+Switches, as attributes or flags: `latency_seconds`, `operation_delay_seconds`, `fault_rate` (random
+423/429/500/503 from `fault_statuses`), `retry_after_seconds` (sent with 429), `projects_limit`, `required_org_id`;
+`inject(status, ...)` queues deterministic faults. `requests` records (method, path, status) of every request.
+
+By hand:  python -m tests.emulators.neon --port 8766 --admin-dsn postgresql://postgres:...@127.0.0.1:5432/postgres
+then run the app with NEON_API_URL and NEON_API_KEY as the command prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import random
+import re
+import secrets
+import signal
+import string
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, quote, urlsplit
+
+import psycopg
+from psycopg import sql
+
+API_PREFIX = "/api/v2"
+TERMINAL_OPERATION_STATUSES = {"finished", "skipped", "cancelled"}
+LOCKED_MESSAGE = "project already has running operations, scheduling of new ones is prohibited"
+ORG_ID_PATTERN = re.compile(r"^[a-z0-9-]{1,60}$")
+PROJECT_ID_PATTERN = re.compile(r"^[a-z0-9-]{1,60}$")
+DEFAULT_API_KEY = "neon-emulator-api-key"
+
+_ADJECTIVES = ("solitary", "lingering", "yellow", "jolly", "dry", "aged", "cool", "young", "quiet", "bold")
+_NOUNS = ("cell", "surf", "dawn", "frost", "hall", "wildflower", "darkness", "forest", "river", "meadow")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _now_precise() -> str:
+    # Operation cursors are timestamps; microseconds keep them distinct and ordered.
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _words() -> str:
+    return f"{random.choice(_ADJECTIVES)}-{random.choice(_NOUNS)}"
+
+
+def _alphanumerics(length: int = 8) -> str:
+    return "".join(random.choices(string.ascii_lowercase + string.digits, k=length))
+
+
+@dataclass
+class Fault:
+    """One injected error answer. `after_handling` performs the request first, then loses its answer."""
+
+    status: int
+    method: str | None = None
+    path: str | None = None  # a regular expression searched in the path after /api/v2, without the query
+    after_handling: bool = False
+
+    def matches(self, method: str, path: str) -> bool:
+        method_matches = self.method is None or self.method == method
+        return method_matches and (self.path is None or re.search(self.path, path) is not None)
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str  # after /api/v2, with the query string
+    status: int
+
+
+@dataclass
+class _Project:
+    data: dict
+    branch: dict
+    endpoint: dict
+    database: dict
+    role: dict
+    password: str
+    physical_database: str
+    physical_role: str
+    operations: list[dict] = field(default_factory=list)
+
+    def running_operations(self) -> list[dict]:
+        return [op for op in self.operations if op["status"] not in TERMINAL_OPERATION_STATUSES]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str = "", headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"code": code, "message": message, "request_id": str(uuid.uuid4())}
+        self.headers = headers or {}
+
+
+class NeonEmulator:
+    """Start with `start()` (or as a context manager), point a client at `base_url`, `stop()` when done."""
+
+    def __init__(
+        self,
+        admin_dsn: str,
+        *,
+        api_key: str = DEFAULT_API_KEY,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        pooler_host: str | None = None,
+        operation_delay_seconds: float = 0.2,
+        latency_seconds: float = 0.0,
+        fault_rate: float = 0.0,
+        fault_statuses: tuple[int, ...] = (423, 429, 500, 503),
+        retry_after_seconds: int = 1,
+        projects_limit: int | None = None,
+        required_org_id: str | None = None,
+    ) -> None:
+        self.admin_dsn = admin_dsn
+        self.api_key = api_key
+        self.host = host
+        self.port = port
+        self.operation_delay_seconds = operation_delay_seconds
+        self.latency_seconds = latency_seconds
+        self.fault_rate = fault_rate
+        self.fault_statuses = fault_statuses
+        self.retry_after_seconds = retry_after_seconds
+        self.projects_limit = projects_limit
+        self.required_org_id = required_org_id
+        self.requests: list[RecordedRequest] = []
+        admin = psycopg.conninfo.conninfo_to_dict(admin_dsn)
+        self.database_host = admin.get("host") or "127.0.0.1"
+        self.database_port = int(admin.get("port") or 5432)
+        self.pooler_host = pooler_host or self.database_host
+        self._faults: list[Fault] = []
+        self._projects: dict[str, _Project] = {}  # insertion order is the listing order
+        self._timers: set[threading.Timer] = set()
+        self._lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------------
+
+    def start(self) -> NeonEmulator:
+        emulator = self
+
+        class Handler(_Handler):
+            pass
+
+        Handler.emulator = emulator
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="neon-emulator", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, *, drop_projects: bool = True) -> None:
+        """Stop serving; by default also drop every database and role the projects still hold."""
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        with self._lock:
+            for timer in self._timers:
+                timer.cancel()
+            self._timers.clear()
+            projects = list(self._projects.values()) if drop_projects else []
+            if drop_projects:
+                self._projects.clear()
+        for project in projects:
+            self._drop_physical(project)
+
+    def __enter__(self) -> NeonEmulator:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}{API_PREFIX}"
+
+    # --- switches and inspection for tests ---------------------------------------------------------------------------
+
+    def inject(
+        self,
+        status: int,
+        *,
+        times: int = 1,
+        method: str | None = None,
+        path: str | None = None,
+        after_handling: bool = False,
+    ) -> None:
+        """Answer the next `times` matching requests with `status` (before the random `fault_rate` applies)."""
+        with self._lock:
+            self._faults.extend(Fault(status, method, path, after_handling) for _ in range(times))
+
+    def reset(self) -> None:
+        """Forget injected faults and recorded requests; switch faults and latency off. Projects stay."""
+        with self._lock:
+            self._faults.clear()
+            self.requests.clear()
+            self.fault_rate = 0.0
+            self.latency_seconds = 0.0
+
+    @property
+    def project_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._projects)
+
+    def project_names(self) -> list[str]:
+        with self._lock:
+            return [project.data["name"] for project in self._projects.values()]
+
+    def physical_database_name(self, project_id: str) -> str:
+        return _physical_names(project_id)[0]
+
+    def requests_matching(self, method: str, path_prefix: str) -> list[RecordedRequest]:
+        with self._lock:
+            return [r for r in self.requests if r.method == method and r.path.startswith(path_prefix)]
+
+    # --- request pipeline --------------------------------------------------------------------------------------------
+
+    def handle(
+        self, method: str, raw_path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, dict, dict[str, str]]:
+        """Returns (status, JSON body, extra headers). Runs on the server's request threads."""
+        if self.latency_seconds:
+            time.sleep(self.latency_seconds)
+        parts = urlsplit(raw_path)
+        path = parts.path[len(API_PREFIX) :] if parts.path.startswith(API_PREFIX) else None
+        recorded = (path or parts.path) + (f"?{parts.query}" if parts.query else "")
+        try:
+            if path is None:
+                raise ApiError(404, "not found")
+            self._authenticate(headers.get("authorization", ""))
+            fault = self._take_fault(method, path)
+            if fault and not fault.after_handling:
+                raise _fault_error(fault.status, self.retry_after_seconds)
+            status, payload = self._route(method, path, dict(parse_qsl(parts.query)), body)
+            if fault:
+                raise _fault_error(fault.status, self.retry_after_seconds)
+            extra: dict[str, str] = {}
+        except ApiError as error:
+            status, payload, extra = error.status, error.body, error.headers
+        with self._lock:
+            self.requests.append(RecordedRequest(method, recorded, status))
+        return status, payload, extra
+
+    def _authenticate(self, authorization: str) -> None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), self.api_key):
+            raise ApiError(401, "authentication required: send Authorization: Bearer <API key>")
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for index, fault in enumerate(self._faults):
+                if fault.matches(method, path):
+                    return self._faults.pop(index)
+            if self.fault_rate and random.random() < self.fault_rate:
+                return Fault(random.choice(self.fault_statuses))
+        return None
+
+    def _route(self, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, dict]:
+        segments = [segment for segment in path.split("/") if segment]
+        if segments[:1] != ["projects"]:
+            raise ApiError(404, "not found")
+        if len(segments) == 1:
+            if method == "POST":
+                return 201, self.create_project(_json_body(body))
+            if method == "GET":
+                return 200, self.list_projects(query)
+        elif len(segments) == 2:
+            project_id = segments[1]
+            if method == "GET":
+                return 200, self.get_project(project_id)
+            if method == "PATCH":
+                return 200, self.update_project(project_id, _json_body(body))
+            if method == "DELETE":
+                return 200, self.delete_project(project_id)
+        elif len(segments) == 3 and segments[2] == "operations" and method == "GET":
+            return 200, self.list_operations(segments[1], query)
+        elif len(segments) == 4 and segments[2] == "operations" and method == "GET":
+            return 200, self.get_operation(segments[1], segments[3])
+        elif len(segments) == 3 and segments[2] == "connection_uri" and method == "GET":
+            return 200, self.connection_uri(segments[1], query)
+        elif (
+            len(segments) == 7
+            and segments[2] == "branches"
+            and segments[4] == "roles"
+            and segments[6] == "reset_password"
+            and method == "POST"
+        ):
+            return 200, self.reset_role_password(segments[1], segments[3], segments[5])
+        raise ApiError(404, "not found")
+
+    # --- endpoints ---------------------------------------------------------------------------------------------------
+
+    def create_project(self, request: dict) -> dict:
+        spec = request.get("project")
+        if not isinstance(spec, dict):
+            raise ApiError(400, "invalid request: decode application/json: invalid: project (field required)")
+        _validate_project_spec(spec)
+        self._check_org(spec.get("org_id"))
+        region = spec.get("region_id") or "aws-us-east-2"
+        branch_spec = spec.get("branch") or {}
+        database_name = branch_spec.get("database_name") or "neondb"
+        role_name = branch_spec.get("role_name") or f"{database_name}_owner"
+        endpoint_settings = dict(spec.get("default_endpoint_settings") or {})
+        now = _now()
+        with self._lock:
+            if self.projects_limit is not None and len(self._projects) >= self.projects_limit:
+                raise ApiError(
+                    422,
+                    f"user projects limit of {self.projects_limit} exceeded, got {len(self._projects)}",
+                    code="PROJECTS_LIMIT_EXCEEDED",
+                )
+            project_id = f"{_words()}-{random.randint(10_000_000, 99_999_999)}"
+            while project_id in self._projects:
+                project_id = f"{_words()}-{random.randint(10_000_000, 99_999_999)}"
+            branch_id = f"br-{_words()}-{_alphanumerics()}"
+            endpoint_id = f"ep-{_words()}-{_alphanumerics()}"
+            physical_database, physical_role = _physical_names(project_id)
+            password = secrets.token_urlsafe(18)
+            quota = ((spec.get("settings") or {}).get("quota")) or {}
+            project_data = {
+                "id": project_id,
+                "platform_id": "aws",
+                "region_id": region,
+                "name": spec.get("name") or project_id,
+                "provisioner": "k8s-neonvm",
+                "pg_version": spec.get("pg_version", 17),
+                "proxy_host": self.database_host,
+                "default_endpoint_settings": endpoint_settings,
+                "settings": {
+                    "allowed_ips": {"ips": [], "protected_branches_only": False},
+                    "enable_logical_replication": False,
+                    "block_public_connections": False,
+                    "block_vpc_connections": False,
+                    **({"quota": quota} if quota else {}),
+                },
+                "branch_logical_size_limit": 512,
+                "branch_logical_size_limit_bytes": 536870912,
+                "store_passwords": True,
+                "creation_source": "console",
+                "history_retention_seconds": spec.get("history_retention_seconds", 86400),
+                "created_at": now,
+                "updated_at": now,
+                "consumption_period_start": "0001-01-01T00:00:00Z",
+                "consumption_period_end": "0001-01-01T00:00:00Z",
+                "data_storage_bytes_hour": 0,
+                "data_transfer_bytes": 0,
+                "written_data_bytes": 0,
+                "compute_time_seconds": 0,
+                "active_time_seconds": 0,
+                "cpu_used_sec": 0,
+                "owner_id": "00000000-0000-4000-8000-000000000000",
+                **({"org_id": spec["org_id"]} if spec.get("org_id") else {}),
+            }
+            branch = {
+                "id": branch_id, "project_id": project_id, "name": branch_spec.get("name") or "main",
+                "current_state": "init", "pending_state": "ready", "state_changed_at": now,
+                "creation_source": "console", "primary": True, "default": True, "protected": False,
+                "cpu_used_sec": 0, "compute_time_seconds": 0, "active_time_seconds": 0, "written_data_bytes": 0,
+                "data_transfer_bytes": 0, "created_at": now, "updated_at": now,
+            }  # fmt: skip
+            endpoint = {
+                "host": self.database_host, "id": endpoint_id, "project_id": project_id, "branch_id": branch_id,
+                "autoscaling_limit_min_cu": endpoint_settings.get("autoscaling_limit_min_cu", 0.25),
+                "autoscaling_limit_max_cu": endpoint_settings.get("autoscaling_limit_max_cu", 0.25),
+                "region_id": region, "type": "read_write", "current_state": "init", "pending_state": "active",
+                "settings": {}, "pooler_enabled": False, "pooler_mode": "transaction", "disabled": False,
+                "passwordless_access": True, "creation_source": "console", "created_at": now, "updated_at": now,
+                "proxy_host": self.database_host,
+                "suspend_timeout_seconds": endpoint_settings.get("suspend_timeout_seconds", 0),
+                "provisioner": "k8s-neonvm",
+            }  # fmt: skip
+            project = _Project(
+                data=project_data,
+                branch=branch,
+                endpoint=endpoint,
+                database={
+                    "id": random.randint(10_000_000, 99_999_999), "branch_id": branch_id, "name": database_name,
+                    "owner_name": role_name, "created_at": now, "updated_at": now,
+                },  # fmt: skip
+                role={"branch_id": branch_id, "name": role_name, "protected": False, "created_at": now,
+                      "updated_at": now},  # fmt: skip
+                password=password,
+                physical_database=physical_database,
+                physical_role=physical_role,
+            )
+            project.operations = [
+                self._new_operation(project, "create_timeline", "running"),
+                self._new_operation(project, "start_compute", "scheduling", endpoint_id=endpoint_id),
+            ]
+            # Reserved before the slow database work, so the limit holds under concurrent creates.
+            self._projects[project_id] = project
+            response = self._created_response(project)
+        try:
+            self._create_physical(project)
+        except psycopg.Error as error:
+            with self._lock:
+                self._projects.pop(project_id, None)
+            self._drop_physical(project, missing_ok=True)
+            raise ApiError(500, f"internal error creating the project: {error.__class__.__name__}") from error
+        self._finish_later(project, enable_login=True)
+        return response
+
+    def list_projects(self, query: dict[str, str]) -> dict:
+        self._check_org(query.get("org_id"))
+        limit = _int_parameter(query, "limit", 10, 1, 400)
+        search = query.get("search", "").lower()
+        cursor = query.get("cursor")
+        with self._lock:
+            projects = list(self._projects.values())
+            if cursor:
+                ids = [project.data["id"] for project in projects]
+                projects = projects[ids.index(cursor) + 1 :] if cursor in ids else []
+            matching = [
+                p for p in projects if search in p.data["name"].lower() or search in p.data["id"].lower()
+            ][:limit]
+            items = [_list_item(project) for project in matching]
+        pagination = {"cursor": items[-1]["id"]} if items else {}
+        return {
+            "projects": items,
+            "pagination": pagination,
+            "applications": {},
+            "integrations": {},
+            "unavailable_project_ids": [],
+        }
+
+    def get_project(self, project_id: str) -> dict:
+        with self._lock:
+            project = self._project(project_id)
+            return {"project": {**project.data, "synthetic_storage_size": 0, "compute_last_active_at": None}}
+
+    def update_project(self, project_id: str, request: dict) -> dict:
+        changes = request.get("project")
+        if not isinstance(changes, dict):
+            raise ApiError(400, "invalid request: decode application/json: invalid: project (field required)")
+        with self._lock:
+            project = self._unlocked_project(project_id)
+            for key in ("name", "history_retention_seconds"):
+                if key in changes:
+                    project.data[key] = changes[key]
+            for key in ("settings", "default_endpoint_settings"):
+                if key in changes:
+                    project.data[key] = {**project.data.get(key, {}), **changes[key]}
+            project.data["updated_at"] = _now()
+            return {"project": dict(project.data), "operations": []}
+
+    def delete_project(self, project_id: str) -> dict:
+        with self._lock:
+            project = self._unlocked_project(project_id)
+            del self._projects[project_id]
+        self._drop_physical(project)
+        return {"project": project.data}
+
+    def list_operations(self, project_id: str, query: dict[str, str]) -> dict:
+        limit = _int_parameter(query, "limit", 10, 1, 1000)
+        cursor = query.get("cursor")
+        with self._lock:
+            project = self._project(project_id)
+            # Newest first, as Neon lists them; the cursor is the created_at of the last one returned.
+            operations = sorted(project.operations, key=lambda op: op["created_at"], reverse=True)
+            if cursor:
+                operations = [op for op in operations if op["created_at"] < cursor]
+            page = [dict(op) for op in operations[:limit]]
+        return {"operations": page, "pagination": {"cursor": page[-1]["created_at"]} if page else {}}
+
+    def get_operation(self, project_id: str, operation_id: str) -> dict:
+        with self._lock:
+            project = self._project(project_id)
+            for operation in project.operations:
+                if operation["id"] == operation_id:
+                    return {"operation": dict(operation)}
+        raise ApiError(404, "operation not found")
+
+    def connection_uri(self, project_id: str, query: dict[str, str]) -> dict:
+        for required in ("database_name", "role_name"):
+            if not query.get(required):
+                raise ApiError(400, f"invalid request: query parameter {required} is required")
+        pooled = query.get("pooled", "false").lower() in {"true", "1"}
+        with self._lock:
+            project = self._project(project_id)
+            if query.get("branch_id") not in (None, project.branch["id"]):
+                raise ApiError(404, "branch not found")
+            if query.get("endpoint_id") not in (None, project.endpoint["id"]):
+                raise ApiError(404, "endpoint not found")
+            if query["database_name"] != project.database["name"]:
+                raise ApiError(404, "database not found")
+            if query["role_name"] != project.role["name"]:
+                raise ApiError(404, "role not found")
+            return {"uri": self._uri(project, pooled=pooled)}
+
+    def reset_role_password(self, project_id: str, branch_id: str, role_name: str) -> dict:
+        with self._lock:
+            project = self._unlocked_project(project_id)
+            if branch_id != project.branch["id"]:
+                raise ApiError(404, "branch not found")
+            if role_name != project.role["name"]:
+                raise ApiError(404, "role not found")
+            project.password = secrets.token_urlsafe(18)
+            operation = self._new_operation(project, "apply_config", "running", endpoint_id=project.endpoint["id"])
+            project.operations.append(operation)
+            response = {"role": {**project.role, "password": project.password}, "operations": [dict(operation)]}
+        # The new password works, and the old one stops working, when the operation finishes.
+        self._finish_later(project, new_password=project.password)
+        return response
+
+    # --- helpers -----------------------------------------------------------------------------------------------------
+
+    def _project(self, project_id: str) -> _Project:
+        project = self._projects.get(project_id)
+        if project is None:
+            raise ApiError(404, "project not found")
+        return project
+
+    def _unlocked_project(self, project_id: str) -> _Project:
+        project = self._project(project_id)
+        if project.running_operations():
+            raise ApiError(423, LOCKED_MESSAGE)
+        return project
+
+    def _check_org(self, org_id: str | None) -> None:
+        if self.required_org_id is None:
+            return
+        if not org_id:
+            raise ApiError(400, "org_id is required")
+        if org_id != self.required_org_id:
+            raise ApiError(404, "account is not a member of org")
+
+    def _new_operation(self, project: _Project, action: str, status: str, endpoint_id: str | None = None) -> dict:
+        now = _now_precise()
+        operation = {
+            "id": str(uuid.uuid4()),
+            "project_id": project.data["id"],
+            "branch_id": project.branch["id"],
+            "action": action,
+            "status": status,
+            "failures_count": 0,
+            "created_at": now,
+            "updated_at": now,
+            "total_duration_ms": 0,
+        }
+        if endpoint_id:
+            operation["endpoint_id"] = endpoint_id
+        return operation
+
+    def _created_response(self, project: _Project) -> dict:
+        direct = self._uri(project, pooled=False)
+        return {
+            "project": dict(project.data),
+            "connection_uris": [
+                {
+                    "connection_uri": direct,
+                    "connection_parameters": {
+                        "database": project.database["name"],
+                        "password": project.password,
+                        "role": project.role["name"],
+                        "host": self.database_host,
+                        "pooler_host": self.pooler_host,
+                    },
+                }
+            ],
+            "roles": [{**project.role, "password": project.password}],
+            "databases": [dict(project.database)],
+            "operations": [dict(op) for op in project.operations],
+            "branch": dict(project.branch),
+            "endpoints": [dict(project.endpoint)],
+        }
+
+    def _uri(self, project: _Project, *, pooled: bool) -> str:
+        host = self.pooler_host if pooled else self.database_host
+        return (
+            f"postgresql://{project.physical_role}:{quote(project.password, safe='')}"
+            f"@{host}:{self.database_port}/{project.physical_database}"
+        )
+
+    def _finish_later(self, project: _Project, *, enable_login: bool = False, new_password: str | None = None) -> None:
+        def finish() -> None:
+            with self._lock:
+                self._timers.discard(timer)
+                if project.data["id"] not in self._projects:
+                    return
+            try:
+                with self._admin_connection() as connection:
+                    if new_password is not None:
+                        connection.execute(
+                            sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                                sql.Identifier(project.physical_role), sql.Literal(new_password)
+                            )
+                        )
+                    if enable_login:
+                        connection.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(project.physical_role)))
+                status = "finished"
+            except psycopg.Error:
+                status = "error"
+            # The role is ready before anyone can see the operations finished.
+            with self._lock:
+                now = _now_precise()
+                for operation in project.operations:
+                    if operation["status"] not in TERMINAL_OPERATION_STATUSES:
+                        operation.update(status=status, updated_at=now,
+                                         total_duration_ms=int(self.operation_delay_seconds * 1000))  # fmt: skip
+                project.branch.update(current_state="ready", pending_state=None)
+                project.endpoint.update(current_state="active", pending_state=None)
+
+        timer = threading.Timer(self.operation_delay_seconds, finish)
+        timer.daemon = True
+        with self._lock:
+            self._timers.add(timer)
+        timer.start()
+
+    def _admin_connection(self) -> psycopg.Connection:
+        return psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=10)
+
+    def _create_physical(self, project: _Project) -> None:
+        role = sql.Identifier(project.physical_role)
+        database = sql.Identifier(project.physical_database)
+        with self._admin_connection() as connection:
+            # NOLOGIN until the project's operations finish: "created" is not "ready".
+            connection.execute(
+                sql.SQL("CREATE ROLE {} SUPERUSER NOLOGIN PASSWORD {}").format(role, sql.Literal(project.password))
+            )
+            connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(database, role))
+            connection.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(database))
+
+    def _drop_physical(self, project: _Project, *, missing_ok: bool = False) -> None:
+        try:
+            self._drop_physical_objects(project)
+        except psycopg.Error:
+            if not missing_ok:
+                raise
+
+    def _drop_physical_objects(self, project: _Project) -> None:
+        with self._admin_connection() as connection:
+            connection.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(project.physical_database))
+            )
+            connection.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(project.physical_role)))
+
+
+def _physical_names(project_id: str) -> tuple[str, str]:
+    base = "neonemu_" + project_id.replace("-", "_")
+    return base, f"{base}_owner"
+
+
+def _fault_error(status: int, retry_after_seconds: int) -> ApiError:
+    if status == 423:
+        return ApiError(423, LOCKED_MESSAGE)
+    if status == 429:
+        return ApiError(429, "rate limit exceeded", headers={"Retry-After": str(retry_after_seconds)})
+    return ApiError(status, "injected failure" if status < 500 else "internal server error")
+
+
+def _json_body(body: bytes) -> dict:
+    try:
+        parsed = json.loads(body or b"{}")
+    except json.JSONDecodeError as error:
+        raise ApiError(400, f"invalid request: decode application/json: {error}") from None
+    if not isinstance(parsed, dict):
+        raise ApiError(400, "invalid request: decode application/json: expected an object")
+    return parsed
+
+
+def _int_parameter(query: dict[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"invalid request: {name} must be an integer") from None
+    if not minimum <= value <= maximum:
+        raise ApiError(400, f"invalid request: {name} must be between {minimum} and {maximum}")
+    return value
+
+
+def _validate_project_spec(spec: dict) -> None:
+    def invalid(message: str) -> ApiError:
+        return ApiError(400, f"invalid request: {message}")
+
+    name = spec.get("name")
+    if name is not None and not (isinstance(name, str) and 1 <= len(name) <= 256):
+        raise invalid("project.name must be a string of 1 to 256 characters")
+    pg_version = spec.get("pg_version")
+    if pg_version is not None and not (isinstance(pg_version, int) and 14 <= pg_version <= 18):
+        raise invalid("project.pg_version must be an integer from 14 to 18")
+    org_id = spec.get("org_id")
+    if org_id is not None and not (isinstance(org_id, str) and ORG_ID_PATTERN.match(org_id)):
+        raise invalid("project.org_id must match ^[a-z0-9-]{1,60}$")
+    retention = spec.get("history_retention_seconds")
+    if retention is not None and not (isinstance(retention, int) and 0 <= retention <= 2592000):
+        raise invalid("project.history_retention_seconds must be from 0 to 2592000")
+    endpoint_settings = spec.get("default_endpoint_settings") or {}
+    for key in ("autoscaling_limit_min_cu", "autoscaling_limit_max_cu"):
+        value = endpoint_settings.get(key)
+        if value is not None and not (isinstance(value, int | float) and value >= 0.25):
+            raise invalid(f"project.default_endpoint_settings.{key} must be at least 0.25")
+    suspend = endpoint_settings.get("suspend_timeout_seconds")
+    if suspend is not None and not (isinstance(suspend, int) and -1 <= suspend <= 604800):
+        raise invalid("project.default_endpoint_settings.suspend_timeout_seconds must be from -1 to 604800")
+    quota = ((spec.get("settings") or {}).get("quota")) or {}
+    for key, value in quota.items():
+        if not (isinstance(value, int) and value >= 0):
+            raise invalid(f"project.settings.quota.{key} must be a non-negative integer")
+
+
+def _list_item(project: _Project) -> dict:
+    data = project.data
+    keys = (
+        "id", "platform_id", "region_id", "name", "provisioner", "pg_version", "proxy_host",
+        "default_endpoint_settings", "settings", "branch_logical_size_limit", "branch_logical_size_limit_bytes",
+        "store_passwords", "cpu_used_sec", "creation_source", "history_retention_seconds", "created_at",
+        "updated_at", "owner_id", "org_id",
+    )  # fmt: skip
+    item = {key: data[key] for key in keys if key in data}
+    item.update(active_time=data["active_time_seconds"], quota_reset_at=None)
+    return item
+
+
+class _Handler(BaseHTTPRequestHandler):
+    emulator: NeonEmulator
+    protocol_version = "HTTP/1.1"
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {key.lower(): value for key, value in self.headers.items()}
+        status, payload, extra = self.emulator.handle(self.command, self.path, headers, body)
+        encoded = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(encoded)))
+        self.send_header("X-Neon-Ret-Request-Id", str(uuid.uuid4()))
+        for key, value in extra.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(encoded)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _serve
+
+    def log_message(self, format: str, *args) -> None:  # quiet: tests read `emulator.requests` instead
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Serve a Neon API v2 emulator backed by a real PostgreSQL server.")
+    parser.add_argument("--admin-dsn", required=True, help="superuser DSN of the server that hosts project databases")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--api-key", default=DEFAULT_API_KEY)
+    parser.add_argument("--pooler-host", default=None, help="host in pooled URIs (default: the admin server's host)")
+    parser.add_argument("--operation-delay", type=float, default=0.5, help="seconds until operations finish")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of requests answered 423/429/500/503")
+    parser.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds sent with 429")
+    parser.add_argument("--projects-limit", type=int, default=None, help="422 PROJECTS_LIMIT_EXCEEDED beyond this")
+    parser.add_argument("--org-id", default=None, help="require this org_id on GET/POST /projects")
+    arguments = parser.parse_args()
+    emulator = NeonEmulator(
+        arguments.admin_dsn,
+        api_key=arguments.api_key,
+        host=arguments.host,
+        port=arguments.port,
+        pooler_host=arguments.pooler_host,
+        operation_delay_seconds=arguments.operation_delay,
+        latency_seconds=arguments.latency,
+        fault_rate=arguments.fault_rate,
+        retry_after_seconds=arguments.retry_after,
+        projects_limit=arguments.projects_limit,
+        required_org_id=arguments.org_id,
+    ).start()
+    print(f"Neon API emulator on {emulator.base_url}", flush=True)
+    print(f"  NEON_API_URL={emulator.base_url} NEON_API_KEY={emulator.api_key} TENANT_PROVIDER=neon", flush=True)
+    stopping = threading.Event()
+    # Ctrl-C or a plain `kill` both stop it cleanly, dropping the projects' databases and roles.
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    stopping.wait()
+    print("stopping; dropping the projects' databases", flush=True)
+    emulator.stop()
+
+
+if __name__ == "__main__":
+    main()

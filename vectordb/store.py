@@ -1,0 +1,70 @@
+"""Writing and deleting a document's chunks in the tenant's `embeddings` table.
+
+A document's chunks are replaced in one transaction (delete, then COPY): a retried or re-delivered ingest never
+duplicates a chunk and never leaves half of a document behind.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+# Chunk ids derive from (document, index), so the same chunk always has the same id in every run.
+CHUNK_ID_NAMESPACE = uuid.UUID("5b0f7f2e-7a52-4a8e-9d7e-2f1c3f0c5a10")
+
+
+def chunk_id(document_id: int, chunk_index: int) -> uuid.UUID:
+    return uuid.uuid5(CHUNK_ID_NAMESPACE, f"{document_id}:{chunk_index}")
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    document_id: int
+    chunk_index: int
+    content: str
+    first_page: int
+    last_page: int
+    embedding: Sequence[float]
+    metadata: dict = field(default_factory=dict)
+
+
+def _vector_literal(values: Sequence[float]) -> str:
+    return "[" + ",".join(f"{float(value):.7g}" for value in values) + "]"
+
+
+def chunks_replace(connection: psycopg.Connection, document_id: int, records: Sequence[ChunkRecord]) -> int:
+    """Make `records` the document's only chunks, atomically. Returns how many were written."""
+    with connection.transaction():
+        connection.execute("DELETE FROM embeddings WHERE document_id = %s", [document_id])
+        with connection.cursor() as cursor, cursor.copy(
+            "COPY embeddings (id, document_id, chunk_index, content, metadata, first_page, last_page, embedding, "
+            "created_at) FROM STDIN"
+        ) as copy:
+            for record in records:
+                copy.write_row(
+                    (
+                        chunk_id(document_id, record.chunk_index),
+                        document_id,
+                        record.chunk_index,
+                        record.content.replace("\x00", ""),
+                        Jsonb(record.metadata),
+                        record.first_page,
+                        record.last_page,
+                        _vector_literal(record.embedding),
+                        "now",
+                    )
+                )
+    return len(records)
+
+
+def chunks_delete(connection: psycopg.Connection, document_id: int) -> int:
+    with connection.transaction():
+        return connection.execute("DELETE FROM embeddings WHERE document_id = %s", [document_id]).rowcount
+
+
+def chunk_count(connection: psycopg.Connection, document_id: int) -> int:
+    return connection.execute("SELECT count(*) FROM embeddings WHERE document_id = %s", [document_id]).fetchone()[0]
