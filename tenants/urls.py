@@ -3,7 +3,6 @@ from django.urls import path
 from tenants import views
 
 urlpatterns = [
-    path("dashboard/", views.dashboard, name="dashboard"),
     path("database/status", views.database_status, name="database_status"),
     path("database/retry", views.database_retry, name="database_retry"),
     path("account/", views.account, name="account"),

@@ -18,17 +18,6 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
-def dashboard(request: HttpRequest) -> HttpResponse:
-    vector_database = selectors.vector_database_for_tenant(request.user)
-    return render(
-        request,
-        "tenants/dashboard.html",
-        {"database": selectors.vector_database_status_payload(vector_database)},
-    )
-
-
-@login_required
-@require_GET
 def database_status(request: HttpRequest) -> JsonResponse:
     vector_database = selectors.vector_database_for_tenant(request.user)
     return JsonResponse(selectors.vector_database_status_payload(vector_database))

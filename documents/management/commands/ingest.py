@@ -1,0 +1,73 @@
+import json
+from pathlib import Path
+
+from django.core.files import File
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from documents import services
+from documents.models import Document
+from tenants.models import User
+from tenants.services import TenantDatabaseNotReady
+
+
+class Command(BaseCommand):
+    help = "Upload and ingest PDFs for a user, in this process, with a progress bar. Exit 0 only if all are ready."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--user", required=True, metavar="EMAIL")
+        parser.add_argument("files", nargs="+", type=Path, metavar="FILE")
+        parser.add_argument("--json", action="store_true", help="Print the documents as JSON.")
+
+    def handle(self, *args, user: str, files: list[Path], json: bool, **options) -> None:
+        owner = User.objects.filter(email__iexact=user.strip()).first()
+        if owner is None:
+            raise CommandError(f"no user with email {user}")
+        results = []
+        for path in files:
+            results.append(self._ingest_one(owner, path, quiet=json))
+        if json:
+            self.stdout.write(_dumps({"documents": results}))
+        if any(result["status"] != Document.Status.READY for result in results):
+            raise CommandError(f"{sum(r['status'] != 'ready' for r in results)} of {len(results)} files not ready")
+
+    def _ingest_one(self, owner: User, path: Path, quiet: bool) -> dict:
+        result = {"id": None, "title": path.stem, "file": str(path), "status": "failed", "pages": None, "chunks": 0}
+        if not path.is_file():
+            return {**result, "error": "No such file."}
+        try:
+            with path.open("rb") as handle:
+                document = services.document_upload(owner, File(handle, name=path.name), enqueue=False)
+        except services.DocumentRejected as error:
+            return {**result, "error": str(error)}
+        try:
+            report = services.document_ingest(document.id, on_progress=None if quiet else self._progress)
+        except TenantDatabaseNotReady as error:
+            services.document_mark_failed(document.id, "The user's database is not ready.")
+            raise CommandError(f"{owner.email}'s database is {error.status}; run `tenants add {owner.email}`") from None
+        except services.TransientIngestError as error:
+            services.document_mark_failed(document.id, services.TEMPORARY_FAILURE_MESSAGE)
+            raise CommandError(f"{path}: {error}") from None
+        document = report.document
+        document.refresh_from_db()
+        if not quiet:
+            self.stdout.write("")
+        return {
+            "id": document.id,
+            "title": document.title,
+            "file": str(path),
+            "status": document.status,
+            "pages": document.page_count,
+            "chunks": document.chunk_count,
+            "error": document.error_message or None,
+        }
+
+    def _progress(self, document: Document) -> None:
+        width = 30
+        filled = int(width * document.progress)
+        line = f"\r{document.title[:40]:<40} [{'#' * filled}{'-' * (width - filled)}] {document.progress:4.0%} {document.status}"
+        self.stdout.write(line, ending="")
+        self.stdout.flush()
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, indent=2)

@@ -1,0 +1,280 @@
+"""Upload, ingest (parse -> chunk -> embed -> write), delete and re-ingest documents.
+
+The pipeline runs in a Celery task or in-process (the `ingest` command); both call `document_ingest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from django.conf import settings
+from django.core.files import File
+from django.core.files.uploadedfile import UploadedFile
+from django.db import connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from documents.chunking import Chunk, chunk_pages
+from documents.models import Document
+from documents.parsing import UnreadablePdf, extract_pages, inspect_pdf
+from documents.selectors import document_get_for_user
+from tenants.services import TenantDatabaseNotReady, tenant_target
+from vectordb.connections import ConnectionCapacityExhausted, get_registry
+from vectordb.embeddings import get_embedder
+from vectordb.store import ChunkRecord, chunks_delete, chunks_replace
+
+logger = logging.getLogger(__name__)
+Status = Document.Status
+
+# Progress milestones within the pipeline (0..1); embedding takes the lion's share of the time.
+PROGRESS_PARSED = 0.10
+PROGRESS_EMBEDDED = 0.95
+TEMPORARY_FAILURE_MESSAGE = "Silo could not process this document right now; it will try again shortly."
+
+
+class DocumentRejected(Exception):
+    """An upload refused before it is stored; `str(error)` is the message for the user."""
+
+
+class TransientIngestError(Exception):
+    """Ingest failed for a reason a retry may fix (database restarting, connections exhausted)."""
+
+
+@dataclass
+class StageTimings:
+    parse: float = 0.0
+    chunk: float = 0.0
+    embed: float = 0.0
+    write: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"parse": self.parse, "chunk": self.chunk, "embed": self.embed, "write": self.write}
+
+
+@dataclass
+class IngestReport:
+    document: Document
+    timings: StageTimings = field(default_factory=StageTimings)
+
+
+# --- upload -------------------------------------------------------------------------------------------------------
+
+
+def _title_from_filename(filename: str) -> str:
+    stem = Path(filename).stem.replace("_", " ").strip()
+    return (stem or "Untitled document")[:255]
+
+
+def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = True) -> Document:
+    """Store an uploaded PDF and queue its ingestion (unless the caller ingests in-process). Refuses what is plainly
+    not an acceptable PDF."""
+    if uploaded_file.size == 0:
+        raise DocumentRejected(f"{uploaded_file.name}: this file is empty.")
+    if uploaded_file.size > settings.UPLOAD_MAX_BYTES:
+        limit = settings.UPLOAD_MAX_BYTES / (1024 * 1024)
+        raise DocumentRejected(f"{uploaded_file.name}: this file is larger than the {limit:.0f} MB Silo accepts.")
+    uploaded_file.seek(0)
+    head = uploaded_file.read(1024)
+    if b"%PDF-" not in head:
+        raise DocumentRejected(f"{uploaded_file.name}: this file is not a PDF.")
+    digest = hashlib.sha256()
+    uploaded_file.seek(0)
+    for block in uploaded_file.chunks():
+        digest.update(block)
+    uploaded_file.seek(0)
+    with transaction.atomic():
+        document = Document.objects.create(
+            owner=owner,
+            title=_title_from_filename(uploaded_file.name),
+            original_filename=Path(uploaded_file.name).name[:255],
+            file=uploaded_file,
+            size_bytes=uploaded_file.size,
+            sha256=digest.hexdigest(),
+        )
+        if enqueue:
+            _enqueue_ingest(document)
+    return document
+
+
+def _enqueue_ingest(document: Document) -> None:
+    from documents.tasks import ingest_document
+
+    document_id = document.id
+    transaction.on_commit(lambda: ingest_document.delay(document_id))
+
+
+# --- ingest -------------------------------------------------------------------------------------------------------
+
+
+class _DocumentLock:
+    """Session-level advisory lock in the main database: one pipeline per document at a time. A worker that dies
+    loses its session and so its lock, and the re-delivered task takes over."""
+
+    def __init__(self, document_id: int):
+        self.key = zlib.crc32(f"silo-document-{document_id}".encode())
+        self.acquired = False
+
+    def __enter__(self) -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [self.key])
+            self.acquired = cursor.fetchone()[0]
+        return self.acquired
+
+    def __exit__(self, *exc) -> None:
+        if self.acquired:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [self.key])
+
+
+def _update(document: Document, **fields) -> None:
+    fields["updated_at"] = timezone.now()
+    Document.objects.filter(id=document.id).update(**fields)
+    for name, value in fields.items():
+        if not hasattr(value, "resolve_expression"):
+            setattr(document, name, value)
+
+
+def _records(document: Document, chunks: list[Chunk], vectors: list[list[float]]) -> list[ChunkRecord]:
+    return [
+        ChunkRecord(
+            document_id=document.id,
+            chunk_index=chunk.index,
+            content=chunk.text,
+            first_page=chunk.first_page,
+            last_page=chunk.last_page,
+            embedding=vector,
+            metadata={"title": document.title, "section": chunk.section},
+        )
+        for chunk, vector in zip(chunks, vectors, strict=True)
+    ]
+
+
+def document_ingest(
+    document_id: int, on_progress: Callable[[Document], None] | None = None
+) -> IngestReport:
+    """Run the whole pipeline for one document. Idempotent: a re-run replaces the document's chunks atomically.
+
+    Raises TenantDatabaseNotReady (try later) and TransientIngestError (retry); a bad PDF ends `failed` with a reason.
+    """
+    report = IngestReport(document=Document.objects.select_related("owner").get(id=document_id))
+    document = report.document
+    with _DocumentLock(document_id) as acquired:
+        if not acquired:
+            logger.info("document %s is being ingested by another worker", document_id)
+            return report
+        document.refresh_from_db()
+        if document.status == Status.READY:
+            return report
+        target = tenant_target(document.owner)  # TenantDatabaseNotReady propagates: the task waits for it
+        _update(document, status=Status.PARSING, progress=0.01, error_message="", attempts=F("attempts") + 1)
+        _notify(on_progress, document)
+        try:
+            _run_pipeline(document, target, report.timings, on_progress)
+        except UnreadablePdf as error:
+            _update(document, status=Status.FAILED, error_message=str(error), progress=0.0)
+            logger.info("document %s rejected: %s", document_id, type(error).__name__)
+        except (psycopg.OperationalError, ConnectionCapacityExhausted) as error:
+            _update(document, status=Status.QUEUED, error_message=TEMPORARY_FAILURE_MESSAGE)
+            logger.warning("ingest of document %s interrupted: %s", document_id, type(error).__name__)
+            raise TransientIngestError(str(error)) from error
+        _notify(on_progress, document)
+    return report
+
+
+def _notify(on_progress, document) -> None:
+    if on_progress:
+        on_progress(document)
+
+
+def _run_pipeline(document, target, timings: StageTimings, on_progress) -> None:
+    started = time.perf_counter()
+    path = document.file.path
+    inspect_pdf(path, max_bytes=settings.UPLOAD_MAX_BYTES, max_pages=settings.UPLOAD_MAX_PAGES)
+    pages = extract_pages(path)
+    timings.parse = time.perf_counter() - started
+    _update(document, page_count=len(pages), progress=PROGRESS_PARSED)
+    _notify(on_progress, document)
+
+    started = time.perf_counter()
+    chunks = chunk_pages(pages, settings.CHUNK_SIZE, settings.CHUNK_OVERLAP)
+    timings.chunk = time.perf_counter() - started
+
+    _update(document, status=Status.EMBEDDING)
+    embedder = get_embedder()
+    vectors: list[list[float]] = []
+    batch_size = settings.EMBEDDING_BATCH_SIZE
+    started = time.perf_counter()
+    for start in range(0, len(chunks), batch_size):
+        batch = chunks[start : start + batch_size]
+        vectors += embedder.embed_documents([chunk.embedding_text for chunk in batch])
+        done = len(vectors) / len(chunks)
+        _update(document, progress=PROGRESS_PARSED + (PROGRESS_EMBEDDED - PROGRESS_PARSED) * done)
+        _notify(on_progress, document)
+    timings.embed = time.perf_counter() - started
+
+    started = time.perf_counter()
+    with get_registry().connection(target) as tenant_connection:
+        chunks_replace(tenant_connection, document.id, _records(document, chunks, vectors))
+        if not Document.objects.filter(id=document.id).exists():  # deleted while we worked: leave nothing behind
+            chunks_delete(tenant_connection, document.id)
+            return
+    timings.write = time.perf_counter() - started
+    _update(
+        document,
+        status=Status.READY,
+        progress=1.0,
+        chunk_count=len(chunks),
+        embedding_model=embedder.model_name,
+        ingested_at=timezone.now(),
+        error_message="",
+    )
+
+
+def document_mark_failed(document_id: int, message: str) -> None:
+    Document.objects.filter(id=document_id).exclude(status=Status.READY).update(
+        status=Status.FAILED, error_message=message, updated_at=timezone.now()
+    )
+
+
+# --- delete and re-ingest -------------------------------------------------------------------------------------------
+
+
+def document_delete(user, document_id: int | str) -> None:
+    """Remove the document's chunks from the tenant database, its file, then its row."""
+    document = document_get_for_user(user, document_id)
+    try:
+        target = tenant_target(user)
+    except TenantDatabaseNotReady:
+        target = None  # no database, so no chunks to remove
+    if target is not None:
+        with get_registry().connection(target) as tenant_connection:
+            chunks_delete(tenant_connection, document.id)
+    document.file.delete(save=False)
+    document.delete()
+
+
+def document_reingest(user, document_id: int | str) -> Document:
+    """Rebuild a document's chunks (e.g. after the embedding model changed)."""
+    document = document_get_for_user(user, document_id)
+    if document.is_busy:
+        return document
+    with transaction.atomic():
+        _update(document, status=Status.QUEUED, progress=0.0, error_message="", chunk_count=0)
+        _enqueue_ingest(document)
+    return document
+
+
+def documents_erase_for_tenant(tenant) -> int:
+    """Called while a tenant is erased (its database is already gone): delete every file and row."""
+    documents = list(Document.objects.filter(owner=tenant))
+    for document in documents:
+        document.file.delete(save=False)
+    Document.objects.filter(owner=tenant).delete()
+    return len(documents)

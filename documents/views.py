@@ -1,0 +1,92 @@
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from documents import selectors, services
+from tenants import selectors as tenant_selectors
+
+
+@login_required
+@require_GET
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """The tenant's home: their database's state, their documents with live progress, the upload area."""
+    vector_database = tenant_selectors.vector_database_for_tenant(request.user)
+    return render(
+        request,
+        "documents/dashboard.html",
+        {
+            "database": tenant_selectors.vector_database_status_payload(vector_database),
+            "documents": selectors.documents_for_user(request.user),
+            "upload_max_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024),
+        },
+    )
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+@login_required
+@require_POST
+def upload(request: HttpRequest) -> HttpResponse:
+    files = request.FILES.getlist("files")
+    accepted, rejected = [], []
+    for uploaded in files:
+        try:
+            accepted.append(services.document_upload(request.user, uploaded))
+        except services.DocumentRejected as error:
+            rejected.append(str(error))
+    if _wants_json(request):
+        status = 400 if rejected and not accepted else 200
+        return JsonResponse(
+            {"documents": [selectors.document_status_payload(d) for d in accepted], "errors": rejected}, status=status
+        )
+    if not files:
+        messages.error(request, "Choose one or more PDF files to upload.")
+    for message in rejected:
+        messages.error(request, message)
+    if accepted:
+        messages.success(request, f"Uploaded {len(accepted)} document(s); they are being processed.")
+    return redirect("dashboard")
+
+
+@login_required
+@require_GET
+def status(request: HttpRequest) -> JsonResponse:
+    documents = selectors.documents_for_user(request.user)
+    return JsonResponse({"documents": [selectors.document_status_payload(d) for d in documents]})
+
+
+@login_required
+@require_GET
+def file(request: HttpRequest, document_id: int) -> FileResponse:
+    document = selectors.document_get_for_user(request.user, document_id)
+    response = FileResponse(document.file.open("rb"), content_type="application/pdf")
+    # Inline so the browser's PDF viewer opens it (at a page, with #page=N); the stored name is never exposed.
+    response["Content-Disposition"] = f'inline; filename="document-{document.id}.pdf"'
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "sandbox"
+    return response
+
+
+@login_required
+@require_POST
+def delete(request: HttpRequest, document_id: int) -> HttpResponse:
+    services.document_delete(request.user, document_id)
+    if _wants_json(request):
+        return JsonResponse({"deleted": document_id})
+    messages.success(request, "Document deleted.")
+    return redirect("dashboard")
+
+
+@login_required
+@require_POST
+def reingest(request: HttpRequest, document_id: int) -> HttpResponse:
+    document = services.document_reingest(request.user, document_id)
+    if _wants_json(request):
+        return JsonResponse(selectors.document_status_payload(document))
+    messages.info(request, f"Re-ingesting “{document.title}”.")
+    return redirect("dashboard")
