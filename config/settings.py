@@ -207,6 +207,9 @@ CHUNK_SIZE = env_int("CHUNK_SIZE", 1000, minimum=100)
 CHUNK_OVERLAP = env_int("CHUNK_OVERLAP", 200, minimum=0)
 RETRIEVAL_K = env_int("RETRIEVAL_K", 5, minimum=1)
 RETRIEVAL_HYBRID = env_bool("RETRIEVAL_HYBRID", True)
+CHAT_MAX_QUESTION_CHARS = env_int("CHAT_MAX_QUESTION_CHARS", 4000, minimum=1)
+CHAT_HISTORY_MESSAGES = env_int("CHAT_HISTORY_MESSAGES", 6, minimum=0)
+CHAT_REQUEST_TIMEOUT_SECONDS = env_float("CHAT_REQUEST_TIMEOUT_SECONDS", 60.0, minimum=1)
 
 # --- uploads -------------------------------------------------------------------------------------------------------
 

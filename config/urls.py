@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from chat import views as chat_views
 from documents import views as document_views
 from tenants import views as tenant_views
 
@@ -9,6 +10,8 @@ urlpatterns = [
     path("dashboard/", document_views.dashboard, name="dashboard"),
     path("", include("tenants.urls")),
     path("documents/", include("documents.urls")),
+    path("documents/<int:document_id>/", chat_views.document_chat, name="document_chat"),
+    path("chat/", include("chat.urls")),
     path("healthz", tenant_views.health, name="health"),
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),

@@ -68,7 +68,6 @@ def file(request: HttpRequest, document_id: int) -> FileResponse:
     # Inline so the browser's PDF viewer opens it (at a page, with #page=N); the stored name is never exposed.
     response["Content-Disposition"] = f'inline; filename="document-{document.id}.pdf"'
     response["X-Content-Type-Options"] = "nosniff"
-    response["Content-Security-Policy"] = "sandbox"
     return response
 
 

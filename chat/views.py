@@ -1,0 +1,91 @@
+import json
+
+from asgiref.sync import sync_to_async
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_POST
+
+from chat import services
+from documents.models import Document
+from documents.selectors import document_get_for_user, documents_for_user
+from tenants.services import TenantDatabaseNotReady
+
+_END = object()
+
+
+def _chat_page(request: HttpRequest, document: Document | None) -> HttpResponse:
+    conversation_id = request.GET.get("c") or ""
+    context = {"document": document, "conversations": [], "conversation": None, "history": [], "unavailable": ""}
+    try:
+        context["conversations"] = services.conversations_for_user(request.user, document.id if document else None)
+        if conversation_id:
+            found = services.conversation_with_messages(request.user, conversation_id)
+            if found is None or (document and found[0].document_id != document.id):
+                raise Http404("No such conversation")
+            context["conversation"], context["history"] = found
+    except TenantDatabaseNotReady:
+        context["unavailable"] = "Your database is still being set up. Chat opens as soon as it is ready."
+    context["has_ready_documents"] = documents_for_user(request.user).filter(status=Document.Status.READY).exists()
+    return render(request, "chat/chat.html", context)
+
+
+@login_required
+@require_GET
+def chat_all(request: HttpRequest) -> HttpResponse:
+    """Chat across every ready document of the tenant."""
+    return _chat_page(request, None)
+
+
+@login_required
+@require_GET
+def document_chat(request: HttpRequest, document_id: int) -> HttpResponse:
+    """One document: its PDF beside a chat limited to it."""
+    return _chat_page(request, document_get_for_user(request.user, document_id))
+
+
+def _server_sent_event(event: services.ChatEvent) -> str:
+    return f"event: {event.kind}\ndata: {json.dumps(event.data)}\n\n"
+
+
+@login_required
+@require_POST
+async def chat_stream(request: HttpRequest) -> StreamingHttpResponse:
+    """One chat turn as server-sent events: conversation, sources, token..., then done or error."""
+    user = await request.auser()
+    question = request.POST.get("question", "")
+    conversation_id = request.POST.get("conversation") or None
+    raw_document = request.POST.get("document") or None
+    try:
+        document_id = int(raw_document) if raw_document else None
+    except ValueError:
+        raise Http404("No such document") from None
+    turn = services.chat_turn(user, question, conversation_id=conversation_id, document_id=document_id)
+    # The service is synchronous (database, embedder, model client); each step runs in a worker thread so the
+    # event loop keeps serving other streams meanwhile.
+    next_event = sync_to_async(lambda: next(turn, _END), thread_sensitive=False)
+
+    async def events():
+        while (event := await next_event()) is not _END:
+            yield _server_sent_event(event)
+
+    response = StreamingHttpResponse(events(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
+    return response
+
+
+@login_required
+@require_POST
+def conversation_delete(request: HttpRequest, conversation_id: str) -> HttpResponse:
+    try:
+        deleted = services.conversation_delete(request.user, conversation_id)
+    except TenantDatabaseNotReady:
+        deleted = False
+    if not deleted:
+        raise Http404("No such conversation")
+    if "application/json" in request.headers.get("Accept", ""):
+        return JsonResponse({"deleted": conversation_id})
+    messages.success(request, "Conversation deleted.")
+    return redirect("chat")
