@@ -206,6 +206,7 @@ def ensure_running(data_root: Path, fast_unsafe: bool = False) -> EmbeddedServer
     with _lock(data_root):
         server = _load(data_root) or _initialise(data_root)
         if _postmaster_pid(server.pgdata) is None:
+            _prepare_permissions(data_root)  # a parent folder's mode may have changed since initdb
             _start(server, fast_unsafe)
             server = _load(data_root)
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -239,6 +240,7 @@ def stop(data_root: Path) -> bool:
         pgdata = data_root / "postgres"
         if _postmaster_pid(pgdata) is None:
             return False
+        _prepare_permissions(data_root)
         _run_as_server_user(
             [str(_binaries() / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"], timeout=70
         )

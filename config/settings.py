@@ -302,7 +302,7 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
 SECURE_HSTS_PRELOAD = HTTPS
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
-X_FRAME_OPTIONS = "SAMEORIGIN"  # the document page embeds our own PDF viewer
+X_FRAME_OPTIONS = "DENY"  # the PDF file view alone allows same-origin framing (the viewer beside the chat)
 
 # --- static files, i18n, logging -----------------------------------------------------------------------------------
 

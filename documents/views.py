@@ -3,6 +3,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django.views.decorators.http import require_GET, require_POST
 
 from documents import selectors, services
@@ -60,6 +61,7 @@ def status(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"documents": [selectors.document_status_payload(d) for d in documents]})
 
 
+@xframe_options_sameorigin
 @login_required
 @require_GET
 def file(request: HttpRequest, document_id: int) -> FileResponse:
