@@ -276,7 +276,7 @@ _google = {
     "SCOPE": ["profile", "email"],
     "AUTH_PARAMS": {"access_type": "online"},
     "OAUTH_PKCE_ENABLED": True,
-    # Read the profile from the userinfo endpoint rather than verifying an id_token against Google's certificates.
+    # Also read the picture from the userinfo endpoint when the id_token has none.
     "FETCH_USERINFO": True,
 }
 if GOOGLE_SIGN_IN_ENABLED:

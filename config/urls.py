@@ -8,6 +8,7 @@ from tenants import views as tenant_views
 urlpatterns = [
     path("", tenant_views.home, name="home"),
     path("dashboard/", document_views.dashboard, name="dashboard"),
+    path("account/export", document_views.account_export, name="account_export"),
     path("", include("tenants.urls")),
     path("documents/", include("documents.urls")),
     path("documents/<int:document_id>/", chat_views.document_chat, name="document_chat"),

@@ -91,3 +91,14 @@ def reingest(request: HttpRequest, document_id: int) -> HttpResponse:
         return JsonResponse(selectors.document_status_payload(document))
     messages.info(request, f"Re-ingesting “{document.title}”.")
     return redirect("dashboard")
+
+
+@login_required
+@require_GET
+def account_export(request: HttpRequest) -> JsonResponse:
+    """Download everything Silo holds for this tenant, as JSON."""
+    from documents.exports import tenant_export
+
+    response = JsonResponse(tenant_export(request.user), json_dumps_params={"indent": 2})
+    response["Content-Disposition"] = 'attachment; filename="silo-export.json"'
+    return response

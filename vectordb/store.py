@@ -68,3 +68,23 @@ def chunks_delete(connection: psycopg.Connection, document_id: int) -> int:
 
 def chunk_count(connection: psycopg.Connection, document_id: int) -> int:
     return connection.execute("SELECT count(*) FROM embeddings WHERE document_id = %s", [document_id]).fetchone()[0]
+
+
+def chunks_export(connection: psycopg.Connection, document_ids: Sequence[int]) -> list[dict]:
+    """Every chunk of these documents, for a tenant's data export (text and provenance; vectors are derived data)."""
+    rows = connection.execute(
+        "SELECT document_id, chunk_index, first_page, last_page, content, metadata FROM embeddings "
+        "WHERE document_id = ANY(%s) ORDER BY document_id, chunk_index",
+        [list(document_ids)],
+    ).fetchall()
+    return [
+        {
+            "document_id": row[0],
+            "chunk_index": row[1],
+            "first_page": row[2],
+            "last_page": row[3],
+            "content": row[4],
+            "metadata": row[5],
+        }
+        for row in rows
+    ]
