@@ -217,6 +217,10 @@ MEDIA_ROOT = Path(env_str("SILO_MEDIA_ROOT") or DATA_DIR / "media")
 MEDIA_URL = "/media/"
 UPLOAD_MAX_BYTES = env_int("UPLOAD_MAX_BYTES", 50 * 1024 * 1024, minimum=1)
 UPLOAD_MAX_PAGES = env_int("UPLOAD_MAX_PAGES", 2000, minimum=1)
+UPLOAD_RATE_LIMIT_PER_HOUR = env_int("UPLOAD_RATE_LIMIT_PER_HOUR", 100, minimum=1)
+# Documents of one tenant ingested at once across all workers; the rest wait their turn behind other tenants'.
+INGEST_MAX_CONCURRENT_PER_TENANT = env_int("INGEST_MAX_CONCURRENT_PER_TENANT", 1, minimum=1)
+INGEST_SLOT_LEASE_SECONDS = env_int("INGEST_SLOT_LEASE_SECONDS", 1800, minimum=60)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
@@ -233,6 +237,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=60)}
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "silo")
 
+CACHE_KEY_PREFIX_FOR_SLOTS = env_str("CACHE_KEY_PREFIX", "silo")
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",

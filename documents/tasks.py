@@ -1,20 +1,38 @@
 from celery import shared_task
 
 from documents import services
+from documents.fairness import tenant_ingest_slot
+from documents.models import Document
 from tenants.services import TenantDatabaseNotReady
 
 MAX_RETRIES = 8
+# Waiting for a tenant's own earlier uploads is normal, not a failure: it has its own, generous budget.
+FAIRNESS_DELAY_SECONDS = 3
+MAX_FAIRNESS_WAITS = 2000
 
 
-@shared_task(bind=True, max_retries=MAX_RETRIES)
-def ingest_document(self, document_id: int) -> None:
+@shared_task(bind=True, max_retries=None)
+def ingest_document(self, document_id: int, fairness_waits: int = 0) -> None:
+    owner_id = Document.objects.filter(id=document_id).values_list("owner_id", flat=True).first()
+    if owner_id is None:
+        return  # deleted before its turn came
+    with tenant_ingest_slot(owner_id) as acquired:
+        if not acquired and fairness_waits < MAX_FAIRNESS_WAITS:
+            # Back of the queue: other tenants' documents go first.
+            ingest_document.apply_async((document_id, fairness_waits + 1), countdown=FAIRNESS_DELAY_SECONDS)
+            return
+        _ingest(self, document_id)
+
+
+def _ingest(task, document_id: int) -> None:
+    retries = task.request.retries
     try:
         services.document_ingest(document_id)
     except TenantDatabaseNotReady as error:
-        if error.status in {"pending", "provisioning"} and self.request.retries < MAX_RETRIES:
-            raise self.retry(countdown=min(2 ** self.request.retries, 30)) from None
+        if error.status in {"pending", "provisioning"} and retries < MAX_RETRIES:
+            raise task.retry(countdown=min(2**retries, 30)) from None
         services.document_mark_failed(document_id, "Your database is not available; try again from the dashboard.")
     except services.TransientIngestError:
-        if self.request.retries < MAX_RETRIES:
-            raise self.retry(countdown=min(2 ** self.request.retries, 60)) from None
+        if retries < MAX_RETRIES:
+            raise task.retry(countdown=min(2**retries, 60)) from None
         services.document_mark_failed(document_id, services.TEMPORARY_FAILURE_MESSAGE)
