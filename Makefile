@@ -24,8 +24,11 @@ test: $(STAMP)
 	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} CELERY_QUEUE=silo-test-$$$$ SILO_TEST_DATABASE=test_silo_$$$$ \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Benchmarks get their own data folder, main database, Redis database and Celery queue; BENCH_QUICK=1 for smaller inputs.
 bench: $(STAMP)
-	@echo "no benchmarks yet"
+	SILO_DATA_DIR=$(CURDIR)/.data/bench SILO_EMBEDDED_FAST=true SILO_MAIN_DATABASE=silo_bench LOG_LEVEL=WARNING \
+	REDIS_URL=$${BENCH_REDIS_URL:-redis://127.0.0.1:6379/14} CELERY_QUEUE=silo-bench-$$$$ \
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean-data:
 	$(BIN)/python -m config.embedded_postgres stop || true

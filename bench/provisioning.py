@@ -1,0 +1,164 @@
+"""Provisioning latency: `vector_database_provision` end to end, postgres provider and through the Neon emulator.
+
+End to end means what the Celery task does: lock the registry row, create the role and the database (cloned from the
+template for `postgres`; a Neon project for `neon`), check/apply migrations, record the embedding model, mark ready.
+The Neon figure that has a target is our own overhead: provision time minus the time the emulator spent handling
+that provision's requests (its CREATE DATABASE and so on), with operations that finish at once and no added latency.
+"""
+
+from __future__ import annotations
+
+import time
+from unittest import mock
+
+from django.conf import settings
+
+from bench.common import (
+    admin_dsn,
+    create_tenants,
+    drop_database,
+    milliseconds,
+    percentile,
+    progress,
+    remove_tenants,
+    stopwatch,
+)
+from bench.framework import Target
+from tenants import services
+from tenants.models import VectorDatabase
+from tenants.provisioners import get_provisioner
+from tenants.provisioners.neon import NeonProvisioner
+from tenants.provisioners.postgres import TEMPLATE_DATABASE
+from tests.emulators import neon as neon_emulator
+
+TARGETS = [
+    Target("p50_ms", at_most=100, unit=" ms", label="p50_ms (postgres provider)"),
+    Target("neon_emulator_overhead_p50_ms", at_most=20, unit=" ms"),
+]
+
+TENANTS, QUICK_TENANTS = 50, 15
+WARM_UP_TENANTS = 2  # untimed: build the template, load the migration graph, open the main database connection
+# With operations that finish at once, the only wait left is the poll interval: keep it short so the figure is
+# our work, not our sleeping (production polls every 2 s against operations that take seconds).
+NEON_POLL_INTERVAL_SECONDS = 0.005
+# The emulator's http.server writes a response's headers and body in two segments; with Nagle's algorithm on, the
+# second waits for the client's delayed ACK (~40 ms on Linux) on every request. Real Neon does not do that, and the
+# stall happens after `handle()` returns, so it would be counted as our overhead: switch it off (TCP_NODELAY).
+EMULATOR_TCP_NODELAY = True
+
+
+def run(quick: bool) -> dict:
+    count = QUICK_TENANTS if quick else TENANTS
+    result: dict = {"n": count}
+    result.update(_postgres_provider(count))
+    result.update(_neon_provider(count))
+    return result
+
+
+def _provision_timed(rows: list[VectorDatabase]) -> list[float]:
+    seconds = []
+    for row in rows:
+        with stopwatch() as watch:
+            provisioned = services.vector_database_provision(row.id)
+        if provisioned.status != VectorDatabase.Status.READY:
+            raise RuntimeError(f"tenant {row.tenant_key} ended {provisioned.status}: {provisioned.last_error}")
+        seconds.append(watch.seconds)
+    return seconds
+
+
+def _fresh_template() -> None:
+    # A crashed fleet benchmark may have left the template at a test schema: start from the real one.
+    drop_database(TEMPLATE_DATABASE)
+    get_provisioner("postgres")._templates_ready.clear()
+
+
+def _postgres_provider(count: int) -> dict:
+    prefix = "bench-provision-pg"
+    remove_tenants(prefix)
+    _fresh_template()
+    try:
+        rows = create_tenants(prefix, WARM_UP_TENANTS + count, provider="postgres")
+        _provision_timed(rows[:WARM_UP_TENANTS])
+        progress(f"postgres provider: provisioning {count} tenants one after another")
+        seconds = _provision_timed(rows[WARM_UP_TENANTS:])
+    finally:
+        progress(f"postgres provider: dropped {remove_tenants(prefix)} tenant databases")
+    return {
+        "p50_ms": milliseconds(percentile(seconds, 0.50)),
+        "p99_ms": milliseconds(percentile(seconds, 0.99)),
+        "max_ms": milliseconds(max(seconds)),
+    }
+
+
+def _neon_provider(count: int) -> dict:
+    prefix = "bench-provision-neon"
+    nagle_was_disabled = neon_emulator._Handler.disable_nagle_algorithm
+    neon_emulator._Handler.disable_nagle_algorithm = EMULATOR_TCP_NODELAY
+    emulator = neon_emulator.NeonEmulator(admin_dsn(), operation_delay_seconds=0, latency_seconds=0).start()
+    provisioner = NeonProvisioner.from_settings(
+        api_key=emulator.api_key,
+        api_url=emulator.base_url,
+        poll_interval_seconds=NEON_POLL_INTERVAL_SECONDS,
+        retry_base_delay_seconds=0.01,
+        retry_max_delay_seconds=0.05,
+        request_timeout_seconds=10,
+        operation_timeout_seconds=30,
+    )
+    create_seconds: list[float] = []
+    real_create = provisioner.create
+
+    def timed_create(*arguments, **options):
+        started = time.perf_counter()
+        try:
+            return real_create(*arguments, **options)
+        finally:
+            create_seconds.append(time.perf_counter() - started)
+
+    provisioner.create = timed_create
+    real_get_provisioner = services.get_provisioner
+
+    def get_bench_provisioner(name: str | None = None):
+        return provisioner if (name or settings.TENANT_PROVIDER) == "neon" else real_get_provisioner(name)
+
+    totals, emulator_seconds, requests, polls = [], [], [], []
+    try:
+        with mock.patch.object(services, "get_provisioner", get_bench_provisioner):
+            remove_tenants(prefix)
+            rows = create_tenants(prefix, WARM_UP_TENANTS + count, provider="neon")
+            _provision_timed(rows[:WARM_UP_TENANTS])
+            progress(f"neon provider: provisioning {count} tenants one after another through the emulator")
+            create_seconds.clear()
+            for row in rows[WARM_UP_TENANTS:]:
+                first_request = len(emulator.handling_seconds)
+                [total] = _provision_timed([row])
+                handled = emulator.handling_seconds[first_request:]
+                recorded = emulator.requests[first_request:]
+                totals.append(total)
+                emulator_seconds.append(sum(handled))
+                requests.append(len(handled))
+                polls.append(sum(1 for r in recorded if r.method == "GET" and _is_operations_path(r.path)))
+            progress(f"neon provider: dropped {remove_tenants(prefix)} projects")
+    finally:
+        emulator.stop()  # drops whatever projects are left
+        neon_emulator._Handler.disable_nagle_algorithm = nagle_was_disabled
+    overheads = [total - handled for total, handled in zip(totals, emulator_seconds, strict=True)]
+    client = [create - handled for create, handled in zip(create_seconds, emulator_seconds, strict=True)]
+    after_create = [total - create for total, create in zip(totals, create_seconds, strict=True)]
+    return {
+        "neon_emulator_overhead_p50_ms": milliseconds(percentile(overheads, 0.50)),
+        "neon_emulator_overhead_p99_ms": milliseconds(percentile(overheads, 0.99)),
+        "neon_total_p50_ms": milliseconds(percentile(totals, 0.50)),
+        "neon_emulator_handling_p50_ms": milliseconds(percentile(emulator_seconds, 0.50)),
+        # The overhead split: NeonProvisioner.create() minus the emulator's handling (HTTP client, polling for
+        # operations, installing pgvector), and what follows create() (migrations on an empty database, embedding
+        # model record, registry updates).
+        "neon_client_overhead_p50_ms": milliseconds(percentile(client, 0.50)),
+        "neon_after_create_p50_ms": milliseconds(percentile(after_create, 0.50)),
+        "neon_emulator_tcp_nodelay": EMULATOR_TCP_NODELAY,
+        "neon_requests_per_provision_p50": percentile(requests, 0.50),
+        "neon_operation_polls_per_provision_p50": percentile(polls, 0.50),
+    }
+
+
+def _is_operations_path(path: str) -> bool:
+    return path.split("?")[0].endswith("/operations")

@@ -1,0 +1,164 @@
+"""Retrieval quality: page-level recall@k on the dev set (/work/shared/eval), vector-only and hybrid.
+
+One tenant, the four eval PDFs ingested through the real pipeline (`documents.services`), then every question asked
+through `chat.services.chunks_retrieve` across all the tenant's documents, as a user chatting across documents would.
+A question is a hit at k when one of its top-k chunks comes from the question's file and its [first_page, last_page]
+covers one of the question's answer pages (the dev set's scoring rules, eval/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from bench.framework import Target
+
+EVAL_DIR = Path(os.environ.get("SILO_EVAL_DIR", "/work/shared/eval"))
+TENANT_PREFIX = "quality"
+KS = (1, 3, 5, 10)
+
+TARGETS = [
+    Target("recall_at_3_hybrid", at_least=0.90),
+    Target("recall_at_5_hybrid", at_least=0.95),
+]
+
+
+def run(quick: bool) -> dict:
+    """`quick` scores the same questions: the index must hold all four PDFs either way, and asking is cheap."""
+    from bench.common import create_tenants, progress, remove_tenants, stopwatch
+    from tenants import services as tenant_services
+
+    questions = json.loads((EVAL_DIR / "qa.json").read_text())
+    remove_tenants(TENANT_PREFIX)  # leftovers of a crashed run
+    (row,) = create_tenants(TENANT_PREFIX, 1)
+    user = row.tenant
+    try:
+        tenant_services.vector_database_provision(row.id)
+        with stopwatch() as ingest_watch:
+            filenames = _ingest_eval_pdfs(user)
+        progress(f"ingested {len(filenames)} PDFs in {ingest_watch.seconds:.1f}s")
+        with stopwatch() as ask_watch:
+            result = _score(user, questions, filenames)
+        result["ingest_seconds"] = round(ingest_watch.seconds, 1)
+        result["retrieval_ms_per_query"] = round(1000 * ask_watch.seconds / (len(questions) * len(KS) * 2), 1)
+        return result
+    finally:
+        _remove_documents(user)
+        remove_tenants(TENANT_PREFIX)
+
+
+def _ingest_eval_pdfs(user) -> dict[int, str]:
+    """Upload and ingest every eval PDF in-process; {document id: file name}."""
+    from django.core.files import File
+
+    from documents import services as document_services
+    from documents.models import Document
+
+    filenames = {}
+    for path in sorted((EVAL_DIR / "pdfs").glob("*.pdf")):
+        with path.open("rb") as handle:
+            document = document_services.document_upload(user, File(handle, name=path.name), enqueue=False)
+        document_services.document_ingest(document.id)
+        document.refresh_from_db()
+        if document.status != Document.Status.READY:
+            raise RuntimeError(f"{path.name} ended {document.status}: {document.error_message}")
+        filenames[document.id] = path.name
+    return filenames
+
+
+def _remove_documents(user) -> None:
+    from documents.services import documents_erase_for_tenant
+
+    documents_erase_for_tenant(user)
+
+
+def _first_hit_rank(citations, question: dict, filenames: dict[int, str]) -> int | None:
+    pages = set(question["pages"])
+    for rank, citation in enumerate(citations, start=1):
+        if filenames.get(citation.document_id) != question["file"]:
+            continue
+        if any(citation.page <= page <= citation.page_end for page in pages):
+            return rank
+    return None
+
+
+def _score(user, questions: list[dict], filenames: dict[int, str]) -> dict:
+    from chat.services import chunks_retrieve
+
+    result: dict = {"questions": len(questions)}
+    misses: dict[str, list[dict]] = {}
+    for mode, hybrid in (("vector", False), ("hybrid", True)):
+        hits = {k: 0 for k in KS}
+        reciprocal_ranks = []
+        mode_misses = []
+        for question in questions:
+            # One retrieval per k, as a user with RETRIEVAL_K=k would get it (hybrid fuses more candidates for a
+            # larger k, so the top 3 of a k=5 search is not always the k=3 search).
+            ranks = {}
+            for k in KS:
+                citations = chunks_retrieve(user, question["question"], k=k, hybrid=hybrid)
+                ranks[k] = _first_hit_rank(citations, question, filenames)
+                hits[k] += ranks[k] is not None
+                if k == max(KS):
+                    top = citations
+            reciprocal_ranks.append(1 / ranks[max(KS)] if ranks[max(KS)] else 0.0)
+            if ranks[5] is None or ranks[3] is None:
+                mode_misses.append(
+                    {
+                        "id": question["id"],
+                        "file": question["file"],
+                        "pages": question["pages"],
+                        "question": question["question"],
+                        "first_hit_rank_at_10": ranks[max(KS)],
+                        "top_5": [
+                            f"{filenames.get(c.document_id, '?')} p.{c.page}-{c.page_end} ({c.score:.3f})"
+                            for c in top[:5]
+                        ],
+                    }
+                )
+        for k in KS:
+            result[f"recall_at_{k}_{mode}"] = round(hits[k] / len(questions), 3)
+        result[f"mrr_at_10_{mode}"] = round(sum(reciprocal_ranks) / len(questions), 3)
+        misses[mode] = mode_misses
+    result["per_file_recall_at_5_hybrid"] = _per_file(user, questions, filenames)
+    result["misses"] = misses
+    return result
+
+
+def _per_file(user, questions: list[dict], filenames: dict[int, str]) -> dict[str, float]:
+    from chat.services import chunks_retrieve
+
+    totals: dict[str, list[int]] = {}
+    for question in questions:
+        citations = chunks_retrieve(user, question["question"], k=5, hybrid=True)
+        hit = _first_hit_rank(citations, question, filenames) is not None
+        total = totals.setdefault(question["file"], [0, 0])
+        total[0] += hit
+        total[1] += 1
+    return {file: round(hit / count, 3) for file, (hit, count) in sorted(totals.items())}
+
+
+def _setup_django() -> None:
+    from config.settings_paths import BASE_DIR
+
+    os.environ.setdefault("SILO_DATA_DIR", str(BASE_DIR / ".data" / "bench"))
+    os.environ.setdefault("SILO_EMBEDDED_FAST", "true")
+    os.environ.setdefault("SILO_MAIN_DATABASE", "silo_bench")
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+if __name__ == "__main__":
+    _setup_django()
+    started = time.perf_counter()
+    outcome = run(quick=os.environ.get("BENCH_QUICK", "").strip().lower() in {"1", "true", "yes", "on"})
+    outcome["seconds"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(outcome, indent=2))
