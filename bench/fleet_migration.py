@@ -1,9 +1,9 @@
 """Fleet migration: `migrate_tenants` applying one new migration, against a naive sequential `migrate` loop.
 
-One fleet, provisioned untimed at the real schema. With the test migration package (0002 adds a column) in place:
+One fleet, provisioned untimed at the real schema. With the test migration package (0003 adds a column) in place:
 1. the baseline, timed: for each tenant, register a connection alias and `call_command("migrate", "vectordb")`,
    one after another, as a hand-written script would;
-2. rolled back to 0001 per tenant, untimed;
+2. rolled back to 0002 per tenant, untimed;
 3. ours, timed: `tenants_migrate(fleet_members(), jobs=settings.TENANT_MIGRATION_JOBS)`, which includes bringing the
    template up to date afterwards, as the `migrate_tenants` command does.
 Both apply exactly the same migration to the same databases; steps 1-3 run REPETITIONS times, interleaved, and the
@@ -39,8 +39,8 @@ TARGETS = [Target("speedup", at_least=3, unit="x", label="speedup vs sequential"
 TENANTS, QUICK_TENANTS = 300, 60
 PREFIX = "bench-fleet"
 FLEET_MIGRATIONS = {"vectordb": "tests.vectordb.fleet_migrations"}
-BASE_MIGRATION = "0001_initial"
-NEW_MIGRATION = "0002_embedding_language"
+BASE_MIGRATION = "0002_embedding_created_at_default"
+NEW_MIGRATION = "0003_embedding_language"
 NEW_COLUMN = "language"
 REPETITIONS = 2  # each: baseline, roll back, ours (best of each reported)
 
@@ -61,7 +61,7 @@ def run(quick: bool) -> dict:
                     _naive_migrate(members)
                 sequential_runs.append(sequential.seconds)
                 _expect_column(members, present=True)
-                progress("rolling the fleet back to 0001 (untimed)")
+                progress("rolling the fleet back to 0002 (untimed)")
                 _naive_migrate(members, BASE_MIGRATION)
                 _expect_column(members, present=False)
                 progress(f"[{repetition}/{REPETITIONS}] migrate_tenants with {jobs} jobs")

@@ -25,7 +25,10 @@ from vectordb.schema import (
     BreakingMigrationRefused,
     EmbeddingModelMismatch,
     embedding_model_record,
+    NotCompilable,
+    latest_schema_version,
     migrate_tenant_database,
+    migrate_tenant_database_fast,
 )
 
 logger = logging.getLogger(__name__)
@@ -36,6 +39,7 @@ Status = VectorDatabase.Status
 tenant_erasing = Signal()  # kwargs: tenant
 
 TRANSIENT_ERRORS = (ProvisioningError, psycopg.Error, DatabaseError)
+QUOTA_MESSAGE = "Silo has reached its limit of databases for now; our team has been told. Please try again later."
 USER_FACING_PROVISIONING_ERROR = "Your database could not be created yet. Please try again in a minute."
 
 
@@ -107,10 +111,14 @@ def vector_database_provision(vector_database_id: int) -> VectorDatabase:
         try:
             placed = provisioner.create(vector_database.tenant_key, vector_database.region or None)
             _store_location(vector_database, placed)
-            result = migrate_tenant_database(vector_database.tenant_key, placed.migration_dsn)
+            if placed.schema_version and placed.schema_version == latest_schema_version():
+                schema_version = placed.schema_version  # cloned from a current template: nothing to migrate
+            else:
+                schema_version = _migrate_new_database(vector_database.tenant_key, placed.migration_dsn)
             embedding_model_record(placed.dsn, settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSIONS)
         except QuotaExceeded as error:
-            return _mark_failed(vector_database, str(error))
+            logger.error("tenant database %s refused by the provider: %s", vector_database.tenant_key, error)
+            return _mark_failed(vector_database, QUOTA_MESSAGE)
         except (BreakingMigrationRefused, EmbeddingModelMismatch) as error:
             return _mark_failed(vector_database, str(error))
         except TRANSIENT_ERRORS as error:
@@ -121,7 +129,7 @@ def vector_database_provision(vector_database_id: int) -> VectorDatabase:
             raise ProvisioningFailed(str(error)) from error
         VectorDatabase.objects.filter(id=vector_database_id).update(
             status=Status.READY,
-            schema_version=result.schema_version,
+            schema_version=schema_version,
             embedding_model=settings.EMBEDDING_MODEL,
             embedding_dimensions=settings.EMBEDDING_DIMENSIONS,
             last_error="",
@@ -131,6 +139,14 @@ def vector_database_provision(vector_database_id: int) -> VectorDatabase:
         vector_database.refresh_from_db()
         logger.info("tenant database %s ready on %s", vector_database.tenant_key, vector_database.server)
         return vector_database
+
+
+def _migrate_new_database(tenant_key: str, dsn: str) -> str:
+    """Bring a new tenant database to the latest schema; compiled SQL when possible (fast), else the executor."""
+    try:
+        return migrate_tenant_database_fast(tenant_key, dsn).schema_version
+    except NotCompilable:
+        return migrate_tenant_database(tenant_key, dsn).schema_version
 
 
 def _store_location(vector_database: VectorDatabase, placed: ProvisionedDatabase) -> None:

@@ -9,7 +9,15 @@ from dataclasses import dataclass, field
 
 from django.db import DatabaseError
 
-from vectordb.schema import BreakingMigrationRefused, migrate_tenant_database, pending_migrations
+import psycopg
+
+from vectordb.schema import (
+    BreakingMigrationRefused,
+    NotCompilable,
+    migrate_tenant_database,
+    migrate_tenant_database_fast,
+    pending_migrations,
+)
 
 
 @dataclass(frozen=True)
@@ -62,11 +70,14 @@ def _migrate_one(member: FleetMember, allow_breaking: bool) -> FleetOutcome:
     started = time.monotonic()
     outcome = FleetOutcome(member=member)
     try:
-        result = migrate_tenant_database(member.key, member.dsn, allow_breaking=allow_breaking)
+        try:
+            result = migrate_tenant_database_fast(member.key, member.dsn, allow_breaking=allow_breaking)
+        except NotCompilable:
+            result = migrate_tenant_database(member.key, member.dsn, allow_breaking=allow_breaking)
         outcome.applied, outcome.schema_version = result.applied, result.schema_version
     except BreakingMigrationRefused as error:
         outcome.error = str(error)
-    except (DatabaseError, OSError) as error:  # unreachable or failing tenant: record it, go on with the others
+    except (DatabaseError, psycopg.Error, OSError) as error:  # unreachable or failing: record it, go on
         outcome.error = _describe(error)
     outcome.seconds = time.monotonic() - started
     return outcome
@@ -86,7 +97,7 @@ def _plan_one(member: FleetMember) -> FleetOutcome:
     outcome = FleetOutcome(member=member)
     try:
         outcome.pending = pending_migrations(member.key, member.dsn)
-    except (DatabaseError, OSError) as error:
+    except (DatabaseError, psycopg.Error, OSError) as error:
         outcome.error = _describe(error)
     return outcome
 

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVectorField
 from django.db import models
+from django.db.models.functions import Now
 from pgvector.django import HnswIndex, VectorField
 
 # Full-text search configuration used by the generated tsvector column and by queries: they must match.
@@ -30,7 +31,8 @@ class Embedding(models.Model):
     embedding = VectorField(dimensions=settings.EMBEDDING_DIMENSIONS)
     # Filled by PostgreSQL itself (GENERATED ALWAYS AS ... STORED), see migration 0001.
     content_search = SearchVectorField(null=True, editable=False)
-    created_at = models.DateTimeField(auto_now_add=True)
+    # A database default too, so writers other than Django (COPY, langchain-postgres) need not set it.
+    created_at = models.DateTimeField(auto_now_add=True, db_default=Now())
 
     class Meta:
         db_table = "embeddings"

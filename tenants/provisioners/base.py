@@ -23,6 +23,7 @@ class ProvisionedDatabase:
     server: str  # administered server's name, or "neon"
     dsn: str  # for application traffic (Neon: the pooled endpoint)
     migration_dsn: str  # direct connection, for schema migrations
+    schema_version: str = ""  # known tenant schema version (a fresh clone of a current template), else ""
 
     def __repr__(self) -> str:  # keep credentials out of logs and tracebacks
         return f"ProvisionedDatabase(external_id={self.external_id!r}, region={self.region!r}, server={self.server!r})"

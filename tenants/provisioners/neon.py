@@ -90,6 +90,10 @@ class NeonProvisioner:
             request_timeout_seconds=settings.NEON_REQUEST_TIMEOUT_SECONDS,
             max_retries=settings.NEON_MAX_RETRIES,
             operation_timeout_seconds=settings.NEON_OPERATION_TIMEOUT_SECONDS,
+            # Not in config/settings.py yet; until they are, __init__'s defaults apply.
+            retry_base_delay_seconds=settings.NEON_RETRY_BASE_DELAY_SECONDS,
+            retry_max_delay_seconds=settings.NEON_RETRY_MAX_DELAY_SECONDS,
+            poll_interval_seconds=settings.NEON_POLL_INTERVAL_SECONDS,
         )
         options.update(overrides)
         return cls(**options)
@@ -128,6 +132,16 @@ class NeonProvisioner:
             self._wait_for_operations(client, external_id)
             return self._connection_details(client, project)
 
+    def list_databases(self) -> list[tuple[str, str]]:
+        """(server, project id) of every project named with our prefix, for reconciliation."""
+        with self._client() as client:
+            projects = self._list_projects(client, search=PROJECT_NAME_PREFIX)
+        return [
+            (SERVER_NAME, project["id"])
+            for project in projects
+            if str(project.get("name", "")).startswith(PROJECT_NAME_PREFIX)
+        ]
+
     # --- steps -------------------------------------------------------------------------------------------------------
 
     def _find_or_create_project(self, client: httpx.Client, project_name: str, region: str) -> dict:
@@ -145,24 +159,29 @@ class NeonProvisioner:
         raise ProvisioningError(f"Neon did not create project {project_name} after {self.max_retries + 1} attempts")
 
     def _find_project(self, client: httpx.Client, project_name: str) -> dict | None:
-        # `search` matches parts of names and ids, so keep only the exact name; page until a short page.
+        # `search` matches parts of names and ids, so keep only the exact name.
+        projects = self._list_projects(client, search=project_name)
+        matches = [project for project in projects if project.get("name") == project_name]
+        if len(matches) > 1:
+            logger.warning("%d Neon projects are named %s; using the oldest", len(matches), project_name)
+        return min(matches, key=lambda project: (project.get("created_at", ""), project["id"])) if matches else None
+
+    def _list_projects(self, client: httpx.Client, *, search: str) -> list[dict]:
+        """Every project whose name or id contains `search`, following the cursor until a short page."""
         cursor = None
-        matches: list[dict] = []
+        projects: list[dict] = []
         while True:
-            params: dict[str, Any] = {"search": project_name, "limit": LIST_PAGE_SIZE}
+            params: dict[str, Any] = {"search": search, "limit": LIST_PAGE_SIZE}
             if cursor:
                 params["cursor"] = cursor
             if self.org_id:
                 params["org_id"] = self.org_id
             body = self._request(client, "GET", "/projects", params=params).json()
             page = body.get("projects", [])
-            matches += [project for project in page if project.get("name") == project_name]
+            projects += page
             cursor = (body.get("pagination") or {}).get("cursor")
             if len(page) < LIST_PAGE_SIZE or not cursor:
-                break
-        if len(matches) > 1:
-            logger.warning("%d Neon projects are named %s; using the oldest", len(matches), project_name)
-        return min(matches, key=lambda project: (project.get("created_at", ""), project["id"])) if matches else None
+                return projects
 
     def _project_request(self, project_name: str, region: str) -> dict:
         project: dict[str, Any] = {

@@ -65,6 +65,7 @@ class PostgresProvisioner:
             raise ProvisioningError("no PostgreSQL server is configured for tenant databases (TENANT_POSTGRES_SERVERS)")
         self.servers = {server.name: server for server in servers}
         self._templates_ready: set[str] = set()
+        self._template_versions: dict[str, str] = {}
         self._template_lock = threading.Lock()
 
     @classmethod
@@ -91,24 +92,30 @@ class PostgresProvisioner:
         except KeyError:
             raise ProvisioningError(f"unknown tenant database server {name!r}") from None
 
-    def _find(self, database: str) -> AdministeredServer | None:
-        for server in self.servers.values():
-            with self._admin(server) as admin:
-                if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
-                    return server
-        return None
-
-    def _place(self, region: str | None) -> AdministeredServer:
-        candidates = [s for s in self.servers.values() if not region or s.region == region]
-        if not candidates:
-            raise ProvisioningError(f"no tenant database server in region {region!r}")
-        counts = {}
-        for server in candidates:
-            with self._admin(server) as admin:
-                counts[server.name] = admin.execute(
-                    "SELECT count(*) FROM pg_database WHERE starts_with(datname, %s)", [DATABASE_PREFIX]
-                ).fetchone()[0]
-        return min(candidates, key=lambda server: (counts[server.name], server.name))
+    @contextlib.contextmanager
+    def _locate(self, database: str, region: str | None):
+        """(server, admin connection) for the tenant's database: the server that already has it (a retry), else the
+        least-loaded server in the requested region. One connection per server looked at, the chosen one kept."""
+        with contextlib.ExitStack() as stack:
+            counts: dict[str, int] = {}
+            admins: dict[str, psycopg.Connection] = {}
+            for server in self.servers.values():
+                admin = stack.enter_context(self._admin(server))
+                admins[server.name] = admin
+                exists, count = admin.execute(
+                    "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %s), "
+                    "(SELECT count(*) FROM pg_database WHERE starts_with(datname, %s))",
+                    [database, DATABASE_PREFIX],
+                ).fetchone()
+                if exists:
+                    yield server, admin
+                    return
+                counts[server.name] = count
+            candidates = [s for s in self.servers.values() if not region or s.region == region]
+            if not candidates:
+                raise ProvisioningError(f"no tenant database server in region {region!r}")
+            chosen = min(candidates, key=lambda server: (counts[server.name], server.name))
+            yield chosen, admins[chosen.name]
 
     def _set_login(self, admin: psycopg.Connection, role: str) -> str:
         password = secrets.token_urlsafe(32)
@@ -150,7 +157,7 @@ class PostgresProvisioner:
                     )
                     with self._admin(server, TEMPLATE_DATABASE) as template:
                         template.execute("CREATE EXTENSION IF NOT EXISTS vector")
-                    migrate_tenant_database(
+                    result = migrate_tenant_database(
                         f"template_{server.name}",
                         server.url_for(TEMPLATE_DATABASE, TEMPLATE_OWNER, password),
                         allow_breaking=allow_breaking,
@@ -159,6 +166,7 @@ class PostgresProvisioner:
                     admin.execute(
                         sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(sql.Identifier(TEMPLATE_OWNER))
                     )
+                    self._template_versions[server.name] = result.schema_version
                 finally:
                     admin.execute("SELECT pg_advisory_unlock(%s)", [TEMPLATE_LOCK_KEY])
             self._templates_ready.add(server.name)
@@ -181,11 +189,10 @@ class PostgresProvisioner:
     def create(self, tenant_key: str, region: str | None = None) -> ProvisionedDatabase:
         database = database_name(tenant_key)
         role = database
-        server = self._find(database) or self._place(region)
-        use_template = self._ensure_template(server)
-        with self._admin(server) as admin:
+        cloned = False
+        with self._locate(database, region) as (server, admin):
+            use_template = self._ensure_template(server)
             password = self._set_login(admin, role)
-            cloned = False
             if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
                 cloned = use_template and self._clone_template(admin, database, role)
                 if not cloned:
@@ -214,7 +221,13 @@ class PostgresProvisioner:
             tenant_admin.execute("CREATE EXTENSION IF NOT EXISTS vector")
         dsn = server.url_for(database, role, password)
         return ProvisionedDatabase(
-            external_id=database, region=server.region, server=server.name, dsn=dsn, migration_dsn=dsn
+            external_id=database,
+            region=server.region,
+            server=server.name,
+            dsn=dsn,
+            migration_dsn=dsn,
+            # A fresh clone is exactly at the template's version; a retry may find anything: let it be checked.
+            schema_version=self._template_versions.get(server.name, "") if cloned else "",
         )
 
     def _clone_template(self, admin: psycopg.Connection, database: str, role: str) -> bool:
@@ -229,6 +242,7 @@ class PostgresProvisioner:
             # Someone is connected to the template (a fleet migration refreshing it), or it was dropped: take the
             # slow path now and check the template again next time.
             self._templates_ready.clear()
+            self._template_versions.clear()
             return False
 
     def delete(self, external_id: str, server: str) -> None:

@@ -21,8 +21,11 @@ a client that connects before waiting for them fails, as the spec warns. While o
 
 Deviations, on purpose: connection URIs point at the admin server's host and port (the pooled URI at `pooler_host`,
 the same server), without `sslmode=require`; the API shows the names the client asked for (`neondb`,
-`neondb_owner`) while the server holds unique per-project names behind them; the owner role is a superuser, because
-pgvector is not a trusted extension and Neon's owner role (through neon_superuser) may install it.
+`neondb_owner`) while the server holds unique per-project names behind them; every project's database comes with
+pgvector already installed by the emulator, because pgvector is not a trusted extension and Neon's owner role (through
+neon_superuser) may install it while ours, an ordinary role that owns only its database, may not. Projects share one
+server, so the owner role can still open databases that grant CONNECT to PUBLIC (like `postgres`), but not another
+project's database.
 
 Switches, as attributes or flags: `latency_seconds`, `operation_delay_seconds`, `fault_rate` (random
 423/429/500/503 from `fault_statuses`), `retry_after_seconds` (sent with 429), `projects_limit`, `required_org_id`;
@@ -156,6 +159,7 @@ class NeonEmulator:
         self.projects_limit = projects_limit
         self.required_org_id = required_org_id
         self.requests: list[RecordedRequest] = []
+        self.handling_seconds: list[float] = []  # time spent in handle() per request, for benchmarks
         admin = psycopg.conninfo.conninfo_to_dict(admin_dsn)
         self.database_host = admin.get("host") or "127.0.0.1"
         self.database_port = int(admin.get("port") or 5432)
@@ -229,6 +233,7 @@ class NeonEmulator:
         with self._lock:
             self._faults.clear()
             self.requests.clear()
+            self.handling_seconds.clear()
             self.fault_rate = 0.0
             self.latency_seconds = 0.0
 
@@ -254,6 +259,7 @@ class NeonEmulator:
         self, method: str, raw_path: str, headers: dict[str, str], body: bytes
     ) -> tuple[int, dict, dict[str, str]]:
         """Returns (status, JSON body, extra headers). Runs on the server's request threads."""
+        started = time.perf_counter()
         if self.latency_seconds:
             time.sleep(self.latency_seconds)
         parts = urlsplit(raw_path)
@@ -274,6 +280,7 @@ class NeonEmulator:
             status, payload, extra = error.status, error.body, error.headers
         with self._lock:
             self.requests.append(RecordedRequest(method, recorded, status))
+            self.handling_seconds.append(time.perf_counter() - started)
         return status, payload, extra
 
     def _authenticate(self, authorization: str) -> None:
@@ -648,12 +655,19 @@ class NeonEmulator:
         role = sql.Identifier(project.physical_role)
         database = sql.Identifier(project.physical_database)
         with self._admin_connection() as connection:
-            # NOLOGIN until the project's operations finish: "created" is not "ready".
+            # NOLOGIN until the project's operations finish: "created" is not "ready". Not a superuser: the projects
+            # share one server here, and a superuser could reach every other tenant's database.
             connection.execute(
-                sql.SQL("CREATE ROLE {} SUPERUSER NOLOGIN PASSWORD {}").format(role, sql.Literal(project.password))
+                sql.SQL("CREATE ROLE {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOLOGIN "
+                        "PASSWORD {}").format(role, sql.Literal(project.password))  # fmt: skip
             )
             connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(database, role))
             connection.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(database))
+        # On Neon the owner role may create pgvector (through neon_superuser); here it may not (pgvector is not a
+        # trusted extension), so the project comes with it, and the client's CREATE EXTENSION IF NOT EXISTS is a no-op.
+        project_dsn = psycopg.conninfo.make_conninfo(self.admin_dsn, dbname=project.physical_database)
+        with psycopg.connect(project_dsn, autocommit=True, connect_timeout=10) as connection:
+            connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
 
     def _drop_physical(self, project: _Project, *, missing_ok: bool = False) -> None:
         try:
@@ -752,6 +766,8 @@ def _list_item(project: _Project) -> dict:
 class _Handler(BaseHTTPRequestHandler):
     emulator: NeonEmulator
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in separate writes; with Nagle's algorithm on, Linux holds the second ~40 ms.
+    disable_nagle_algorithm = True
 
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)

@@ -412,6 +412,53 @@ def test_emulator_keeps_tenant_databases_closed_to_other_roles(neon, provisioner
     assert public_connect == 0
 
 
+def test_emulator_project_roles_own_their_database_and_cannot_open_another_projects(neon, provisioner):
+    first = provisioner.create("tenant-1")
+    second = provisioner.create("tenant-2")
+
+    with psycopg.connect(first.migration_dsn, autocommit=True) as connection:
+        role = connection.execute(
+            "SELECT rolsuper, rolcreatedb, rolcreaterole, rolbypassrls FROM pg_roles WHERE rolname = current_user"
+        ).fetchone()
+        owns_database = connection.execute(
+            "SELECT datdba = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+            " FROM pg_database WHERE datname = current_database()"
+        ).fetchone()
+        connection.execute("CREATE EXTENSION IF NOT EXISTS vector")  # what the provider runs: a no-op here
+        connection.execute("CREATE TABLE probe (embedding vector(3))")
+    assert role == (False, False, False, False)
+    assert owns_database == (True,)
+    other_project = psycopg.conninfo.make_conninfo(
+        first.migration_dsn, dbname=neon.physical_database_name(second.external_id)
+    )
+    with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+        psycopg.connect(other_project, connect_timeout=5)
+
+
+def test_list_databases_returns_every_silo_project_across_pages(neon, provisioner, monkeypatch):
+    monkeypatch.setattr("tenants.provisioners.neon.LIST_PAGE_SIZE", 2)
+    created = [provisioner.create(f"tenant-{number}").external_id for number in range(5)]
+    with api(neon) as client:
+        client.post("/projects", json={"project": {"name": "someone-elses-project"}})
+    neon.requests.clear()
+
+    listed = provisioner.list_databases()
+
+    assert sorted(listed) == sorted(("neon", project_id) for project_id in created)
+    assert len(neon.requests_matching("GET", "/projects?")) == 3  # pages of 2, 2 and 1
+
+
+def test_list_databases_retries_transient_errors(neon, provisioner):
+    database = provisioner.create("tenant-1")
+    neon.inject(503, times=2, method="GET", path="^/projects$")
+
+    assert provisioner.list_databases() == [("neon", database.external_id)]
+
+
+def test_list_databases_of_an_empty_account_is_empty(neon, provisioner):
+    assert provisioner.list_databases() == []
+
+
 def test_emulator_rejects_an_invalid_project_request(neon):
     with api(neon) as client:
         missing = client.post("/projects", json={})

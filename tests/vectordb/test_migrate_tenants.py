@@ -59,7 +59,7 @@ def test_plan_lists_pending_migrations_per_tenant_and_changes_nothing(fleet, set
 
     out, _ = _run("--plan")
 
-    assert out.splitlines() == [f"tenant{number}@example.com: 0002_embedding_language" for number in range(3)]
+    assert out.splitlines() == [f"tenant{number}@example.com: 0003_embedding_language" for number in range(3)]
     assert all("language" not in _columns(_dsn(row)) for row in fleet)
 
 
@@ -73,7 +73,7 @@ def test_applies_pending_migrations_to_every_tenant_and_then_to_the_template(fle
     for row in fleet:
         assert "language" in _columns(_dsn(row))
         row.refresh_from_db()
-        assert row.schema_version == "0002_embedding_language"
+        assert row.schema_version == "0003_embedding_language"
     template_dsn = admin_dsn.rsplit("/", 1)[0] + "/" + TEMPLATE_DATABASE
     assert "language" in _columns(template_dsn)
     # Running again finds nothing to do.

@@ -2,6 +2,6 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-    dependencies = [("vectordb", "0002_embedding_language")]
+    dependencies = [("vectordb", "0003_embedding_language")]
 
     operations = [migrations.RemoveField("embedding", "metadata")]
