@@ -1,0 +1,11 @@
+from django.contrib import admin
+
+from documents.models import Document
+
+
+@admin.register(Document)
+class DocumentAdmin(admin.ModelAdmin):
+    list_display = ["title", "owner", "status", "page_count", "chunk_count", "created_at"]
+    list_filter = ["status"]
+    search_fields = ["title", "owner__email"]
+    readonly_fields = ["owner", "file", "sha256", "size_bytes", "attempts", "created_at", "updated_at", "ingested_at"]
