@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
+CHROMIUM := /usr/bin/chromium
+
 .PHONY: run test bench install clean-data
 
 $(STAMP): pyproject.toml
@@ -15,13 +17,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian's Chromium for the end-to-end tests (Playwright drives it; `playwright install` is never run).
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
 run: $(STAMP)
 	$(BIN)/python -m config.run_local
 
 # Tests get their own data folder, Redis database and Celery queue, so they never touch `make run`'s.
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	SILO_DATA_DIR=$(CURDIR)/.data/test SILO_EMBEDDED_FAST=true \
-	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} CELERY_QUEUE=silo-test-$$$$ SILO_TEST_DATABASE=test_silo_$$$$ \
+	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} CELERY_QUEUE=silo-test-$$$$ SILO_TEST_DATABASE=test_silo_$$$$ CACHE_KEY_PREFIX=silo-test-$$$$ \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Benchmarks get their own data folder, main database, Redis database and Celery queue; BENCH_QUICK=1 for smaller inputs.

@@ -25,10 +25,18 @@ from documents.chunking import Chunk, chunk_pages
 from documents.models import Document
 from documents.parsing import UnreadablePdf, extract_pages, inspect_pdf
 from documents.selectors import document_get_for_user
-from tenants.services import TenantDatabaseNotReady, tenant_target
+from tenants.models import User, VectorDatabase
+from tenants.services import TenantDatabaseNotReady, tenant_target, vector_database_credentials
 from vectordb.connections import ConnectionCapacityExhausted, get_registry
 from vectordb.embeddings import get_embedder
-from vectordb.store import ChunkRecord, chunks_delete, chunks_replace
+from vectordb.schema import embedding_model_of, embedding_model_record
+from vectordb.store import (
+    ChunkRecord,
+    chunks_delete,
+    chunks_replace,
+    embedding_column_dimensions,
+    embedding_dimension_change,
+)
 
 logger = logging.getLogger(__name__)
 Status = Document.Status
@@ -37,6 +45,7 @@ Status = Document.Status
 PROGRESS_PARSED = 0.10
 PROGRESS_EMBEDDED = 0.95
 TEMPORARY_FAILURE_MESSAGE = "Silo could not process this document right now; it will try again shortly."
+STORAGE_FAILURE_MESSAGE = "Silo could not store this document; we have logged the problem and will look into it."
 
 
 class DocumentRejected(Exception):
@@ -77,9 +86,11 @@ def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = T
     not an acceptable PDF."""
     if uploaded_file.size == 0:
         raise DocumentRejected(f"{uploaded_file.name}: this file is empty.")
+    _count_upload(owner)
     if uploaded_file.size > settings.UPLOAD_MAX_BYTES:
         limit = settings.UPLOAD_MAX_BYTES / (1024 * 1024)
-        raise DocumentRejected(f"{uploaded_file.name}: this file is larger than the {limit:.0f} MB Silo accepts.")
+        shown = f"{limit:.0f} MB" if limit >= 10 else f"{limit:.1f} MB"
+        raise DocumentRejected(f"{uploaded_file.name}: this file is larger than the {shown} Silo accepts.")
     uploaded_file.seek(0)
     head = uploaded_file.read(1024)
     if b"%PDF-" not in head:
@@ -101,6 +112,19 @@ def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = T
         if enqueue:
             _enqueue_ingest(document)
     return document
+
+
+def _count_upload(owner) -> None:
+    """At most UPLOAD_RATE_LIMIT_PER_HOUR uploads per user in each clock hour."""
+    from django.core.cache import cache
+
+    key = f"uploads:{owner.id}:{timezone.now():%Y%m%d%H}"
+    cache.add(key, 0, timeout=3600)
+    if cache.incr(key) > settings.UPLOAD_RATE_LIMIT_PER_HOUR:
+        raise DocumentRejected(
+            f"You have uploaded {settings.UPLOAD_RATE_LIMIT_PER_HOUR} documents this hour, the most Silo accepts; "
+            "please try again later."
+        )
 
 
 def _enqueue_ingest(document: Document) -> None:
@@ -184,6 +208,9 @@ def document_ingest(
             _update(document, status=Status.QUEUED, error_message=TEMPORARY_FAILURE_MESSAGE)
             logger.warning("ingest of document %s interrupted: %s", document_id, type(error).__name__)
             raise TransientIngestError(str(error)) from error
+        except psycopg.Error:  # the tenant database refused the chunks (schema, dimension): no retry fixes that
+            _update(document, status=Status.FAILED, error_message=STORAGE_FAILURE_MESSAGE, progress=0.0)
+            logger.exception("ingest of document %s failed in tenant database %s", document_id, target.key)
         _notify(on_progress, document)
     return report
 
@@ -194,6 +221,13 @@ def _notify(on_progress, document) -> None:
 
 
 def _run_pipeline(document, target, timings: StageTimings, on_progress) -> None:
+    embedder = get_embedder()
+    mismatch = _embedding_model_mismatch(document.owner, embedder)
+    if mismatch:
+        # An operator's job, not the user's: vectors of two models in one table would make search return nonsense.
+        _update(document, status=Status.FAILED, error_message=mismatch, progress=0.0)
+        logger.error("document %s not ingested: %s", document.id, mismatch)
+        return
     started = time.perf_counter()
     path = document.file.path
     inspect_pdf(path, max_bytes=settings.UPLOAD_MAX_BYTES, max_pages=settings.UPLOAD_MAX_PAGES)
@@ -207,13 +241,12 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress) -> None:
     timings.chunk = time.perf_counter() - started
 
     _update(document, status=Status.EMBEDDING)
-    embedder = get_embedder()
     vectors: list[list[float]] = []
     batch_size = settings.EMBEDDING_BATCH_SIZE
     started = time.perf_counter()
     for start in range(0, len(chunks), batch_size):
         batch = chunks[start : start + batch_size]
-        vectors += embedder.embed_documents([chunk.embedding_text for chunk in batch])
+        vectors += embedder.embed_documents([chunk.text for chunk in batch])
         done = len(vectors) / len(chunks)
         _update(document, progress=PROGRESS_PARSED + (PROGRESS_EMBEDDED - PROGRESS_PARSED) * done)
         _notify(on_progress, document)
@@ -278,3 +311,93 @@ def documents_erase_for_tenant(tenant) -> int:
         document.file.delete(save=False)
     Document.objects.filter(owner=tenant).delete()
     return len(documents)
+
+
+# --- changing the embedding model -----------------------------------------------------------------------------------
+
+
+def _embedding_model_mismatch(tenant, embedder) -> str:
+    """Why this tenant's documents cannot be embedded with `embedder` now ("" when they can).
+
+    The registry records the model the tenant database was filled with; vectors of two models are never comparable,
+    so ingest stops rather than mixing them. An empty record (a row from before models were recorded) is no evidence
+    of a mismatch.
+    """
+    recorded = VectorDatabase.objects.filter(tenant=tenant).values_list("embedding_model", "embedding_dimensions")
+    model, dimensions = recorded.first() or ("", None)
+    if not model or (model == embedder.model_name and dimensions in (None, embedder.dimensions)):
+        return ""
+    return (
+        f"Silo's embedding model changed from {model} to {embedder.model_name}, so this document cannot be processed "
+        f"until an operator runs `manage.py reembed --user {tenant.email}`."
+    )
+
+
+@dataclass
+class ReembedReport:
+    tenant: User
+    previous_model: tuple[str, int] | None  # what the tenant database recorded before the run
+    model: tuple[str, int]  # the configured model and dimension, recorded now
+    model_changed: bool
+    chunks_deleted: int = 0
+    ready: list[int] = field(default_factory=list)  # document ids
+    failed: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)  # being ingested by a worker, or deleted, meanwhile
+
+
+def documents_reembed(tenant: User, on_document: Callable[[Document], None] | None = None) -> ReembedReport:
+    """Re-ingest every ready or failed document of the tenant with the configured embedding model.
+
+    When the tenant database holds another model's embeddings (or its column has another dimension), every chunk is
+    deleted, the column changed to the configured dimension and the new model recorded before anything is re-embedded:
+    two models' vectors are never mixed. Documents a worker is ingesting right now are left to it. Running it again
+    finishes an interrupted run. Raises TenantDatabaseNotReady when the tenant has no ready database.
+    """
+    get_embedder()  # a model that cannot be loaded (no API key) fails here, before anything is changed
+    target = tenant_target(tenant)
+    vector_database = VectorDatabase.objects.get(tenant=tenant)
+    dsn = vector_database_credentials(vector_database)["dsn"]
+    configured = (settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSIONS)
+    recorded = embedding_model_of(dsn)
+    with get_registry().connection(target) as tenant_connection:
+        changed = recorded != configured or embedding_column_dimensions(tenant_connection) != configured[1]
+        deleted = embedding_dimension_change(tenant_connection, configured[1]) if changed else 0
+    if changed:
+        embedding_model_record(dsn, *configured, replace=True)
+        logger.info(
+            "tenant database %s switched from %s to %s (%d chunks deleted)",
+            vector_database.tenant_key, recorded, configured, deleted,
+        )
+    # Only now may ingest use the new model (see _embedding_model_mismatch).
+    VectorDatabase.objects.filter(id=vector_database.id).update(
+        embedding_model=configured[0], embedding_dimensions=configured[1], updated_at=timezone.now()
+    )
+    report = ReembedReport(
+        tenant=tenant, previous_model=recorded, model=configured, model_changed=changed, chunks_deleted=deleted
+    )
+    settled = [Status.READY, Status.FAILED]
+    reset = {"chunk_count": 0} if changed else {}  # after a change the old chunks are gone
+    document_ids = Document.objects.filter(owner=tenant, status__in=settled).order_by("id").values_list("id", flat=True)
+    for document_id in list(document_ids):
+        claimed = Document.objects.filter(id=document_id, status__in=settled).update(
+            status=Status.QUEUED, progress=0.0, error_message="", updated_at=timezone.now(), **reset
+        )
+        if not claimed:
+            report.skipped.append(document_id)
+            continue
+        try:
+            document_ingest(document_id)
+        except TransientIngestError:
+            document_mark_failed(document_id, TEMPORARY_FAILURE_MESSAGE)  # the next run picks it up again
+        except Document.DoesNotExist:
+            report.skipped.append(document_id)
+            continue
+        document = Document.objects.filter(id=document_id).first()
+        if document is None:
+            report.skipped.append(document_id)
+            continue
+        {Status.READY: report.ready, Status.FAILED: report.failed}.get(document.status, report.skipped).append(
+            document_id
+        )
+        _notify(on_document, document)
+    return report

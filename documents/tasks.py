@@ -1,17 +1,31 @@
-from celery import shared_task
+import logging
+
+from celery import Task, shared_task
 
 from documents import services
 from documents.fairness import tenant_ingest_slot
 from documents.models import Document
 from tenants.services import TenantDatabaseNotReady
 
+logger = logging.getLogger(__name__)
 MAX_RETRIES = 8
+UNEXPECTED_FAILURE_MESSAGE = "Silo could not process this document because of an internal error; we have logged it."
+
+
+class IngestTask(Task):
+    """Whatever escapes the pipeline, the document must not stay "busy" for ever: mark it failed."""
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        logger.error("ingest task %s for document %s failed: %r", task_id, args[0] if args else None, exc)
+        if args:
+            services.document_mark_failed(args[0], UNEXPECTED_FAILURE_MESSAGE)
+
 # Waiting for a tenant's own earlier uploads is normal, not a failure: it has its own, generous budget.
 FAIRNESS_DELAY_SECONDS = 3
 MAX_FAIRNESS_WAITS = 2000
 
 
-@shared_task(bind=True, max_retries=None)
+@shared_task(bind=True, base=IngestTask, max_retries=None)
 def ingest_document(self, document_id: int, fairness_waits: int = 0) -> None:
     owner_id = Document.objects.filter(id=document_id).values_list("owner_id", flat=True).first()
     if owner_id is None:

@@ -21,6 +21,7 @@ from tenants.models import User, VectorDatabase
 from tenants.provisioners import ProvisionedDatabase, ProvisioningError, QuotaExceeded, get_provisioner
 from vectordb.connections import TenantTarget, get_registry
 from vectordb.fleet import FleetMember, FleetOutcome, fleet_migrate
+from vectordb.store import embedding_column_dimensions, embedding_dimension_change
 from vectordb.schema import (
     BreakingMigrationRefused,
     EmbeddingModelMismatch,
@@ -115,6 +116,7 @@ def vector_database_provision(vector_database_id: int) -> VectorDatabase:
                 schema_version = placed.schema_version  # cloned from a current template: nothing to migrate
             else:
                 schema_version = _migrate_new_database(vector_database.tenant_key, placed.migration_dsn)
+            _prepare_embedding_column(placed.dsn)
             embedding_model_record(placed.dsn, settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSIONS)
         except QuotaExceeded as error:
             logger.error("tenant database %s refused by the provider: %s", vector_database.tenant_key, error)
@@ -147,6 +149,18 @@ def _migrate_new_database(tenant_key: str, dsn: str) -> str:
         return migrate_tenant_database_fast(tenant_key, dsn).schema_version
     except NotCompilable:
         return migrate_tenant_database(tenant_key, dsn).schema_version
+
+
+def _prepare_embedding_column(dsn: str) -> None:
+    """A new database's vector column has the dimension of the schema it was made from (a template migrated under
+    another model, say): match it to the configured model while the table is still empty."""
+    with psycopg.connect(dsn, connect_timeout=10) as connection:
+        if embedding_column_dimensions(connection) == settings.EMBEDDING_DIMENSIONS:
+            return
+        if connection.execute("SELECT EXISTS (SELECT 1 FROM embeddings)").fetchone()[0]:
+            return  # holds chunks: `embedding_model_record` reports the mismatch, `reembed` fixes it
+        connection.rollback()
+        embedding_dimension_change(connection, settings.EMBEDDING_DIMENSIONS)
 
 
 def _store_location(vector_database: VectorDatabase, placed: ProvisionedDatabase) -> None:

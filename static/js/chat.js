@@ -7,12 +7,65 @@
   const transcript = document.getElementById("transcript");
   const question = document.getElementById("question");
   const state = document.getElementById("chat-state");
-  const viewer = document.getElementById("pdf-viewer");
   const fileUrlTemplate = form.dataset.fileUrlTemplate;
   let streams = 0;
 
   function fileUrl(documentId, page) {
     return fileUrlTemplate.replace("/0/", "/" + documentId + "/") + "#page=" + page;
+  }
+
+  // Follows a growing answer down, unless the reader scrolled up to read something else.
+  function keepInView(change) {
+    const atBottom = transcript.scrollHeight - transcript.scrollTop - transcript.clientHeight < 48;
+    change();
+    if (atBottom) transcript.scrollTop = transcript.scrollHeight;
+  }
+
+  // The sidebar lists the conversation as soon as the server has started it, and marks it as the current one.
+  function listConversation(id, title) {
+    const aside = document.querySelector(".conversations");
+    if (!aside) return;
+    let list = aside.querySelector(".conversation-list");
+    if (!list) {
+      list = document.createElement("ul");
+      list.className = "conversation-list";
+      const empty = aside.querySelector(".empty");
+      if (empty) empty.replaceWith(list); else aside.appendChild(list);
+    }
+    let item = null;
+    for (const li of list.querySelectorAll("li")) {
+      li.removeAttribute("aria-current");
+      const link = li.querySelector("a");
+      if (link && new URLSearchParams(link.search).get("c") === id) item = li;
+    }
+    if (!item) {
+      item = document.createElement("li");
+      const link = document.createElement("a");
+      link.href = "?c=" + encodeURIComponent(id);
+      link.textContent = title;
+      item.appendChild(link);
+      const deleteTemplate = aside.dataset.deleteUrlTemplate;
+      if (deleteTemplate) {
+        const remove = document.createElement("form");
+        remove.method = "post";
+        remove.className = "inline";
+        remove.action = deleteTemplate.replace("CONVERSATION", encodeURIComponent(id));
+        remove.dataset.confirm = "Delete this conversation?";
+        const token = document.createElement("input");
+        token.type = "hidden";
+        token.name = "csrfmiddlewaretoken";
+        token.value = form.elements.csrfmiddlewaretoken.value;
+        const button = document.createElement("button");
+        button.type = "submit";
+        button.className = "link-button danger-link";
+        button.textContent = "Delete";
+        button.setAttribute("aria-label", "Delete conversation " + title);
+        remove.append(token, button);
+        item.appendChild(remove);
+      }
+      list.prepend(item);
+    }
+    item.setAttribute("aria-current", "true");
   }
 
   function addTurn(role, text) {
@@ -23,6 +76,7 @@
     body.textContent = text;
     item.appendChild(body);
     transcript.appendChild(item);
+    transcript.scrollTop = transcript.scrollHeight;
     item.scrollIntoView({ block: "end" });
     return item;
   }
@@ -50,11 +104,14 @@
   document.addEventListener("click", (event) => {
     const link = event.target.closest("a.citation");
     if (!link) return;
+    const viewer = document.getElementById("pdf-viewer");
     if (viewer && viewer.dataset.baseSrc === fileUrl(link.dataset.documentId, 1).split("#")[0]) {
       event.preventDefault();
-      viewer.src = viewer.dataset.baseSrc + "#page=" + link.dataset.page;
-      // Browsers keep the old page when only the fragment changes: reload the frame at the new page.
-      viewer.contentWindow && viewer.contentWindow.location.replace(viewer.src);
+      // Chromium's PDF viewer ignores a change of the fragment alone (#page=1 -> #page=3), even with
+      // location.replace: only a new frame opens the document at the cited page.
+      const fresh = viewer.cloneNode(false);
+      fresh.src = viewer.dataset.baseSrc + "#page=" + link.dataset.page;
+      viewer.replaceWith(fresh);
     } else {
       link.target = "_blank";
       link.rel = "noopener";
@@ -116,28 +173,29 @@
             const url = new URL(window.location.href);
             url.searchParams.set("c", data.id);
             window.history.replaceState(null, "", url);
+            listConversation(data.id, data.title);
           } else if (kind === "sources") {
             turn.sources = data.citations;
           } else if (kind === "token") {
-            answer.textContent += data.text;
+            keepInView(() => { answer.textContent += data.text; });
           } else if (kind === "error") {
             const error = document.createElement("p");
             error.className = "error-text";
             error.textContent = data.message;
-            turn.appendChild(error);
+            keepInView(() => turn.appendChild(error));
             finished = true;
           } else if (kind === "done") {
             finished = true;
           }
         });
       }
-      showSources(turn, turn.sources || []);
+      keepInView(() => showSources(turn, turn.sources || []));
       if (!finished) throw new Error("stream ended early");
     } catch (error) {
       const note = document.createElement("p");
       note.className = "error-text";
       note.textContent = "The answer was interrupted. Check your connection and try again.";
-      turn.appendChild(note);
+      keepInView(() => turn.appendChild(note));
     } finally {
       turn.classList.remove("streaming");
       streams -= 1;

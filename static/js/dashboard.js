@@ -100,6 +100,18 @@
     if (data.chunks) facts.push(data.chunks + " chunks");
     item.querySelector("[data-field=facts]").textContent = facts.join(" · ");
     item.dataset.busy = data.busy ? "true" : "false";
+    // A document that has just become ready can be opened at once, without reloading the page.
+    const actions = item.querySelector(".document-actions");
+    const chat = actions.querySelector("[data-action=chat]");
+    if (data.status === "ready" && !chat) {
+      const link = document.createElement("a");
+      link.href = item.dataset.chatUrl;
+      link.dataset.action = "chat";
+      link.textContent = "Open and chat";
+      actions.prepend(link);
+    } else if (data.status !== "ready" && chat) {
+      chat.remove();
+    }
   }
 
   async function poll() {

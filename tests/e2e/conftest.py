@@ -1,0 +1,199 @@
+"""End-to-end fixtures: headless Chromium (Playwright) against the real stack.
+
+The web server is uvicorn in a child process serving `config.asgi` on a free port, bound to the pytest test database
+(as the Celery worker of tests/conftest.py is), with the same data folder, Redis and Celery queue as the test process.
+A second server, started only when a test asks for it, talks to the OpenAI emulator.
+
+Chromium is Debian's (/usr/bin/chromium): `make test` installs it; Playwright never downloads a browser here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from django.conf import settings
+
+from config.settings_paths import BASE_DIR
+from tests.conftest import _worker_environment
+from tests.emulators.openai import OpenAIEmulator
+
+CHROMIUM = Path("/usr/bin/chromium")
+# The machine's network is closed: without these, Chromium keeps trying to reach Google's services.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SERVER_READY_TIMEOUT_SECONDS = 60
+SCREENSHOTS = Path(__file__).parent / "screenshots"
+
+# Playwright's sync API keeps an event loop in the test thread, so Django sees an "async context" there and refuses
+# ORM calls; the test process only reads and cleans up between browser steps (the app itself runs in other processes).
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+class LiveAsgiServer:
+    """uvicorn serving config.asgi in a child process (tests/e2e/serve.py), on a socket bound here (no port race)."""
+
+    def __init__(self, database_name: str, log_path: Path, extra_environment: dict[str, str] | None = None):
+        self.database_name = database_name
+        self.log_path = log_path
+        self.extra_environment = extra_environment or {}
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        port = listener.getsockname()[1]
+        environment = _worker_environment(self.database_name)
+        environment.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        environment.update(self.extra_environment)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "tests.e2e.serve", str(listener.fileno())],
+                cwd=BASE_DIR,
+                env=environment,
+                stdout=self.log_path.open("ab"),
+                stderr=subprocess.STDOUT,
+                pass_fds=(listener.fileno(),),
+            )
+        finally:
+            listener.close()  # the child holds its own copy
+        self.url = f"http://127.0.0.1:{port}"
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + SERVER_READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"uvicorn exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"uvicorn not ready after {SERVER_READY_TIMEOUT_SECONDS}s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _start_server(name: str, extra_environment: dict[str, str] | None = None) -> LiveAsgiServer:
+    from django.db import connection
+
+    server = LiveAsgiServer(
+        connection.settings_dict["NAME"], settings.DATA_DIR / "logs" / f"e2e-{name}.log", extra_environment
+    )
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def asgi_server(django_db_setup, django_db_blocker, celery_worker):
+    """The app over HTTP, as `make run` serves it, on the test database: extractive answers, local embeddings."""
+    server = _start_server("web")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def openai_emulator():
+    with OpenAIEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture(scope="session")
+def openai_asgi_server(django_db_setup, django_db_blocker, celery_worker, openai_emulator):
+    """The app with a chat model (the emulator). Embeddings stay local, so the worker (which has no key) and this
+    server embed with the same model."""
+    server = _start_server(
+        "web-openai",
+        {
+            "OPENAI_API_KEY": openai_emulator.api_key,
+            "OPENAI_BASE_URL": openai_emulator.base_url,
+            "EMBEDDING_MODEL": "all-MiniLM-L6-v2",
+            "EMBEDDING_DIMENSIONS": "384",
+        },
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, locale="en-US")
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.errors = []
+    yield page
+    context.close()
+
+
+class Screenshots:
+    """Numbered full-page screenshots of each step, named after the test: tests/e2e/screenshots/<test>-NN-<step>.png."""
+
+    def __init__(self, test_name: str):
+        self.prefix = re.sub(r"[^\w-]+", "_", test_name).removeprefix("test_")
+        self.count = 0
+        SCREENSHOTS.mkdir(exist_ok=True)
+        for old in SCREENSHOTS.glob(f"{self.prefix}-*.png"):
+            old.unlink()
+
+    def take(self, page, step: str) -> Path:
+        self.count += 1
+        path = SCREENSHOTS / f"{self.prefix}-{self.count:02d}-{step}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+
+@pytest.fixture
+def screenshots(request) -> Screenshots:
+    return Screenshots(request.node.name)
+
+
+@pytest.fixture
+def erase_tenant_databases(transactional_db):
+    """Tenant databases live outside the test database: drop the ones a test created before its rows are flushed."""
+    yield
+    from tenants import services
+    from tenants.models import VectorDatabase
+
+    for vector_database in VectorDatabase.objects.exclude(status=VectorDatabase.Status.DELETED):
+        services.vector_database_deprovision(vector_database.id)
