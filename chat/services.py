@@ -55,7 +55,7 @@ class ChatEvent:
 
 
 def question_validate(question: str) -> str:
-    question = (question or "").strip()
+    question = (question or "").replace("\x00", "").strip()  # PostgreSQL text cannot hold NUL
     if not question:
         raise QuestionRejected("Type a question first.")
     if len(question) > settings.CHAT_MAX_QUESTION_CHARS:

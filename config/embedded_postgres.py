@@ -227,6 +227,11 @@ def ensure_database(server: EmbeddedServer, name: str) -> None:
         if not exists:
             with contextlib.suppress(psycopg.errors.DuplicateDatabase):  # a concurrent start created it
                 connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            # Tenant roles live on this server too: they must not even connect to the main database.
+            for database in (name, "postgres"):
+                connection.execute(
+                    sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database))
+                )
 
 
 def is_running(data_root: Path) -> bool:

@@ -86,7 +86,6 @@ def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = T
     not an acceptable PDF."""
     if uploaded_file.size == 0:
         raise DocumentRejected(f"{uploaded_file.name}: this file is empty.")
-    _count_upload(owner)
     if uploaded_file.size > settings.UPLOAD_MAX_BYTES:
         limit = settings.UPLOAD_MAX_BYTES / (1024 * 1024)
         shown = f"{limit:.0f} MB" if limit >= 10 else f"{limit:.1f} MB"
@@ -95,6 +94,7 @@ def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = T
     head = uploaded_file.read(1024)
     if b"%PDF-" not in head:
         raise DocumentRejected(f"{uploaded_file.name}: this file is not a PDF.")
+    _count_upload(owner)  # only uploads that would be stored count against the hourly limit
     digest = hashlib.sha256()
     uploaded_file.seek(0)
     for block in uploaded_file.chunks():

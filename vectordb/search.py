@@ -73,24 +73,73 @@ def vector_search(
     return [_hit(row, row[7]) for row in rows]
 
 
+# Okapi BM25's constants, as Robertson and Lucene use them: term-frequency saturation and length normalisation.
+BM25_K1 = 1.2
+BM25_B = 0.75
+
+# BM25 over the chunks of the given documents. ts_rank_cd has no notion of how rare a word is, so with an OR query the
+# chunks that repeat the question's commonest words ("font", "use") won; BM25 weighs each word by its inverse document
+# frequency among the searched chunks, so a distinctive term (a command, an option name) decides. Lengths are counted
+# in word positions and normalised by the average over the matching chunks (no scan of the whole tenant).
+_BM25_SQL = f"""
+WITH terms AS (
+    SELECT DISTINCT t.lexeme, to_tsquery(%(config)s::regconfig, quote_literal(t.lexeme)) AS q
+    FROM unnest(to_tsvector(%(config)s::regconfig, %(text)s)) AS t(lexeme, positions, weights)
+),
+scope AS (
+    SELECT count(*)::float8 AS chunks FROM embeddings WHERE document_id = ANY(%(documents)s)
+),
+rarity AS (
+    SELECT terms.lexeme, ln(1 + (scope.chunks - count(e.id) + 0.5) / (count(e.id) + 0.5)) AS idf
+    FROM terms CROSS JOIN scope
+    LEFT JOIN embeddings e ON e.content_search @@ terms.q AND e.document_id = ANY(%(documents)s)
+    GROUP BY terms.lexeme, scope.chunks
+),
+matched AS (
+    SELECT e.id, e.content_search,
+           greatest(1, coalesce((SELECT sum(array_length(p.positions, 1)) FROM unnest(e.content_search) p), 0)) AS length
+    FROM embeddings e
+    WHERE e.document_id = ANY(%(documents)s)
+      AND e.content_search @@ (
+          SELECT to_tsquery(%(config)s::regconfig, string_agg(quote_literal(lexeme), ' | ')) FROM terms
+      )
+),
+scored AS (
+    SELECT m.id,
+           sum(r.idf * u.frequency * (%(k1)s + 1)
+               / (u.frequency + %(k1)s * (1 - %(b)s + %(b)s * m.length / m.average_length))) AS score
+    FROM (SELECT *, avg(length) OVER () AS average_length FROM matched) m
+    CROSS JOIN LATERAL (
+        SELECT p.lexeme, coalesce(array_length(p.positions, 1), 1) AS frequency FROM unnest(m.content_search) p
+    ) u
+    JOIN rarity r ON r.lexeme = u.lexeme
+    GROUP BY m.id
+)
+SELECT {", ".join(f"e.{column}" for column in _COLUMNS.split(", "))}, scored.score
+FROM scored JOIN embeddings e ON e.id = scored.id
+ORDER BY scored.score DESC, e.id
+LIMIT %(k)s
+"""
+
+
 def fulltext_search(
     connection: psycopg.Connection, query_text: str, document_ids: Sequence[int], k: int
 ) -> list[SearchHit]:
-    """The k chunks that best match the query's words (any of them: questions rarely repeat a passage verbatim)."""
+    """The k chunks that best match the query's words by BM25 (any of the words: questions rarely repeat a passage
+    verbatim, and the rare words they share with it count most)."""
+    query_text = query_text.replace("\x00", "")  # PostgreSQL text cannot hold NUL
     if not document_ids or k < 1 or not query_text.strip():
         return []
     rows = connection.execute(
-        f"""
-        WITH query AS (
-            SELECT to_tsquery(%(config)s::regconfig, string_agg(quote_literal(lexeme), ' | ')) AS q
-            FROM unnest(to_tsvector(%(config)s::regconfig, %(text)s)) AS t(lexeme, positions, weights)
-        )
-        SELECT {_COLUMNS}, ts_rank_cd(content_search, query.q, 32) AS score
-        FROM embeddings, query
-        WHERE query.q IS NOT NULL AND content_search @@ query.q AND document_id = ANY(%(documents)s)
-        ORDER BY score DESC, id LIMIT %(k)s
-        """,
-        {"config": TEXT_SEARCH_CONFIG, "text": query_text, "documents": list(document_ids), "k": k},
+        _BM25_SQL,
+        {
+            "config": TEXT_SEARCH_CONFIG,
+            "text": query_text,
+            "documents": list(document_ids),
+            "k": k,
+            "k1": BM25_K1,
+            "b": BM25_B,
+        },
     ).fetchall()
     return [_hit(row, row[7]) for row in rows]
 

@@ -143,7 +143,9 @@ def openai_asgi_server(django_db_setup, django_db_blocker, celery_worker, openai
     server.stop()
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an event loop running in the main thread while it is open, which would
+# break later tests that call asyncio.run().
+@pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (apt-get install chromium)")
