@@ -61,6 +61,10 @@ async def chat_stream(request: HttpRequest) -> StreamingHttpResponse:
         document_id = int(raw_document) if raw_document else None
     except ValueError:
         raise Http404("No such document") from None
+    if document_id is not None:
+        # Someone else's document is a 404 now: raised inside the stream, after the 200 went out, it would only cut
+        # the connection.
+        await sync_to_async(document_get_for_user)(user, document_id)
     turn = services.chat_turn(user, question, conversation_id=conversation_id, document_id=document_id)
     # The service is synchronous (database, embedder, model client); each step runs in a worker thread so the
     # event loop keeps serving other streams meanwhile.

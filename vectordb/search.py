@@ -63,8 +63,11 @@ def vector_search(
     with connection.transaction():
         # A filtered HNSW scan may find fewer than k rows in the first candidates: pgvector 0.8's iterative scan
         # keeps looking. ef_search bounds the candidate list (recall vs latency).
-        connection.execute(f"SET LOCAL hnsw.ef_search = {int(ef_search or max(40, 2 * k))}")
-        connection.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        # Both settings in one round trip (a simple-protocol query may hold several statements).
+        connection.execute(
+            f"SET LOCAL hnsw.ef_search = {int(ef_search or max(40, 2 * k))}; "
+            "SET LOCAL hnsw.iterative_scan = relaxed_order"
+        )
         rows = connection.execute(
             f"SELECT {_COLUMNS}, 1 - (embedding <=> %(query)s::vector) AS score FROM embeddings "
             "WHERE document_id = ANY(%(documents)s) ORDER BY embedding <=> %(query)s::vector LIMIT %(k)s",
@@ -97,7 +100,9 @@ rarity AS (
 ),
 matched AS (
     SELECT e.id, e.content_search,
-           greatest(1, coalesce((SELECT sum(array_length(p.positions, 1)) FROM unnest(e.content_search) p), 0)) AS length
+           greatest(
+               1, coalesce((SELECT sum(array_length(p.positions, 1)) FROM unnest(e.content_search) p), 0)
+           ) AS length
     FROM embeddings e
     WHERE e.document_id = ANY(%(documents)s)
       AND e.content_search @@ (
