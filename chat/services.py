@@ -16,10 +16,10 @@ import psycopg
 from django.conf import settings
 
 from documents.models import Document
-from documents.selectors import document_get_for_user, ready_document_ids
+from documents.selectors import document_get_for_user, documents_for_user
 from tenants.services import TenantDatabaseNotReady, tenant_target
 from vectordb import conversations as store
-from vectordb.connections import ConnectionCapacityExhausted, get_registry
+from vectordb.connections import ConnectionCapacityExhausted, TenantTarget, get_registry
 from vectordb.embeddings import get_embedder
 from vectordb.search import SearchHit, hybrid_search, vector_search
 
@@ -89,26 +89,34 @@ def _citations(hits: list[SearchHit], titles: dict[int, str]) -> list[Citation]:
 
 
 def chunks_retrieve(
-    user, query: str, document_id: int | None = None, k: int | None = None, hybrid: bool | None = None
+    user,
+    query: str,
+    document_id: int | None = None,
+    k: int | None = None,
+    hybrid: bool | None = None,
+    target: TenantTarget | None = None,
 ) -> list[Citation]:
-    """The k best passages for the query among the user's ready documents (or one of them), in rank order."""
+    """The k best passages for the query among the user's ready documents (or one of them), in rank order.
+
+    `target`: the user's tenant target when the caller already has it (a chat turn), saving a registry lookup."""
     k = k or settings.RETRIEVAL_K
     hybrid = settings.RETRIEVAL_HYBRID if hybrid is None else hybrid
+    # The titles come with the ids (one query of the main database rather than a second one after the search).
     if document_id is not None:
         document = document_get_for_user(user, document_id)
-        document_ids = [document.id] if document.status == Document.Status.READY else []
+        titles = {document.id: document.title} if document.status == Document.Status.READY else {}
     else:
-        document_ids = ready_document_ids(user)
+        titles = dict(documents_for_user(user).filter(status=Document.Status.READY).values_list("id", "title"))
+    document_ids = list(titles)
     if not document_ids:
         return []
-    target = tenant_target(user)
+    target = target or tenant_target(user)
     query_embedding = get_embedder().embed_query(query)
     with get_registry().connection(target) as connection:
         if hybrid:
             hits = hybrid_search(connection, query_embedding, query, document_ids, k)
         else:
             hits = vector_search(connection, query_embedding, document_ids, k)
-    titles = dict(Document.objects.filter(id__in={hit.document_id for hit in hits}).values_list("id", "title"))
     return _citations(hits, titles)
 
 
@@ -203,7 +211,7 @@ def chat_turn(user, question: str, conversation_id: str | None = None, document_
             store.message_add(connection, conversation.id, "user", question)
         yield ChatEvent("conversation", {"id": str(conversation.id), "title": conversation.title})
         earlier = [message.content for message in history if message.role == "user"]
-        citations = chunks_retrieve(user, retrieval_query(question, earlier), conversation.document_id)
+        citations = chunks_retrieve(user, retrieval_query(question, earlier), conversation.document_id, target=target)
         yield ChatEvent("sources", {"citations": [asdict(c) for c in citations]})
         answer = []
         try:

@@ -1,8 +1,12 @@
 import json
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.db import close_old_connections
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -13,6 +17,12 @@ from documents.selectors import document_get_for_user, documents_for_user
 from tenants.services import TenantDatabaseNotReady
 
 _END = object()
+
+
+@lru_cache(maxsize=1)
+def _stream_executor() -> ThreadPoolExecutor:
+    # Most of a streamed answer is waiting on the model: threads, not cores, bound concurrent streams.
+    return ThreadPoolExecutor(max_workers=settings.CHAT_STREAM_THREADS, thread_name_prefix="chat-stream")
 
 
 def _chat_page(request: HttpRequest, document: Document | None) -> HttpResponse:
@@ -66,9 +76,17 @@ async def chat_stream(request: HttpRequest) -> StreamingHttpResponse:
         # the connection.
         await sync_to_async(document_get_for_user)(user, document_id)
     turn = services.chat_turn(user, question, conversation_id=conversation_id, document_id=document_id)
-    # The service is synchronous (database, embedder, model client); each step runs in a worker thread so the
-    # event loop keeps serving other streams meanwhile.
-    next_event = sync_to_async(lambda: next(turn, _END), thread_sensitive=False)
+
+    def step():
+        try:
+            return next(turn, _END)
+        finally:
+            # This thread serves other streams next: hand its main-database connection back now.
+            close_old_connections()
+
+    # The service is synchronous (database, embedder, model client); each step runs in a thread of a pool sized for
+    # concurrent streams, so the event loop keeps serving other streams meanwhile.
+    next_event = sync_to_async(step, thread_sensitive=False, executor=_stream_executor())
 
     async def events():
         while (event := await next_event()) is not _END:

@@ -109,9 +109,11 @@ def database_from_url(url: str) -> dict:
         "PASSWORD": unquote(parsed.password or ""),
         "HOST": parsed.hostname or "",
         "PORT": str(parsed.port or ""),
-        "OPTIONS": options,
-        "CONN_MAX_AGE": env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0),
-        "CONN_HEALTH_CHECKS": True,
+        # A pool per process (psycopg_pool, through Django): under ASGI, Django's persistent connections would
+        # pile up one per thread instead.
+        "OPTIONS": {"pool": {"min_size": 1, "max_size": env_int("DATABASE_POOL_MAX_SIZE", 20, minimum=1), "timeout": 10}}
+        | options,
+        "CONN_MAX_AGE": 0,
     }
 
 
@@ -212,6 +214,7 @@ RETRIEVAL_K = env_int("RETRIEVAL_K", 5, minimum=1)
 RETRIEVAL_HYBRID = env_bool("RETRIEVAL_HYBRID", True)
 CHAT_MAX_QUESTION_CHARS = env_int("CHAT_MAX_QUESTION_CHARS", 4000, minimum=1)
 CHAT_HISTORY_MESSAGES = env_int("CHAT_HISTORY_MESSAGES", 6, minimum=0)
+CHAT_STREAM_THREADS = env_int("CHAT_STREAM_THREADS", 64, minimum=1)
 CHAT_REQUEST_TIMEOUT_SECONDS = env_float("CHAT_REQUEST_TIMEOUT_SECONDS", 60.0, minimum=1)
 
 # --- uploads -------------------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def vector_search(
         # keeps looking. ef_search bounds the candidate list (recall vs latency).
         # Both settings in one round trip (a simple-protocol query may hold several statements).
         connection.execute(
-            f"SET LOCAL hnsw.ef_search = {int(ef_search or max(40, 2 * k))}; "
+            f"SET LOCAL hnsw.ef_search = {int(ef_search or max(64, 2 * k))}; "
             "SET LOCAL hnsw.iterative_scan = relaxed_order"
         )
         rows = connection.execute(

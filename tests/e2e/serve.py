@@ -9,6 +9,7 @@ question does not wait for it.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 
@@ -20,7 +21,11 @@ def main() -> None:
     django.setup()
     import uvicorn
 
-    uvicorn.run("config.asgi:application", fd=listening_fd, access_log=False, log_level="info")
+    # A socket object of the right family (uvicorn's fd= treats it as AF_UNIX), so asyncio turns Nagle's algorithm off
+    # and streamed events leave at once instead of waiting for the next write.
+    listening = socket.socket(fileno=listening_fd)
+    config = uvicorn.Config("config.asgi:application", access_log=False, log_level="info")
+    uvicorn.Server(config).run(sockets=[listening])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,658 @@
+"""Load: many tenants, concurrent chat streams through the real ASGI server, within the tenant connection cap.
+
+200 tenants (quick: 40), each with a ready database (postgres provider) holding one ready document of a few synthetic
+chunks (embedded once by the local model and reused, so retrieval returns sources), and a signed-in session. The app
+runs as uvicorn in a child process (one worker) against the OpenAI emulator, which answers after a realistic 300 ms to
+the first token and streams ~30 tokens 10 ms apart. Then 50 (quick: 20) concurrent clients (asyncio + httpx) each run
+a few chat turns on randomly chosen tenants through POST /chat/stream, timing the first `event: token`; an error is a
+non-200, an `event: error`, a stream that ends without `done`, or a timeout. Meanwhile pg_stat_activity is sampled
+every 100 ms for client backends on tenant databases: all of them are the server's (this process closes its own
+tenant connections first), so their peak must stay at or under TENANT_POOL_MAX_TOTAL_CONNECTIONS.
+The server's log is kept in <data>/logs/bench-load-uvicorn.log.
+
+Diagnosis: BENCH_LOAD_SERVER_THREADS=N runs the server with N threads in its default thread pools (asyncio's default
+is min(32, CPUs + 4), where the chat view's sync_to_async(thread_sensitive=False) steps run); BENCH_LOAD_PROFILE=<file>
+records the server with py-spy during the load. DATABASE_CONN_MAX_AGE is passed on to the server like the rest of the
+environment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from importlib import import_module
+from pathlib import Path
+
+import httpx
+import psycopg
+from django.conf import settings
+from django.db import connection as main_database_connection
+from django.utils import timezone
+from django.utils.crypto import get_random_string
+
+from bench.common import admin_dsn, create_tenants, milliseconds, percentile, progress, remove_tenants, stopwatch
+from bench.framework import Target, load_average
+from config.settings_paths import BASE_DIR
+from documents.models import Document
+from tenants import services as tenant_services
+from tenants.models import VectorDatabase
+from tenants.provisioners.postgres import DATABASE_PREFIX, database_name
+from tests.emulators.openai import OpenAIEmulator
+from vectordb.connections import get_registry
+from vectordb.embeddings import LOCAL_MODEL, get_embedder
+from vectordb.store import ChunkRecord, chunks_replace
+
+TARGETS = [
+    Target("errors", at_most=0),
+    # The cap minus the most tenant-database connections seen open at once: negative means the cap was exceeded.
+    Target("tenant_connection_headroom", at_least=0),
+]
+
+PREFIX = "bench-load"
+TENANTS, QUICK_TENANTS = 200, 40
+CLIENTS, QUICK_CLIENTS = 50, 20
+TURNS_PER_CLIENT = 4
+# Fewer tenants in the quick run: a lower cap still makes the registry evict idle tenants to stay under it.
+CONNECTION_CAP, QUICK_CONNECTION_CAP = 40, 20
+PROVISIONING_THREADS = 4  # provisioning is ~100-200 ms of mostly server work per tenant
+CHUNKS_PER_TENANT = 8
+FIRST_TOKEN_SECONDS = 0.3
+TOKEN_DELAY_SECONDS = 0.01
+SAMPLE_INTERVAL_SECONDS = 0.1
+TURN_TIMEOUT_SECONDS = 60.0
+SERVER_READY_TIMEOUT_SECONDS = 90.0
+SERVER_STOP_TIMEOUT_SECONDS = 20.0
+ERROR_EXAMPLES = 5
+# Diagnosis only: BENCH_LOAD_SERVER_THREADS=N gives the server's default thread pools N threads instead of asyncio's
+# min(32, CPUs + 4), to see what the chat view's sync_to_async(thread_sensitive=False) steps cost when they queue.
+SERVER_THREADS_VARIABLE = "BENCH_LOAD_SERVER_THREADS"
+# Diagnosis only: BENCH_LOAD_PROFILE=<file> records the server with py-spy during the load (collapsed stacks).
+PROFILE_VARIABLE = "BENCH_LOAD_PROFILE"
+_UVICORN_WITH_THREADS = (
+    "import sys, concurrent.futures.thread as thread\n"
+    "threads = int(sys.argv.pop(1))\n"
+    "original = thread.ThreadPoolExecutor.__init__\n"
+    "def init(self, max_workers=None, *args, **kwargs):\n"
+    "    original(self, max_workers or threads, *args, **kwargs)\n"
+    "thread.ThreadPoolExecutor.__init__ = init\n"
+    "from uvicorn.main import main\n"
+    "sys.argv[0] = 'uvicorn'\n"
+    "main()\n"
+)
+
+# Short passages; the emulator's answer quotes the first sentence of source [1] (~20 words -> ~30 tokens).
+PASSAGES = [
+    "The espresso machine warranty lasts two years from the date of purchase and covers the pump, boiler and heating "
+    "element. Wear parts such as gaskets are excluded.",
+    "Descale the machine every two months with the supplied citric acid solution, running three full tanks of clean "
+    "water afterwards. Hard water needs monthly descaling.",
+    "Employees accrue twenty-five days of paid annual leave per calendar year, and up to five unused days may be "
+    "carried into the first quarter of the next year.",
+    "Expense claims must be submitted within thirty days with itemised receipts attached, and claims above five "
+    "hundred euros need a manager's written approval.",
+    "The server room is kept between eighteen and twenty-two degrees Celsius, and the humidity alarm triggers above "
+    "sixty percent relative humidity.",
+    "Backups run nightly at two in the morning, are encrypted with AES-256 before leaving the building, and are kept "
+    "for ninety days in a second region.",
+    "The tenant must give the landlord three months of written notice before moving out, and the deposit is returned "
+    "within thirty days after the final inspection.",
+    "Late rent payments incur a penalty of two percent of the monthly rent for every week of delay, capped at ten "
+    "percent in total.",
+    "Patients take the tablet once a day with food, and the dose is doubled only after a doctor has reviewed the "
+    "blood test results of the first week.",
+    "The clinical trial enrolled four hundred adults across twelve hospitals, and half of them received the placebo "
+    "without knowing it.",
+    "Solar panels on the south roof produce about four thousand kilowatt hours a year, which covers roughly sixty "
+    "percent of the building's electricity.",
+    "The battery storage unit holds thirteen kilowatt hours and switches the house to backup power within twenty "
+    "milliseconds of a grid failure.",
+    "Shipments to customers outside the European Union leave the warehouse within five working days and carry a "
+    "customs declaration for every parcel.",
+    "Returned goods are accepted within fourteen days if they are unused and in their original packaging, and the "
+    "refund follows within ten days.",
+    "The violin is strung with synthetic core strings and should be kept at forty to sixty percent humidity to "
+    "protect the spruce top from cracks.",
+    "Copper pipes in the old wing are replaced with plastic ones during the summer renovation, which closes the east "
+    "staircase for six weeks.",
+    "The harbour ferry departs every forty minutes between six in the morning and midnight, and bicycles travel free "
+    "of charge outside the rush hours.",
+    "Glacier tours start at the visitor centre at nine o'clock, last about four hours, and require sturdy boots and "
+    "a waterproof jacket.",
+    "The turbine's gearbox oil is changed every eighteen months, and the blades are inspected by drone after every "
+    "storm with winds above ninety kilometres per hour.",
+    "Penguin colonies on the island are counted each November by two teams walking fixed routes, and the counts are "
+    "published the following spring.",
+]
+QUESTIONS = [
+    "How long does the warranty last?",
+    "How often should I descale the machine?",
+    "How many days of annual leave do employees get?",
+    "When must expense claims be submitted?",
+    "What temperature is the server room kept at?",
+    "How long are backups kept?",
+    "How much notice does a tenant have to give?",
+    "What is the penalty for late rent?",
+    "How often is the tablet taken?",
+    "How many people were in the clinical trial?",
+    "How much electricity do the solar panels produce?",
+    "How quickly does the battery switch to backup power?",
+    "When do shipments outside the EU leave the warehouse?",
+    "What is the return policy?",
+    "What humidity does the violin need?",
+    "When does the harbour ferry run?",
+]
+
+
+@dataclass(frozen=True)
+class BenchSession:
+    """One signed-in tenant: the headers a browser would send to POST /chat/stream."""
+
+    email: str
+    database: str  # the tenant database's name
+    session_key: str
+    csrf_token: str
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "Cookie": (
+                f"{settings.SESSION_COOKIE_NAME}={self.session_key}; {settings.CSRF_COOKIE_NAME}={self.csrf_token}"
+            ),
+            "X-CSRFToken": self.csrf_token,
+        }
+
+
+@dataclass
+class TurnOutcome:
+    error: str = ""  # empty when the turn ended with `done`
+    first_token_seconds: float | None = None
+    sources_seconds: float | None = None
+    total_seconds: float = 0.0
+    tokens: int = 0
+    citations: int = 0
+
+
+def run(quick: bool) -> dict:
+    tenant_count = QUICK_TENANTS if quick else TENANTS
+    clients = QUICK_CLIENTS if quick else CLIENTS
+    cap = QUICK_CONNECTION_CAP if quick else CONNECTION_CAP
+    if settings.EMBEDDING_MODEL != LOCAL_MODEL:
+        raise RuntimeError(f"the load bench embeds with {LOCAL_MODEL}, not EMBEDDING_MODEL={settings.EMBEDDING_MODEL}")
+    remove_tenants(PREFIX)  # leftovers of a crashed run
+    sessions: list[BenchSession] = []
+    result: dict = {"tenants": tenant_count, "concurrent_chats": clients}
+    try:
+        with stopwatch() as setup_watch:
+            sessions = _prepare_tenants(tenant_count)
+        progress(f"{tenant_count} tenants ready (database, document, chunks, session) in {setup_watch.seconds:.1f}s")
+        result["setup_seconds"] = round(setup_watch.seconds, 1)
+        # This process wrote the chunks through its own registry: close those so every tenant-database connection
+        # sampled from now on is the server's.
+        get_registry().close_all()
+        result.update(_load(sessions, clients, cap))
+    finally:
+        _delete_sessions(sessions)
+        progress(f"dropped {_remove_tenants_in_parallel()} tenant databases")
+    return result
+
+
+# --- setup -------------------------------------------------------------------------------------------------------------
+
+
+def _prepare_tenants(count: int) -> list[BenchSession]:
+    rows = create_tenants(PREFIX, count)
+    vectors = get_embedder().embed_documents(PASSAGES)  # once; every tenant reuses them
+    # The first alone: it may build the template database the others are cloned from.
+    _prepare_tenant(rows[0], 0, vectors)
+    with ThreadPoolExecutor(PROVISIONING_THREADS) as pool:
+        list(pool.map(_prepare_tenant, rows[1:], range(1, count), [vectors] * (count - 1)))
+    return [_session_for(row.tenant, database_name(row.tenant_key)) for row in rows]
+
+
+def _prepare_tenant(row: VectorDatabase, number: int, vectors: list[list[float]]) -> None:
+    try:
+        provisioned = tenant_services.vector_database_provision(row.id)
+        if provisioned.status != VectorDatabase.Status.READY:
+            raise RuntimeError(f"tenant {row.tenant_key} ended {provisioned.status}: {provisioned.last_error}")
+        user = row.tenant
+        document = Document.objects.create(
+            owner=user,
+            title=f"Handbook {number}",
+            file=f"bench/{PREFIX}-{number}.pdf",  # never opened: chat reads chunks, not the file
+            original_filename=f"handbook-{number}.pdf",
+            size_bytes=10_000,
+            sha256=f"{number:064d}",
+            status=Document.Status.READY,
+            progress=1.0,
+            page_count=CHUNKS_PER_TENANT,
+            chunk_count=CHUNKS_PER_TENANT,
+            embedding_model=settings.EMBEDDING_MODEL,
+            ingested_at=timezone.now(),
+        )
+        # A different window of the passages per tenant, so tenants' answers differ.
+        picks = [(number * 3 + offset) % len(PASSAGES) for offset in range(CHUNKS_PER_TENANT)]
+        records = [
+            ChunkRecord(
+                document_id=document.id,
+                chunk_index=index,
+                content=PASSAGES[pick],
+                first_page=index + 1,
+                last_page=index + 1,
+                embedding=vectors[pick],
+                metadata={"source": document.original_filename},
+            )
+            for index, pick in enumerate(picks)
+        ]
+        with get_registry().connection(tenant_services.tenant_target(user)) as connection:
+            chunks_replace(connection, document.id, records)
+    finally:
+        main_database_connection.close()  # each pool thread has its own; don't leave them to the garbage collector
+
+
+def _session_for(user, database: str) -> BenchSession:
+    """A signed-in session as django.contrib.auth.login() would store it, without a password hash or a login page."""
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+
+    session = import_module(settings.SESSION_ENGINE).SessionStore()
+    session[SESSION_KEY] = user._meta.pk.value_to_string(user)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.create()
+    # A CSRF secret of 32 letters and digits serves as both cookie and header value.
+    return BenchSession(
+        email=user.email, database=database, session_key=session.session_key, csrf_token=get_random_string(32)
+    )
+
+
+def _delete_sessions(sessions: list[BenchSession]) -> None:
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    for session in sessions:
+        store(session_key=session.session_key).delete()
+
+
+def _remove_tenants_in_parallel() -> int:
+    """Drop the databases with a few threads (one by one takes minutes for 200), then remove_tenants() the rows."""
+    ids = list(
+        VectorDatabase.objects.filter(
+            tenant__email__startswith=f"{PREFIX}-", tenant__email__endswith="@bench.invalid"
+        )
+        .exclude(status=VectorDatabase.Status.DELETED)
+        .values_list("id", flat=True)
+    )
+
+    def deprovision(row_id: int) -> None:
+        try:
+            tenant_services.vector_database_deprovision(row_id)
+        finally:
+            main_database_connection.close()
+
+    with ThreadPoolExecutor(PROVISIONING_THREADS) as pool:
+        list(pool.map(deprovision, ids))
+    remove_tenants(PREFIX)  # the rows, users (and their documents), and anything the threads left
+    return len(ids)
+
+
+# --- the server and the emulator ------------------------------------------------------------------------------------
+
+
+class UvicornServer:
+    """uvicorn serving config.asgi (one worker) in a child process, on a socket bound here (no port race)."""
+
+    def __init__(self, environment: dict[str, str], log_path: Path, threads: int | None = None):
+        self.environment = environment
+        self.log_path = log_path
+        self.threads = threads
+        self.process: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1024)
+        port = listener.getsockname()[1]
+        command = [
+            "config.asgi:application",
+            "--fd", str(listener.fileno()), "--workers", "1", "--no-access-log", "--log-level", "warning",
+            "--timeout-graceful-shutdown", "5",
+        ]  # fmt: skip
+        if self.threads:
+            command = [sys.executable, "-c", _UVICORN_WITH_THREADS, str(self.threads), *command]
+        else:
+            command = [sys.executable, "-m", "uvicorn", *command]
+        try:
+            with self.log_path.open("wb") as log:
+                self.process = subprocess.Popen(
+                    command,
+                    cwd=BASE_DIR,
+                    env=self.environment,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(listener.fileno(),),
+                )
+        finally:
+            listener.close()  # the child holds its own copy
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + SERVER_READY_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"uvicorn exited with {self.process.returncode}: {self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"uvicorn not ready after {SERVER_READY_TIMEOUT_SECONDS:g}s: {self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=SERVER_STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_lines(self) -> list[str]:
+        try:
+            return self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_lines()[-lines:])
+
+
+def _server_environment(emulator: OpenAIEmulator, cap: int, application_name: str) -> dict[str, str]:
+    environment = dict(os.environ)  # the bench's data folder, main database and Redis (Makefile / setup_django)
+    environment.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    environment.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "config.settings",
+            "OPENAI_API_KEY": emulator.api_key,
+            "OPENAI_BASE_URL": emulator.base_url,
+            # Chunks were embedded locally: the server must embed questions with the same model.
+            "EMBEDDING_MODEL": LOCAL_MODEL,
+            "EMBEDDING_DIMENSIONS": str(settings.EMBEDDING_DIMENSIONS),
+            "TENANT_POOL_MAX_TOTAL_CONNECTIONS": str(cap),
+            # libpq's application_name for every connection the server opens: how the sampler tells them apart.
+            "PGAPPNAME": application_name,
+        }
+    )
+    return environment
+
+
+class ConnectionSampler(threading.Thread):
+    """Counts the server's client backends every SAMPLE_INTERVAL_SECONDS: on tenant databases and on the main one.
+
+    The server's connections are told apart by their application_name (PGAPPNAME in its environment: libpq sends it
+    for Django's connections and the registry's alike), so other processes using the same Postgres server (another
+    benchmark, a test run) are not counted. Every client of this run's tenant databases is counted too, as a check.
+    """
+
+    def __init__(self, application_name: str, tenant_databases: list[str], cap: int) -> None:
+        super().__init__(name="pg-stat-activity-sampler", daemon=True)
+        self.application_name = application_name
+        self.tenant_databases = tenant_databases
+        self.cap = cap
+        self.tenant_samples: list[int] = []
+        self.main_samples: list[int] = []
+        self.any_client_samples: list[int] = []
+        self.over_cap_snapshots: list[list[tuple]] = []  # the server's tenant backends whenever above the cap
+        self.failure = ""
+        self._stop_event = threading.Event()
+        self._main_database = settings.DATABASES["default"]["NAME"]
+        self._tenant_database_set = set(tenant_databases)
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(admin_dsn(), autocommit=True) as connection:
+                while True:
+                    self._sample(connection)
+                    if self._stop_event.wait(SAMPLE_INTERVAL_SECONDS):
+                        return
+        except psycopg.Error as error:
+            self.failure = f"{type(error).__name__}: {error}"
+
+    def _sample(self, connection: psycopg.Connection) -> None:
+        rows = connection.execute(
+            "SELECT pid, datname, application_name, state, backend_start, state_change, left(query, 60) "
+            "FROM pg_stat_activity WHERE backend_type = 'client backend' "
+            "AND (application_name = %s OR datname = ANY(%s))",
+            [self.application_name, self.tenant_databases],
+        ).fetchall()
+        server = [row for row in rows if row[2] == self.application_name]
+        # datname is NULL while a backend is still starting up.
+        server_tenant = [row for row in server if (row[1] or "").startswith(DATABASE_PREFIX)]
+        self.tenant_samples.append(len(server_tenant))
+        self.main_samples.append(sum(1 for row in server if row[1] == self._main_database))
+        self.any_client_samples.append(sum(1 for row in rows if row[1] in self._tenant_database_set))
+        if len(server_tenant) > self.cap and len(self.over_cap_snapshots) < 3:
+            self.over_cap_snapshots.append(server_tenant)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+
+
+# --- the load ----------------------------------------------------------------------------------------------------------
+
+
+def _load(sessions: list[BenchSession], clients: int, cap: int) -> dict:
+    emulator = OpenAIEmulator().start()
+    application_name = f"silo-bench-load-{os.getpid()}"
+    log_path = settings.DATA_DIR / "logs" / "bench-load-uvicorn.log"
+    threads = int(os.environ.get(SERVER_THREADS_VARIABLE) or 0) or None
+    server = UvicornServer(_server_environment(emulator, cap, application_name), log_path, threads)
+    sampler = ConnectionSampler(application_name, [session.database for session in sessions], cap)
+    try:
+        server.start()
+        progress(f"uvicorn up at {server.url} (log {server.log_path}); warming up (embedding model, first turn)")
+        # Untimed and without added latency: loads the embedding model and opens the first connections.
+        warm_up = asyncio.run(_warm_up(server.url, sessions[0]))
+        if warm_up.error or not warm_up.citations or not warm_up.tokens:
+            raise RuntimeError(f"the warm-up turn failed: {warm_up}; server log:\n{server.log_tail()}")
+        emulator.reset()
+        emulator.latency_seconds = FIRST_TOKEN_SECONDS
+        emulator.token_delay_seconds = TOKEN_DELAY_SECONDS
+        sampler.start()
+        profiler = _start_profiler(server.process.pid)
+        progress(f"{clients} concurrent clients x {TURNS_PER_CLIENT} turns over {len(sessions)} tenants")
+        cpu_before = _process_cpu_seconds(server.process.pid)
+        with stopwatch() as load_watch:
+            outcomes = asyncio.run(_clients(server.url, sessions, clients))
+        server_cpu_seconds = _process_cpu_seconds(server.process.pid) - cpu_before
+        load_during = load_average()
+        _stop_profiler(profiler)
+        time.sleep(SAMPLE_INTERVAL_SECONDS * 2)  # a last sample or two after the streams ended
+        if not sampler.is_alive():
+            raise RuntimeError(f"the pg_stat_activity sampler stopped early: {sampler.failure or 'see its traceback'}")
+        sampler.stop()
+        peak_streams = emulator.peak_streams_in_flight
+    finally:
+        if sampler.is_alive():
+            sampler.stop()
+        server.stop()
+        emulator.stop()
+    if sampler.failure:
+        raise RuntimeError(f"pg_stat_activity sampling failed: {sampler.failure}")
+    result = _summary(outcomes, load_watch.seconds, sampler, cap, peak_streams, load_during, server)
+    if threads:
+        result["server_default_executor_threads"] = threads
+    # On a shared machine the server gets what the others leave: its CPU share explains the latencies.
+    result["server_cpu_seconds"] = round(server_cpu_seconds, 1)
+    result["server_cpu_share_of_one_core"] = round(server_cpu_seconds / load_watch.seconds, 2)
+    result["server_cpu_ms_per_turn"] = round(1000 * server_cpu_seconds / max(1, len(outcomes)), 1)
+    return result
+
+
+def _process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process, all its threads (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _start_profiler(pid: int) -> subprocess.Popen | None:
+    output = os.environ.get(PROFILE_VARIABLE)
+    if not output:
+        return None
+    py_spy = Path(sys.executable).with_name("py-spy")
+    command = [str(py_spy), "record", "--pid", str(pid), "--format", "raw", "--output", output, "--threads",
+               "--rate", "50"]  # fmt: skip
+    profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)  # attach before the load starts
+    return profiler
+
+
+def _stop_profiler(profiler: subprocess.Popen | None) -> None:
+    if profiler is None:
+        return
+    profiler.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+    try:
+        profiler.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        profiler.kill()
+        profiler.wait()
+
+
+def _summary(
+    outcomes: list[TurnOutcome],
+    seconds: float,
+    sampler: ConnectionSampler,
+    cap: int,
+    peak_streams: int,
+    load_during: list[float],
+    server: UvicornServer,
+) -> dict:
+    completed = [outcome for outcome in outcomes if not outcome.error]
+    first_tokens = [outcome.first_token_seconds for outcome in outcomes if outcome.first_token_seconds is not None]
+    sources = [outcome.sources_seconds for outcome in outcomes if outcome.sources_seconds is not None]
+    totals = [outcome.total_seconds for outcome in completed]
+    errors = Counter(outcome.error for outcome in outcomes if outcome.error)
+    max_tenant_connections = max(sampler.tenant_samples, default=0)
+    log = server.log_lines()
+    warnings = [line for line in log if " WARNING " in line or " ERROR " in line or line.startswith("Traceback")]
+    return {
+        "turns": len(outcomes),
+        "errors": sum(errors.values()),
+        "p50_first_token_ms": milliseconds(percentile(first_tokens, 0.50)),
+        "p99_first_token_ms": milliseconds(percentile(first_tokens, 0.99)),
+        "max_first_token_ms": milliseconds(max(first_tokens, default=float("nan"))),
+        "p50_sources_ms": milliseconds(percentile(sources, 0.50)),
+        "p50_turn_ms": milliseconds(percentile(totals, 0.50)),
+        "p99_turn_ms": milliseconds(percentile(totals, 0.99)),
+        "throughput_turns_per_second": round(len(completed) / seconds, 2) if seconds else 0.0,
+        "load_seconds": round(seconds, 1),
+        "tokens_per_answer_mean": round(sum(o.tokens for o in completed) / len(completed), 1) if completed else 0.0,
+        "citations_per_answer_min": min((o.citations for o in completed), default=0),
+        "max_open_tenant_connections": max_tenant_connections,
+        "tenant_connection_cap": cap,
+        "tenant_connection_headroom": cap - max_tenant_connections,
+        # Every client of this run's tenant databases, whoever it is: equal to the above unless something else
+        # (this process, another benchmark) connects to them.
+        "max_open_tenant_connections_any_client": max(sampler.any_client_samples, default=0),
+        # The server's own main-database connections; Django keeps them CONN_MAX_AGE seconds (the server inherits
+        # this process's DATABASE_CONN_MAX_AGE), which under ASGI means one per request until garbage-collected.
+        "max_open_main_database_connections": max(sampler.main_samples, default=0),
+        "main_database_conn_max_age": settings.DATABASES["default"]["CONN_MAX_AGE"],
+        "connection_samples": len(sampler.tenant_samples),
+        # The emulator's own count of chat completions streaming at once: with `clients` streams wanted, a lower peak
+        # means the server ran fewer model calls at a time than it had requests (e.g. a thread pool limit).
+        "model_streams_in_flight_peak": peak_streams,
+        "emulator_first_token_ms": milliseconds(FIRST_TOKEN_SECONDS),
+        "emulator_token_delay_ms": milliseconds(TOKEN_DELAY_SECONDS),
+        # asyncio's default executor (sync_to_async(thread_sensitive=False) runs there): min(32, CPUs + 4) threads.
+        "server_default_executor_threads": min(32, (os.cpu_count() or 1) + 4),
+        "load_average_during": load_during,
+        "server_log_warnings": len(warnings),
+        "error_kinds": dict(errors),
+        "server_log_warning_examples": warnings[:ERROR_EXAMPLES],
+        "over_cap_snapshots": [[[str(value) for value in row] for row in rows] for rows in sampler.over_cap_snapshots],
+    }
+
+
+def _http_client(connections: int) -> httpx.AsyncClient:
+    # Each request carries its tenant's cookies in its headers; a jar that accepts nothing keeps tenants apart.
+    no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(TURN_TIMEOUT_SECONDS, connect=10.0),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        cookies=no_cookies,
+    )
+
+
+async def _warm_up(url: str, session: BenchSession) -> TurnOutcome:
+    async with _http_client(1) as client:
+        return await _turn(client, url, session, QUESTIONS[0])
+
+
+async def _clients(url: str, sessions: list[BenchSession], clients: int) -> list[TurnOutcome]:
+    outcomes: list[TurnOutcome] = []
+    chooser = random.Random(42)
+
+    async def one_client(seed: int) -> None:
+        rng = random.Random(seed)
+        for _ in range(TURNS_PER_CLIENT):
+            outcomes.append(await _turn(client, url, rng.choice(sessions), rng.choice(QUESTIONS)))
+
+    async with _http_client(clients) as client:
+        await asyncio.gather(*(one_client(chooser.randrange(1 << 30)) for _ in range(clients)))
+    return outcomes
+
+
+async def _turn(client: httpx.AsyncClient, url: str, session: BenchSession, question: str) -> TurnOutcome:
+    outcome = TurnOutcome()
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(TURN_TIMEOUT_SECONDS):
+            async with client.stream(
+                "POST", f"{url}/chat/stream", data={"question": question}, headers=session.headers()
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    outcome.error = f"HTTP {response.status_code}"
+                    return outcome
+                event, finished = "", False
+                async for line in response.aiter_lines():
+                    if line.startswith("event: "):
+                        event = line.removeprefix("event: ")
+                        elapsed = time.perf_counter() - started
+                        if event == "token":
+                            outcome.tokens += 1
+                            if outcome.first_token_seconds is None:
+                                outcome.first_token_seconds = elapsed
+                        elif event == "sources":
+                            outcome.sources_seconds = elapsed
+                        elif event == "done":
+                            finished = True
+                    elif line.startswith("data: "):
+                        if event == "sources":
+                            outcome.citations = len(json.loads(line.removeprefix("data: "))["citations"])
+                        elif event == "error":
+                            message = json.loads(line.removeprefix("data: ")).get("message", "")
+                            outcome.error = f"event: error ({message})"
+                if not outcome.error and not finished:
+                    outcome.error = "stream ended without done"
+    except TimeoutError:
+        outcome.error = f"timeout after {TURN_TIMEOUT_SECONDS:g}s"
+    except httpx.HTTPError as error:
+        outcome.error = f"{type(error).__name__}"
+    finally:
+        outcome.total_seconds = time.perf_counter() - started
+    return outcome
