@@ -207,7 +207,8 @@ if OPENAI_API_KEY:
 else:
     EMBEDDING_MODEL = env_str("EMBEDDING_MODEL", "all-MiniLM-L6-v2")
     EMBEDDING_DIMENSIONS = env_int("EMBEDDING_DIMENSIONS", 384, minimum=1)
-EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 256, minimum=1)
+# Texts per embedding call in the ingest pipeline; 0: the model's own choice (256 local, 8,192 for OpenAI).
+EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 0, minimum=0)
 CHUNK_SIZE = env_int("CHUNK_SIZE", 1000, minimum=100)
 CHUNK_OVERLAP = env_int("CHUNK_OVERLAP", 200, minimum=0)
 RETRIEVAL_K = env_int("RETRIEVAL_K", 5, minimum=1)

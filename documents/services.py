@@ -242,7 +242,7 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress) -> None:
 
     _update(document, status=Status.EMBEDDING)
     vectors: list[list[float]] = []
-    batch_size = settings.EMBEDDING_BATCH_SIZE
+    batch_size = settings.EMBEDDING_BATCH_SIZE or embedder.pipeline_batch_size
     started = time.perf_counter()
     for start in range(0, len(chunks), batch_size):
         batch = chunks[start : start + batch_size]

