@@ -1,3 +1,4 @@
+import psycopg
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -15,11 +16,17 @@ from tenants import selectors as tenant_selectors
 def dashboard(request: HttpRequest) -> HttpResponse:
     """The tenant's home: their database's state, their documents with live progress, the upload area."""
     vector_database = tenant_selectors.vector_database_for_tenant(request.user)
+    database = tenant_selectors.vector_database_status_payload(vector_database)
+    if vector_database is not None and vector_database.is_ready:
+        try:
+            database["size_bytes"] = tenant_selectors.vector_database_size_bytes(vector_database)
+        except psycopg.OperationalError:
+            database["size_bytes"] = None  # unreachable right now: the page still works without the figure
     return render(
         request,
         "documents/dashboard.html",
         {
-            "database": tenant_selectors.vector_database_status_payload(vector_database),
+            "database": database,
             "documents": selectors.documents_for_user(request.user),
             "upload_max_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024),
         },
