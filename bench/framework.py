@@ -185,6 +185,8 @@ def _format(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, float):
+        if value != value:  # NaN: nothing was measured (e.g. every request failed)
+            return "n/a"
         if value == int(value) and abs(value) < 1e6:
             return str(int(value))
         return f"{value:.3g}" if abs(value) < 1 else f"{value:,.1f}"

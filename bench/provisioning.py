@@ -130,12 +130,13 @@ def _neon_provider(count: int) -> dict:
             create_seconds.clear()
             for row in rows[WARM_UP_TENANTS:]:
                 first_request = len(emulator.handling_seconds)
+                first_background = len(emulator.background_seconds)
                 [total] = _provision_timed([row])
-                handled = emulator.handling_seconds[first_request:]
+                handled = emulator.handling_seconds[first_request:] + emulator.background_seconds[first_background:]
                 recorded = emulator.requests[first_request:]
                 totals.append(total)
                 emulator_seconds.append(sum(handled))
-                requests.append(len(handled))
+                requests.append(len(emulator.handling_seconds) - first_request)
                 polls.append(sum(1 for r in recorded if r.method == "GET" and _is_operations_path(r.path)))
             progress(f"neon provider: dropped {remove_tenants(prefix)} projects")
     finally:

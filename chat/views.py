@@ -75,6 +75,8 @@ async def chat_stream(request: HttpRequest) -> StreamingHttpResponse:
         # Someone else's document is a 404 now: raised inside the stream, after the 200 went out, it would only cut
         # the connection.
         await sync_to_async(document_get_for_user)(user, document_id)
+    # The request's own main-database connection would otherwise stay checked out of the pool for the whole stream.
+    await sync_to_async(close_old_connections)()
     turn = services.chat_turn(user, question, conversation_id=conversation_id, document_id=document_id)
 
     def step():

@@ -160,6 +160,8 @@ class NeonEmulator:
         self.required_org_id = required_org_id
         self.requests: list[RecordedRequest] = []
         self.handling_seconds: list[float] = []  # time spent in handle() per request, for benchmarks
+        # Time spent finishing operations in the background (the emulator's own work, like handling requests).
+        self.background_seconds: list[float] = []
         admin = psycopg.conninfo.conninfo_to_dict(admin_dsn)
         self.database_host = admin.get("host") or "127.0.0.1"
         self.database_port = int(admin.get("port") or 5432)
@@ -234,6 +236,7 @@ class NeonEmulator:
             self._faults.clear()
             self.requests.clear()
             self.handling_seconds.clear()
+            self.background_seconds.clear()
             self.fault_rate = 0.0
             self.latency_seconds = 0.0
 
@@ -615,6 +618,7 @@ class NeonEmulator:
 
     def _finish_later(self, project: _Project, *, enable_login: bool = False, new_password: str | None = None) -> None:
         def finish() -> None:
+            started = time.perf_counter()
             with self._lock:
                 self._timers.discard(timer)
                 if project.data["id"] not in self._projects:
@@ -641,6 +645,7 @@ class NeonEmulator:
                                          total_duration_ms=int(self.operation_delay_seconds * 1000))  # fmt: skip
                 project.branch.update(current_state="ready", pending_state=None)
                 project.endpoint.update(current_state="active", pending_state=None)
+                self.background_seconds.append(time.perf_counter() - started)
 
         timer = threading.Timer(self.operation_delay_seconds, finish)
         timer.daemon = True
