@@ -78,7 +78,7 @@ class OpenAIEmbedder:
     dimensions: int
     api_key: str
     base_url: str | None = None
-    max_concurrent_requests: int = 4
+    max_concurrent_requests: int = 8
     max_retries: int = 6
     timeout_seconds: float = 60.0
 
