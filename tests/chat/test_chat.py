@@ -8,7 +8,6 @@ database provisioned for the test; the chat endpoint is served by uvicorn in a t
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import socket
 import threading
@@ -24,8 +23,6 @@ from django.core.management import call_command
 from django.http import Http404
 from django.test import Client
 from django.urls import reverse
-from pypdf import PdfWriter
-from pypdf.generic import DictionaryObject, NameObject, StreamObject
 
 from chat import services
 from documents import services as document_services
@@ -33,6 +30,7 @@ from documents.models import Document
 from tenants import services as tenant_services
 from tenants.models import VectorDatabase
 from tests.emulators.openai import OpenAIEmulator
+from tests.pdf_factory import text_pdf
 
 API_KEY = "sk-test-chat-emulator"
 STILL_BEING_SET_UP = "Your database is still being set up; try again in a moment."
@@ -92,47 +90,6 @@ SCRIPT_PAGES = [
 
 
 # --- PDFs made for the tests ---------------------------------------------------------------------------------------
-
-
-def _escape(line: str) -> str:
-    return line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-
-
-def _wrap(text: str, width: int = 90) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        if line and len(line) + 1 + len(word) > width:
-            lines.append(line)
-            line = word
-        else:
-            line = f"{line} {word}" if line else word
-    return [*lines, line] if line else lines
-
-
-def text_pdf(pages: list[str]) -> bytes:
-    """One page per string, in Helvetica."""
-    writer = PdfWriter()
-    font = writer._add_object(
-        DictionaryObject(
-            {
-                NameObject("/Type"): NameObject("/Font"),
-                NameObject("/Subtype"): NameObject("/Type1"),
-                NameObject("/BaseFont"): NameObject("/Helvetica"),
-            }
-        )
-    )
-    for text in pages:
-        page = writer.add_blank_page(612, 792)
-        page[NameObject("/Resources")] = DictionaryObject(
-            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
-        )
-        content = StreamObject()
-        lines = "".join(f"({_escape(line)}) Tj T* " for line in _wrap(text))
-        content.set_data(f"BT /F1 11 Tf 14 TL 72 720 Td {lines}ET".encode("latin-1"))
-        page[NameObject("/Contents")] = writer._add_object(content)
-    buffer = io.BytesIO()
-    writer.write(buffer)
-    return buffer.getvalue()
 
 
 # --- tenants and documents -----------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import re
 import threading
@@ -17,8 +16,8 @@ from documents.parsing import (
     CorruptPdf,
     EmptyFile,
     EncryptedPdf,
-    NoTextLayer,
     NotAPdf,
+    NoTextLayer,
     PageText,
     PdfInfo,
     TooLarge,
@@ -28,6 +27,7 @@ from documents.parsing import (
     inspect_pdf,
     normalise_text,
 )
+from tests.pdf_factory import pdf_bytes, text_pdf, text_pdf_writer
 
 EVAL_DIR = Path("/work/shared/eval")
 EVAL_PAGE_COUNTS = {"encguide.pdf": 39, "fntguide.pdf": 39, "clsguide.pdf": 33, "libtasn1.pdf": 36}
@@ -40,42 +40,17 @@ needs_eval_set = pytest.mark.skipif(not EVAL_DIR.is_dir(), reason="the eval set 
 # -- PDFs made for the tests ---------------------------------------------------------------------------------------
 
 
-def _escape(line: str) -> str:
-    return line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+def _writer_with_text_pages(pages: list[str]):
+    """One page per string, each line of the string a line of text."""
+    return text_pdf_writer(pages, wrap_width=None)
 
 
-def _writer_with_text_pages(pages: list[str]) -> PdfWriter:
-    """One page per string, each line of the string a line of Helvetica text."""
-    writer = PdfWriter()
-    font = writer._add_object(
-        DictionaryObject(
-            {
-                NameObject("/Type"): NameObject("/Font"),
-                NameObject("/Subtype"): NameObject("/Type1"),
-                NameObject("/BaseFont"): NameObject("/Helvetica"),
-            }
-        )
-    )
-    for text in pages:
-        page = writer.add_blank_page(612, 792)
-        page[NameObject("/Resources")] = DictionaryObject(
-            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
-        )
-        lines = "".join(f"({_escape(line)}) Tj T* " for line in text.split("\n"))
-        content = StreamObject()
-        content.set_data(f"BT /F1 11 Tf 13 TL 72 720 Td {lines}ET".encode("latin-1"))
-        page[NameObject("/Contents")] = writer._add_object(content)
-    return writer
-
-
-def _pdf_bytes(writer: PdfWriter) -> bytes:
-    buffer = io.BytesIO()
-    writer.write(buffer)
-    return buffer.getvalue()
+def _pdf_bytes(writer) -> bytes:
+    return pdf_bytes(writer)
 
 
 def _text_pdf(pages: list[str]) -> bytes:
-    return _pdf_bytes(_writer_with_text_pages(pages))
+    return text_pdf(pages, wrap_width=None)
 
 
 def _image_only_pdf(page_count: int) -> bytes:

@@ -4,7 +4,6 @@ text from PDFs, titles and questions renders inert on every page and in the stre
 
 from __future__ import annotations
 
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,14 +14,13 @@ from django.core.files.base import ContentFile
 from django.test import Client
 from django.urls import reverse
 from psycopg import sql
-from pypdf import PdfWriter
-from pypdf.generic import DictionaryObject, NameObject, StreamObject
 
 from chat import services as chat_services
 from documents import services as document_services
 from documents.models import Document
 from tenants import services as tenant_services
 from tenants.models import User, VectorDatabase
+from tests.pdf_factory import text_pdf
 from vectordb.connections import get_registry
 from vectordb.search import fulltext_search, hybrid_search, vector_search
 
@@ -35,37 +33,6 @@ PAGES = [
     "<img src=x onerror=alert(3)> are only characters. The lamp is cleaned every morning at dawn.",
     "The second page explains the tide tables and the harbour pilot's duties during storms.",
 ]
-
-
-def text_pdf(pages: list[str]) -> bytes:
-    writer = PdfWriter()
-    font = writer._add_object(
-        DictionaryObject(
-            {
-                NameObject("/Type"): NameObject("/Font"),
-                NameObject("/Subtype"): NameObject("/Type1"),
-                NameObject("/BaseFont"): NameObject("/Helvetica"),
-            }
-        )
-    )
-    for text in pages:
-        page = writer.add_blank_page(612, 792)
-        page[NameObject("/Resources")] = DictionaryObject({NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})})
-        words, lines, line = text.split(), [], ""
-        for word in words:
-            if line and len(line) + len(word) > 85:
-                lines.append(line)
-                line = word
-            else:
-                line = f"{line} {word}".strip()
-        lines.append(line)
-        escaped = [entry.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for entry in lines]
-        content = StreamObject()
-        content.set_data(f"BT /F1 11 Tf 14 TL 72 720 Td {''.join(f'({e}) Tj T* ' for e in escaped)}ET".encode("latin-1"))
-        page[NameObject("/Contents")] = writer._add_object(content)
-    buffer = io.BytesIO()
-    writer.write(buffer)
-    return buffer.getvalue()
 
 
 @dataclass

@@ -1,0 +1,58 @@
+"""Small PDFs made in the tests: text pages in Helvetica, built with pypdf (no files shipped, nothing installed)."""
+
+from __future__ import annotations
+
+import io
+
+from pypdf import PdfWriter
+from pypdf.generic import DictionaryObject, NameObject, StreamObject
+
+
+def _escape(line: str) -> str:
+    return line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return [*lines, line] if line else lines
+
+
+def text_pdf_writer(pages: list[str], wrap_width: int | None = 90) -> PdfWriter:
+    """One page per string. Words are wrapped at `wrap_width` characters; with None, each "\\n" starts a line."""
+    writer = PdfWriter()
+    font = writer._add_object(
+        DictionaryObject(
+            {
+                NameObject("/Type"): NameObject("/Font"),
+                NameObject("/Subtype"): NameObject("/Type1"),
+                NameObject("/BaseFont"): NameObject("/Helvetica"),
+            }
+        )
+    )
+    for text in pages:
+        page = writer.add_blank_page(612, 792)
+        page[NameObject("/Resources")] = DictionaryObject(
+            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
+        )
+        lines = _wrap(text, wrap_width) if wrap_width else text.split("\n")
+        content = StreamObject()
+        shown = "".join(f"({_escape(line)}) Tj T* " for line in lines)
+        content.set_data(f"BT /F1 11 Tf 14 TL 72 720 Td {shown}ET".encode("latin-1"))
+        page[NameObject("/Contents")] = writer._add_object(content)
+    return writer
+
+
+def pdf_bytes(writer: PdfWriter) -> bytes:
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    return buffer.getvalue()
+
+
+def text_pdf(pages: list[str], wrap_width: int | None = 90) -> bytes:
+    return pdf_bytes(text_pdf_writer(pages, wrap_width))
