@@ -56,3 +56,31 @@ def pdf_bytes(writer: PdfWriter) -> bytes:
 
 def text_pdf(pages: list[str], wrap_width: int | None = 90) -> bytes:
     return pdf_bytes(text_pdf_writer(pages, wrap_width))
+
+
+def image_only_pdf(page_count: int = 1) -> bytes:
+    """Pages that each paint a small grey image and carry no text: what a scan looks like."""
+    from pypdf.generic import NumberObject
+
+    writer = PdfWriter()
+    for _ in range(page_count):
+        page = writer.add_blank_page(612, 792)
+        image = StreamObject()
+        image.set_data(bytes(range(0, 256, 4)))
+        image.update(
+            {
+                NameObject("/Type"): NameObject("/XObject"),
+                NameObject("/Subtype"): NameObject("/Image"),
+                NameObject("/Width"): NumberObject(8),
+                NameObject("/Height"): NumberObject(8),
+                NameObject("/ColorSpace"): NameObject("/DeviceGray"),
+                NameObject("/BitsPerComponent"): NumberObject(8),
+            }
+        )
+        page[NameObject("/Resources")] = DictionaryObject(
+            {NameObject("/XObject"): DictionaryObject({NameObject("/Im1"): writer._add_object(image)})}
+        )
+        content = StreamObject()
+        content.set_data(b"q 500 0 0 700 50 50 cm /Im1 Do Q")
+        page[NameObject("/Contents")] = writer._add_object(content)
+    return pdf_bytes(writer)

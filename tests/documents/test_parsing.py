@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from pypdf import PdfWriter
-from pypdf.generic import DictionaryObject, NameObject, NumberObject, StreamObject
 
 from documents.parsing import (
     BlankPdf,
@@ -27,7 +26,7 @@ from documents.parsing import (
     inspect_pdf,
     normalise_text,
 )
-from tests.pdf_factory import pdf_bytes, text_pdf, text_pdf_writer
+from tests.pdf_factory import image_only_pdf, pdf_bytes, text_pdf, text_pdf_writer
 
 EVAL_DIR = Path("/work/shared/eval")
 EVAL_PAGE_COUNTS = {"encguide.pdf": 39, "fntguide.pdf": 39, "clsguide.pdf": 33, "libtasn1.pdf": 36}
@@ -51,32 +50,6 @@ def _pdf_bytes(writer) -> bytes:
 
 def _text_pdf(pages: list[str]) -> bytes:
     return text_pdf(pages, wrap_width=None)
-
-
-def _image_only_pdf(page_count: int) -> bytes:
-    """Pages that show a grey 8x8 image and no text, like a scan."""
-    writer = PdfWriter()
-    for _ in range(page_count):
-        page = writer.add_blank_page(612, 792)
-        image = StreamObject()
-        image.set_data(bytes(range(0, 256, 4)))
-        image.update(
-            {
-                NameObject("/Type"): NameObject("/XObject"),
-                NameObject("/Subtype"): NameObject("/Image"),
-                NameObject("/Width"): NumberObject(8),
-                NameObject("/Height"): NumberObject(8),
-                NameObject("/ColorSpace"): NameObject("/DeviceGray"),
-                NameObject("/BitsPerComponent"): NumberObject(8),
-            }
-        )
-        page[NameObject("/Resources")] = DictionaryObject(
-            {NameObject("/XObject"): DictionaryObject({NameObject("/Im1"): writer._add_object(image)})}
-        )
-        content = StreamObject()
-        content.set_data(b"q 500 0 0 700 50 50 cm /Im1 Do Q")
-        page[NameObject("/Contents")] = writer._add_object(content)
-    return _pdf_bytes(writer)
 
 
 def _blank_pdf(page_count: int) -> bytes:
@@ -343,7 +316,7 @@ def test_a_pdf_truncated_beyond_repair_is_refused(write_file, truncate):
 
 
 def test_a_pdf_of_images_only_is_refused_as_scanned(write_file):
-    path = write_file(_image_only_pdf(3))
+    path = write_file(image_only_pdf(3))
 
     assert inspect_pdf(path, MAX_BYTES, MAX_PAGES).page_count == 3
     with pytest.raises(NoTextLayer) as raised:

@@ -20,7 +20,6 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 from pypdf import PdfReader, PdfWriter
-from pypdf.generic import DictionaryObject, NameObject, NumberObject, StreamObject
 
 from documents import services
 from documents.models import Document
@@ -28,6 +27,7 @@ from documents.parsing import BlankPdf, CorruptPdf, EncryptedPdf, NoTextLayer
 from tenants import services as tenant_services
 from tenants.crypto import decrypt_credentials
 from tenants.models import User, VectorDatabase
+from tests.pdf_factory import image_only_pdf
 from vectordb.store import chunk_id
 
 EVAL_PDF = Path("/work/shared/eval/pdfs/clsguide.pdf")
@@ -65,31 +65,6 @@ def _blank() -> bytes:
     return _pdf_bytes(writer)
 
 
-def _image_only() -> bytes:
-    """One page that paints a small grey image and has no text: what a scan looks like."""
-    writer = PdfWriter()
-    page = writer.add_blank_page(width=612, height=792)
-    image = StreamObject()
-    image.set_data(bytes([128]) * 16)
-    image.update(
-        {
-            NameObject("/Type"): NameObject("/XObject"),
-            NameObject("/Subtype"): NameObject("/Image"),
-            NameObject("/Width"): NumberObject(4),
-            NameObject("/Height"): NumberObject(4),
-            NameObject("/ColorSpace"): NameObject("/DeviceGray"),
-            NameObject("/BitsPerComponent"): NumberObject(8),
-        }
-    )
-    page[NameObject("/Resources")] = DictionaryObject(
-        {NameObject("/XObject"): DictionaryObject({NameObject("/Im0"): writer._add_object(image)})}
-    )
-    content = StreamObject()
-    content.set_data(b"q 400 0 0 400 100 200 cm /Im0 Do Q")
-    page[NameObject("/Contents")] = writer._add_object(content)
-    return _pdf_bytes(writer)
-
-
 @dataclass(frozen=True)
 class Pdfs:
     small: bytes  # pages 2-3 of a real LaTeX guide: text on both pages
@@ -108,7 +83,7 @@ def pdfs() -> Pdfs:
         other=_extract_pages(EVAL_PDF, [4]),
         encrypted=_encrypted(small),
         blank=_blank(),
-        image_only=_image_only(),
+        image_only=image_only_pdf(),
         truncated=small[: len(small) // 3],
     )
 
