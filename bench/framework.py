@@ -189,7 +189,10 @@ def _format(value: Any) -> str:
             return "n/a"
         if value == int(value) and abs(value) < 1e6:
             return str(int(value))
-        return f"{value:.3g}" if abs(value) < 1 else f"{value:,.1f}"
+        if abs(value) < 1:
+            # Six significant digits near 1 (a cosine of 0.999952), three elsewhere (a share of 0.041).
+            return f"{value:.6g}" if abs(value) > 0.999 else f"{value:.3g}"
+        return f"{value:,.1f}"
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, dict | list):

@@ -98,7 +98,11 @@ def _searches(hybrid: bool) -> dict[int, int]:
 def _score(user, questions: list[dict], filenames: dict[int, str]) -> dict:
     from chat.services import chunks_retrieve
 
-    result: dict = {"questions": len(questions)}
+    from vectordb.embeddings import get_embedder
+
+    embedder = get_embedder()
+    # The arithmetic the vectors were made with (bfloat16 where the CPU has it): recall is measured under it.
+    result: dict = {"questions": len(questions), "embedder_precision": getattr(embedder, "precision", "n/a")}
     misses: dict[str, list[dict]] = {}
     per_file: dict[str, list[int]] = {}
     for mode, hybrid in (("vector", False), ("hybrid", True)):

@@ -209,6 +209,13 @@ else:
     EMBEDDING_DIMENSIONS = env_int("EMBEDDING_DIMENSIONS", 384, minimum=1)
 # Texts per embedding call in the ingest pipeline; 0: the model's own choice (256 local, 8,192 for OpenAI).
 EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 0, minimum=0)
+# The local model's matrix multiplications: bfloat16 (fp32 accumulation) where the CPU has native bfloat16
+# instructions ("auto"), else float32. Vectors agree with float32 ones to a cosine of 0.9999.
+EMBEDDING_LOCAL_PRECISION = env_str("EMBEDDING_LOCAL_PRECISION", "auto")
+if EMBEDDING_LOCAL_PRECISION not in {"auto", "float32", "bfloat16"}:
+    raise ImproperEnvironment(
+        f"EMBEDDING_LOCAL_PRECISION={EMBEDDING_LOCAL_PRECISION!r} must be 'auto', 'float32' or 'bfloat16'"
+    )
 CHUNK_SIZE = env_int("CHUNK_SIZE", 1000, minimum=100)
 CHUNK_OVERLAP = env_int("CHUNK_OVERLAP", 200, minimum=0)
 RETRIEVAL_K = env_int("RETRIEVAL_K", 5, minimum=1)

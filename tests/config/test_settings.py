@@ -79,3 +79,10 @@ def test_the_embedded_defaults_do_not_pass_the_deployment_checklist():
 
     assert result.returncode != 0
     assert "SECURE_SSL_REDIRECT" in result.stderr or "security.W008" in result.stderr
+
+
+def test_unknown_local_embedding_precision_is_refused():
+    result = _manage("check", EMBEDDING_LOCAL_PRECISION="float16")
+
+    assert result.returncode != 0
+    assert "EMBEDDING_LOCAL_PRECISION='float16' must be 'auto', 'float32' or 'bfloat16'" in result.stderr
