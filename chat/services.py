@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 

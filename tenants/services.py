@@ -21,15 +21,10 @@ from tenants.models import User, VectorDatabase
 from tenants.provisioners import ProvisionedDatabase, ProvisioningError, QuotaExceeded, get_provisioner
 from vectordb.connections import TenantTarget, get_registry
 from vectordb.fleet import FleetMember, FleetOutcome, fleet_migrate
-from vectordb.store import embedding_column_dimensions, embedding_dimension_change
 from vectordb.schema import (
     BreakingMigrationRefused,
     EmbeddingModelMismatch,
-    embedding_model_record,
-    NotCompilable,
-    latest_schema_version,
-    migrate_tenant_database,
-    migrate_tenant_database_fast,
+    tenant_database_prepare,
 )
 
 logger = logging.getLogger(__name__)
@@ -104,20 +99,27 @@ def vector_database_provision(vector_database_id: int) -> VectorDatabase:
         vector_database = VectorDatabase.objects.get(id=vector_database_id)
         if vector_database.status in {Status.READY, Status.DELETING, Status.DELETED}:
             return vector_database
-        VectorDatabase.objects.filter(id=vector_database_id).update(
-            status=Status.PROVISIONING, attempts=vector_database.attempts + 1, updated_at=timezone.now()
-        )
-        vector_database.refresh_from_db()
+        vector_database.status = Status.PROVISIONING
+        vector_database.attempts += 1  # under the tenant lock: no concurrent increment to lose
+        vector_database.save(update_fields=["status", "attempts", "updated_at"])
         provisioner = get_provisioner(vector_database.provider)
         try:
-            placed = provisioner.create(vector_database.tenant_key, vector_database.region or None)
-            _store_location(vector_database, placed)
-            if placed.schema_version and placed.schema_version == latest_schema_version():
-                schema_version = placed.schema_version  # cloned from a current template: nothing to migrate
-            else:
-                schema_version = _migrate_new_database(vector_database.tenant_key, placed.migration_dsn)
-            _prepare_embedding_column(placed.dsn)
-            embedding_model_record(placed.dsn, settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSIONS)
+            placed = provisioner.create(
+                vector_database.tenant_key,
+                vector_database.region or None,
+                first_attempt=vector_database.attempts == 1 and not vector_database.external_id,
+            )
+            # Saved with the outcome, ready or failed, in one write. A worker that dies before then leaves a database
+            # the registry has no id for: the next attempt finds it by name, and so does erasure (`locate`).
+            _set_location(vector_database, placed)
+            # Over the direct connection: DDL does not belong on a transaction-mode pooler.
+            schema_version = tenant_database_prepare(
+                vector_database.tenant_key,
+                placed.migration_dsn,
+                model=settings.EMBEDDING_MODEL,
+                dimensions=settings.EMBEDDING_DIMENSIONS,
+                known_version=placed.schema_version,
+            )
         except QuotaExceeded as error:
             logger.error("tenant database %s refused by the provider: %s", vector_database.tenant_key, error)
             return _mark_failed(vector_database, QUOTA_MESSAGE)
@@ -129,57 +131,40 @@ def vector_database_provision(vector_database_id: int) -> VectorDatabase:
             )
             _mark_failed(vector_database, USER_FACING_PROVISIONING_ERROR)
             raise ProvisioningFailed(str(error)) from error
-        VectorDatabase.objects.filter(id=vector_database_id).update(
-            status=Status.READY,
-            schema_version=schema_version,
-            embedding_model=settings.EMBEDDING_MODEL,
-            embedding_dimensions=settings.EMBEDDING_DIMENSIONS,
-            last_error="",
-            ready_at=timezone.now(),
-            updated_at=timezone.now(),
-        )
-        vector_database.refresh_from_db()
+        vector_database.status = Status.READY
+        vector_database.schema_version = schema_version
+        vector_database.embedding_model = settings.EMBEDDING_MODEL
+        vector_database.embedding_dimensions = settings.EMBEDDING_DIMENSIONS
+        vector_database.last_error = ""
+        vector_database.ready_at = timezone.now()
+        vector_database.save(
+            update_fields=[
+                "status", "schema_version", "embedding_model", "embedding_dimensions", "last_error", "ready_at",
+                *LOCATION_FIELDS, "updated_at",
+            ]
+        )  # fmt: skip
         logger.info("tenant database %s ready on %s", vector_database.tenant_key, vector_database.server)
         return vector_database
 
 
-def _migrate_new_database(tenant_key: str, dsn: str) -> str:
-    """Bring a new tenant database to the latest schema; compiled SQL when possible (fast), else the executor."""
-    try:
-        return migrate_tenant_database_fast(tenant_key, dsn).schema_version
-    except NotCompilable:
-        return migrate_tenant_database(tenant_key, dsn).schema_version
+LOCATION_FIELDS = ("external_id", "server", "region", "encrypted_credentials")
 
 
-def _prepare_embedding_column(dsn: str) -> None:
-    """A new database's vector column has the dimension of the schema it was made from (a template migrated under
-    another model, say): match it to the configured model while the table is still empty."""
-    with psycopg.connect(dsn, connect_timeout=10) as connection:
-        if embedding_column_dimensions(connection) == settings.EMBEDDING_DIMENSIONS:
-            return
-        if connection.execute("SELECT EXISTS (SELECT 1 FROM embeddings)").fetchone()[0]:
-            return  # holds chunks: `embedding_model_record` reports the mismatch, `reembed` fixes it
-        connection.rollback()
-        embedding_dimension_change(connection, settings.EMBEDDING_DIMENSIONS)
-
-
-def _store_location(vector_database: VectorDatabase, placed: ProvisionedDatabase) -> None:
+def _set_location(vector_database: VectorDatabase, placed: ProvisionedDatabase) -> None:
+    """Where the database is and how to log in (encrypted); the caller saves LOCATION_FIELDS."""
     vector_database.external_id = placed.external_id
     vector_database.server = placed.server
     vector_database.region = placed.region
     vector_database.encrypted_credentials = encrypt_credentials(
         {"dsn": placed.dsn, "migration_dsn": placed.migration_dsn}
     )
-    vector_database.save(
-        update_fields=["external_id", "server", "region", "encrypted_credentials", "updated_at"]
-    )
 
 
 def _mark_failed(vector_database: VectorDatabase, message: str) -> VectorDatabase:
-    VectorDatabase.objects.filter(id=vector_database.id).update(
-        status=Status.FAILED, last_error=message[:2000], updated_at=timezone.now()
-    )
-    vector_database.refresh_from_db()
+    """Failed, with a message for the user; a database made before the failure stays recorded for the retry."""
+    vector_database.status = Status.FAILED
+    vector_database.last_error = message[:2000]
+    vector_database.save(update_fields=["status", "last_error", *LOCATION_FIELDS, "updated_at"])
     return vector_database
 
 
@@ -187,7 +172,8 @@ def vector_database_credentials(vector_database: VectorDatabase, refresh: bool =
     """The tenant's connection details, decrypted; `refresh` asks the provider for new ones and stores them."""
     if refresh and vector_database.external_id:
         placed = get_provisioner(vector_database.provider).dsn(vector_database.external_id, vector_database.server)
-        _store_location(vector_database, placed)
+        _set_location(vector_database, placed)
+        vector_database.save(update_fields=[*LOCATION_FIELDS, "updated_at"])
     return decrypt_credentials(vector_database.encrypted_credentials)
 
 
@@ -224,8 +210,13 @@ def vector_database_deprovision(vector_database_id: int) -> VectorDatabase:
             return vector_database
         VectorDatabase.objects.filter(id=vector_database_id).update(status=Status.DELETING, updated_at=timezone.now())
         get_registry().close_tenant(vector_database.tenant_key)
-        if vector_database.external_id:
-            get_provisioner(vector_database.provider).delete(vector_database.external_id, vector_database.server)
+        provisioner = get_provisioner(vector_database.provider)
+        location = (vector_database.server, vector_database.external_id)
+        if not vector_database.external_id and vector_database.attempts:
+            # An attempt may have made the database and died before recording it: look for it by the tenant's key.
+            location = provisioner.locate(vector_database.tenant_key) or ("", "")
+        if location[1]:
+            provisioner.delete(location[1], location[0])
         VectorDatabase.objects.filter(id=vector_database_id).update(
             status=Status.DELETED,
             encrypted_credentials="",

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg import sql
 from urllib.parse import parse_qs, unquote, urlparse
 
 from django.db import connections
@@ -38,6 +39,8 @@ class BreakingMigrationRefused(Exception):
 class MigrationResult:
     applied: list[str] = field(default_factory=list)
     schema_version: str = ""
+    # The compiled path's cursor when statements rode after the DDL (`then`): their results are its last sets.
+    cursor: psycopg.Cursor | None = field(default=None, compare=False, repr=False)
 
 
 def database_settings_from_dsn(dsn: str) -> dict:
@@ -220,14 +223,19 @@ _compile_lock = threading.Lock()
 _compiled: dict[tuple, CompiledMigrations] = {}
 
 
+def _compile_key(names: tuple[str, ...], with_recorder: bool) -> tuple:
+    from django.conf import settings
+
+    return (repr(getattr(settings, "MIGRATION_MODULES", {})), names, with_recorder)
+
+
 def compile_migrations(names: tuple[str, ...], sample_dsn: str, with_recorder: bool = False) -> CompiledMigrations:
     """The SQL of these tenant migrations (like `sqlmigrate`), computed once and reused for every tenant.
     `with_recorder` starts with the `django_migrations` table itself, for a brand-new database."""
-    from django.conf import settings
     from django.db.migrations.operations.special import RunPython
     from django.db.migrations.recorder import MigrationRecorder
 
-    cache_key = (repr(getattr(settings, "MIGRATION_MODULES", {})), names, with_recorder)
+    cache_key = _compile_key(names, with_recorder)
     with _compile_lock:
         if cache_key in _compiled:
             return _compiled[cache_key]
@@ -258,44 +266,70 @@ def compile_migrations(names: tuple[str, ...], sample_dsn: str, with_recorder: b
 
 def _applied_names(connection: psycopg.Connection) -> set[str]:
     exists = connection.execute("SELECT to_regclass('django_migrations') IS NOT NULL").fetchone()[0]
-    if not exists:
-        return set()
+    return _recorded_names(connection) if exists else set()
+
+
+def _recorded_names(connection: psycopg.Connection) -> set[str]:
     rows = connection.execute("SELECT name FROM django_migrations WHERE app = %s", [TENANT_APP_LABEL]).fetchall()
     return {row[0] for row in rows}
+
+
+def _lock_and_applied_names(connection: psycopg.Connection) -> tuple[bool, set[str]]:
+    """Takes the migration lock (transaction-scoped form of the one `migrate_tenant_database` takes) and reads the
+    migration record: (whether the database has one at all, the tenant migrations in it)."""
+    exists = connection.execute(
+        "SELECT to_regclass('django_migrations') IS NOT NULL FROM pg_advisory_xact_lock(%s)", [MIGRATION_LOCK_KEY]
+    ).fetchone()[0]
+    return exists, _recorded_names(connection) if exists else set()
 
 
 def migrate_tenant_database_fast(tenant_key: str, dsn: str, *, allow_breaking: bool = False) -> MigrationResult:
     """Like `migrate_tenant_database`, but with one plain connection and SQL compiled once per fleet run: the
     per-tenant work is a query and the DDL, which lets many tenants migrate in parallel threads."""
-    order = tenant_migration_order()
     with psycopg.connect(dsn, connect_timeout=10) as connection:
-        # Transaction-scoped form of the same advisory lock `migrate_tenant_database` takes.
-        connection.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK_KEY])
-        applied = _applied_names(connection)
-        pending = tuple(name for name in order if name not in applied)
-        version = next((name for name in reversed(order) if name in applied), "")
-        if not pending:
-            return MigrationResult(applied=[], schema_version=version)
-        fresh = not connection.execute("SELECT to_regclass('django_migrations') IS NOT NULL").fetchone()[0]
-        connection.rollback()  # compiling may take a moment: don't hold the lock meanwhile
-        compiled = compile_migrations(pending, dsn, with_recorder=fresh)
-        if compiled.breaking and not allow_breaking:
-            raise BreakingMigrationRefused(
-                "destructive operations need --allow-breaking: " + "; ".join(compiled.breaking)
-            )
-        connection.execute("SELECT pg_advisory_xact_lock(%s)", [MIGRATION_LOCK_KEY])
-        if tuple(name for name in order if name not in _applied_names(connection)) != pending:
-            connection.rollback()
-            return migrate_tenant_database(tenant_key, dsn, allow_breaking=allow_breaking)
-        for statement in compiled.statements:
-            connection.execute(statement)
-        with connection.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO django_migrations (app, name, applied) VALUES (%s, %s, now())",
-                [(TENANT_APP_LABEL, name) for name in pending],
-            )
+        result = _migrate_in_transaction(connection, tenant_key, dsn, allow_breaking=allow_breaking)
         connection.commit()
-    return MigrationResult(applied=list(pending), schema_version=pending[-1])
+    return result
+
+
+def _migrate_in_transaction(
+    connection: psycopg.Connection,
+    tenant_key: str,
+    dsn: str,
+    *,
+    allow_breaking: bool = False,
+    then: list[str] | tuple[str, ...] = (),
+) -> MigrationResult:
+    """Applies the pending tenant migrations, compiled, in the connection's open transaction (the caller commits).
+    `then`: statements (no parameters) sent in the same round trip after the DDL, only when there is DDL to send.
+    Raises NotCompilable for migrations that need Django's executor."""
+    order = tenant_migration_order()
+    recorded, applied = _lock_and_applied_names(connection)
+    pending = tuple(name for name in order if name not in applied)
+    version = next((name for name in reversed(order) if name in applied), "")
+    if not pending:
+        return MigrationResult(applied=[], schema_version=version)
+    compiled = _compiled.get(_compile_key(pending, not recorded))
+    if compiled is None:
+        connection.rollback()  # compiling takes a moment (once per process): don't hold the lock meanwhile
+        compiled = compile_migrations(pending, dsn, with_recorder=not recorded)
+        if tuple(name for name in order if name not in _lock_and_applied_names(connection)[1]) != pending:
+            connection.rollback()  # someone migrated meanwhile: let the executor sort out what is left
+            return migrate_tenant_database(tenant_key, dsn, allow_breaking=allow_breaking)
+    if compiled.breaking and not allow_breaking:
+        raise BreakingMigrationRefused("destructive operations need --allow-breaking: " + "; ".join(compiled.breaking))
+    record = sql.SQL("INSERT INTO django_migrations (app, name, applied) VALUES {}").format(
+        sql.SQL(", ").join(sql.SQL("({}, {}, now())").format(TENANT_APP_LABEL, name) for name in pending)
+    )
+    # One round trip for the DDL and its record: no parameters, so psycopg sends it all as one simple query.
+    statements = [*compiled.statements, record.as_string(connection), *then]
+    cursor = connection.execute("\n".join(_terminated(statement) for statement in statements))
+    return MigrationResult(applied=list(pending), schema_version=pending[-1], cursor=cursor if then else None)
+
+
+def _terminated(statement: str) -> str:
+    statement = statement.rstrip()
+    return statement if statement.endswith(";") else statement + ";"
 
 
 class EmbeddingModelMismatch(Exception):
@@ -306,10 +340,60 @@ EMBEDDING_MODEL_KEY = "embedding_model"
 EMBEDDING_DIMENSIONS_KEY = "embedding_dimensions"
 
 
+def tenant_database_prepare(
+    tenant_key: str, dsn: str, *, model: str, dimensions: int, known_version: str = ""
+) -> str:
+    """Makes a new tenant database ready over one connection, in one transaction: the schema at the latest version
+    (pgvector with it), the vector column at the configured model's dimension while the table is empty, and the
+    model recorded. Returns the schema version. `known_version`: the version a fresh template clone is known to be at.
+
+    One connection rather than one per step: on a managed service each connection costs a TLS and SCRAM handshake.
+    """
+    from vectordb.store import embedding_dimension_change
+
+    # Recorded unless a model is already: ON CONFLICT instead of a table lock settles a race with another recorder.
+    record = sql.SQL(
+        "INSERT INTO tenant_settings (key, value, updated_at) VALUES ({}, {}, now()), ({}, {}, now()) "
+        "ON CONFLICT (key) DO NOTHING"
+    ).format(EMBEDDING_MODEL_KEY, model, EMBEDDING_DIMENSIONS_KEY, str(dimensions))
+    # What the checks below read: the vector column's dimension, whether it holds chunks, the recorded model.
+    check = sql.SQL(
+        "SELECT atttypmod, EXISTS (SELECT 1 FROM embeddings), "
+        "(SELECT value FROM tenant_settings WHERE key = {}), (SELECT value FROM tenant_settings WHERE key = {}) "
+        "FROM pg_attribute WHERE attrelid = 'embeddings'::regclass AND attname = 'embedding'"
+    ).format(EMBEDDING_MODEL_KEY, EMBEDDING_DIMENSIONS_KEY)
+    with psycopg.connect(dsn, connect_timeout=10) as connection:
+        after = [record.as_string(connection), check.as_string(connection)]
+        if known_version and known_version == latest_schema_version():
+            version, cursor = known_version, None
+        else:
+            try:
+                # The record and the check ride in the migration's own round trip when there is DDL to send.
+                migrated = _migrate_in_transaction(connection, tenant_key, dsn, then=after)
+                version, cursor = migrated.schema_version, migrated.cursor
+            except NotCompilable:
+                connection.rollback()
+                version, cursor = migrate_tenant_database(tenant_key, dsn).schema_version, None
+        if cursor is None:
+            cursor = connection.execute("\n".join(_terminated(statement) for statement in after))
+        while cursor.nextset():  # the check's answer is the last result
+            pass
+        column_dimensions, has_chunks, recorded_model, recorded_dimensions = cursor.fetchone()
+        if (recorded_model, recorded_dimensions) != (model, str(dimensions)):
+            raise EmbeddingModelMismatch(
+                f"tenant database holds {recorded_model} ({recorded_dimensions} dims) embeddings; configured model "
+                f"is {model} ({dimensions} dims): re-embed the tenant's documents to switch"
+            )
+        if column_dimensions != dimensions and not has_chunks:
+            # Made from a template migrated under another model: match the column while nothing is in it. (A table
+            # with chunks keeps them and its recorded model, which the check above holds to the configured one.)
+            embedding_dimension_change(connection, dimensions)
+        connection.commit()
+    return version
+
+
 def embedding_model_of(dsn: str) -> tuple[str, int] | None:
     """The embedding model and dimension recorded in the tenant database, if any."""
-    import psycopg
-
     with psycopg.connect(dsn, connect_timeout=10) as connection:
         rows = dict(
             connection.execute(
@@ -324,25 +408,29 @@ def embedding_model_of(dsn: str) -> tuple[str, int] | None:
 
 def embedding_model_record(dsn: str, model: str, dimensions: int, *, replace: bool = False) -> None:
     """Record which model fills this database. Refuses a different model unless `replace` (re-embedding)."""
-    import psycopg
+    with psycopg.connect(dsn, connect_timeout=10) as connection:
+        _embedding_model_record_in(connection, model, dimensions, replace=replace)
+        connection.commit()
 
-    with psycopg.connect(dsn, connect_timeout=10) as connection, connection.transaction():
-        connection.execute("LOCK TABLE tenant_settings IN SHARE ROW EXCLUSIVE MODE")
-        rows = dict(
-            connection.execute(
-                "SELECT key, value FROM tenant_settings WHERE key IN (%s, %s)",
-                [EMBEDDING_MODEL_KEY, EMBEDDING_DIMENSIONS_KEY],
-            ).fetchall()
+
+def _embedding_model_record_in(connection: psycopg.Connection, model: str, dimensions: int, *, replace: bool) -> None:
+    """`embedding_model_record` in the connection's open transaction (the caller commits)."""
+    connection.execute("LOCK TABLE tenant_settings IN SHARE ROW EXCLUSIVE MODE")
+    rows = dict(
+        connection.execute(
+            "SELECT key, value FROM tenant_settings WHERE key IN (%s, %s)",
+            [EMBEDDING_MODEL_KEY, EMBEDDING_DIMENSIONS_KEY],
+        ).fetchall()
+    )
+    recorded = (rows.get(EMBEDDING_MODEL_KEY), rows.get(EMBEDDING_DIMENSIONS_KEY))
+    if recorded[0] is not None and recorded != (model, str(dimensions)) and not replace:
+        raise EmbeddingModelMismatch(
+            f"tenant database holds {recorded[0]} ({recorded[1]} dims) embeddings; configured model is "
+            f"{model} ({dimensions} dims): re-embed the tenant's documents to switch"
         )
-        recorded = (rows.get(EMBEDDING_MODEL_KEY), rows.get(EMBEDDING_DIMENSIONS_KEY))
-        if recorded[0] is not None and recorded != (model, str(dimensions)) and not replace:
-            raise EmbeddingModelMismatch(
-                f"tenant database holds {recorded[0]} ({recorded[1]} dims) embeddings; configured model is "
-                f"{model} ({dimensions} dims): re-embed the tenant's documents to switch"
-            )
-        for key, value in [(EMBEDDING_MODEL_KEY, model), (EMBEDDING_DIMENSIONS_KEY, str(dimensions))]:
-            connection.execute(
-                "INSERT INTO tenant_settings (key, value, updated_at) VALUES (%s, %s, now()) "
-                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
-                [key, value],
-            )
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            "INSERT INTO tenant_settings (key, value, updated_at) VALUES (%s, %s, now()) "
+            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()",
+            [(EMBEDDING_MODEL_KEY, model), (EMBEDDING_DIMENSIONS_KEY, str(dimensions))],
+        )

@@ -32,8 +32,14 @@ class ProvisionedDatabase:
 class Provisioner(Protocol):
     name: str
 
-    def create(self, tenant_key: str, region: str | None = None) -> ProvisionedDatabase:
-        """Create the tenant's database, or find the one a previous attempt created. pgvector installed."""
+    def create(self, tenant_key: str, region: str | None = None, *, first_attempt: bool = False) -> ProvisionedDatabase:
+        """Create the tenant's database, or find the one a previous attempt created; pgvector installed or installable
+        by the database's owner (the tenant schema's first migration installs it). `first_attempt`: no earlier
+        attempt for this tenant key can have created anything, so a provider may skip looking for it."""
+
+    def locate(self, tenant_key: str) -> tuple[str, str] | None:
+        """(server, external_id) of the database an attempt for this tenant key made, if there is one: for erasing a
+        tenant whose provisioning died before the registry learnt where its database was."""
 
     def delete(self, external_id: str, server: str) -> None:
         """Drop the tenant's database (and role / project). Deleting what is already gone succeeds."""

@@ -8,12 +8,15 @@ exponential back-off; every request has a timeout. Credentials (the API key, con
 from __future__ import annotations
 
 import logging
+import os
 import random
+import threading
 import time
+from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import psycopg
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
@@ -32,7 +35,6 @@ TERMINAL_OPERATION_STATUSES = frozenset({"finished", "skipped", "cancelled"})
 FAILED_OPERATION_STATUSES = frozenset({"error"})
 RETRYABLE_STATUSES = frozenset({423, 429, 500, 502, 503, 504})
 LIST_PAGE_SIZE = 400  # the most GET /projects returns at once
-CONNECT_TIMEOUT_SECONDS = 15
 
 
 class NeonProvisioner:
@@ -74,9 +76,13 @@ class NeonProvisioner:
         self.retry_max_delay_seconds = retry_max_delay_seconds
         self.poll_interval_seconds = poll_interval_seconds
         self._api_key = api_key
+        self._http: httpx.Client | None = None
+        self._http_pid = 0
+        self._http_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, **overrides: Any) -> NeonProvisioner:
+        """One instance per process and configuration, so its HTTP connection (TLS included) is reused."""
         options: dict[str, Any] = dict(
             api_key=settings.NEON_API_KEY,
             api_url=settings.NEON_API_URL,
@@ -96,46 +102,60 @@ class NeonProvisioner:
             poll_interval_seconds=settings.NEON_POLL_INTERVAL_SECONDS,
         )
         options.update(overrides)
-        return cls(**options)
+        return _provisioner_for(tuple(sorted(options.items())))
 
     def __repr__(self) -> str:  # keep the API key out of logs and tracebacks
         return f"NeonProvisioner(api_url={self.api_url!r}, region={self.region!r})"
 
     # --- the Provisioner interface -----------------------------------------------------------------------------------
 
-    def create(self, tenant_key: str, region: str | None = None) -> ProvisionedDatabase:
+    def create(self, tenant_key: str, region: str | None = None, *, first_attempt: bool = False) -> ProvisionedDatabase:
+        """The tenant's project, created or found again, with its operations finished. pgvector comes with the
+        schema: `tenant_database_prepare` installs it in the same connection and transaction as the migration.
+
+        `first_attempt`: no earlier attempt for this tenant key exists (keys are random and never reused), so no
+        project can carry its name yet and the search before the first POST is skipped.
+        """
         project_name = PROJECT_NAME_PREFIX + tenant_key
-        with self._client() as client:
-            project = self._find_or_create_project(client, project_name, region or self.region)
+        client = self._client()
+        project, created = self._find_or_create_project(
+            client, project_name, region or self.region, search_first=not first_attempt
+        )
+        if created is None:  # found by a search: ask for its state and addresses
             self._wait_for_operations(client, project["id"])
             database = self._connection_details(client, project)
-        self._install_pgvector(database)
+        else:
+            self._wait_for_operations(client, project["id"], started=created.get("operations", []))
+            database = self._created_connection_details(project, created) or self._connection_details(client, project)
         logger.info("Neon project %s ready for tenant %s", project["id"], tenant_key)
         return database
 
+    def locate(self, tenant_key: str) -> tuple[str, str] | None:
+        project = self._find_project(self._client(), PROJECT_NAME_PREFIX + tenant_key)
+        return (SERVER_NAME, project["id"]) if project else None
+
     def delete(self, external_id: str, server: str = SERVER_NAME) -> None:
-        with self._client() as client:
-            # Neon answers 423 while operations run, so wait for them first; 404 means an earlier attempt deleted it.
-            found = self._wait_for_operations(client, external_id, accept_not_found=True)
-            if found:
-                response = self._request(client, "DELETE", f"/projects/{external_id}", accept_not_found=True)
-                found = response.status_code != 404
+        client = self._client()
+        # Neon answers 423 while operations run, so wait for them first; 404 means an earlier attempt deleted it.
+        found = self._wait_for_operations(client, external_id, accept_not_found=True)
+        if found:
+            response = self._request(client, "DELETE", f"/projects/{external_id}", accept_not_found=True)
+            found = response.status_code != 404
         logger.info("Neon project %s %s", external_id, "deleted" if found else "already gone")
 
     def dsn(self, external_id: str, server: str = SERVER_NAME) -> ProvisionedDatabase:
-        with self._client() as client:
-            response = self._request(client, "GET", f"/projects/{external_id}", accept_not_found=True)
-            if response.status_code == 404:
-                raise ProvisioningError(f"Neon project {external_id} does not exist")
-            project = response.json()["project"]
-            # A password reset takes effect when its operation finishes.
-            self._wait_for_operations(client, external_id)
-            return self._connection_details(client, project)
+        client = self._client()
+        response = self._request(client, "GET", f"/projects/{external_id}", accept_not_found=True)
+        if response.status_code == 404:
+            raise ProvisioningError(f"Neon project {external_id} does not exist")
+        project = response.json()["project"]
+        # A password reset takes effect when its operation finishes.
+        self._wait_for_operations(client, external_id)
+        return self._connection_details(client, project)
 
     def list_databases(self) -> list[tuple[str, str]]:
         """(server, project id) of every project named with our prefix, for reconciliation."""
-        with self._client() as client:
-            projects = self._list_projects(client, search=PROJECT_NAME_PREFIX)
+        projects = self._list_projects(self._client(), search=PROJECT_NAME_PREFIX)
         return [
             (SERVER_NAME, project["id"])
             for project in projects
@@ -144,16 +164,20 @@ class NeonProvisioner:
 
     # --- steps -------------------------------------------------------------------------------------------------------
 
-    def _find_or_create_project(self, client: httpx.Client, project_name: str, region: str) -> dict:
+    def _find_or_create_project(
+        self, client: httpx.Client, project_name: str, region: str, *, search_first: bool = True
+    ) -> tuple[dict, dict | None]:
+        """(project, the whole create answer when we just made it; None when a search found it)."""
         # The POST is never retried blindly: its answer may be lost after Neon created the project, so every new
         # attempt searches first.
         for attempt in range(self.max_retries + 1):
-            existing = self._find_project(client, project_name)
+            existing = self._find_project(client, project_name) if attempt or search_first else None
             if existing:
-                return existing
+                return existing, None
             response = self._send(client, "POST", "/projects", json=self._project_request(project_name, region))
             if response.status_code == 201:
-                return response.json()["project"]
+                body = response.json()
+                return body["project"], body
             self._raise_unless_retryable(response, "POST", "/projects")
             self._back_off(attempt, response, "POST", "/projects")
         raise ProvisioningError(f"Neon did not create project {project_name} after {self.max_retries + 1} attempts")
@@ -201,11 +225,26 @@ class NeonProvisioner:
             project["settings"] = {"quota": {"logical_size_bytes": self.quota_logical_size_bytes}}
         return {"project": project}
 
-    def _wait_for_operations(self, client: httpx.Client, project_id: str, *, accept_not_found: bool = False) -> bool:
-        """Polls until every operation of the project is done; False when the project does not exist."""
+    def _wait_for_operations(
+        self,
+        client: httpx.Client,
+        project_id: str,
+        *,
+        accept_not_found: bool = False,
+        started: list[dict] | None = None,
+    ) -> bool:
+        """Polls until every operation of the project is done; False when the project does not exist.
+
+        `started`: the operations a create answer listed. All finished: nothing to poll. Otherwise they have only
+        just been scheduled, so the first look waits one interval rather than ask at once.
+        """
         # A 201 is not "ready": Neon says to wait for the project's operations before connecting.
         deadline = time.monotonic() + self.operation_timeout_seconds
         path = f"/projects/{project_id}/operations"
+        if started is not None:
+            if all(op.get("status") in TERMINAL_OPERATION_STATUSES for op in started):
+                return True
+            time.sleep(self.poll_interval_seconds)
         while True:
             response = self._request(client, "GET", path, params={"limit": 1000}, accept_not_found=accept_not_found)
             if response.status_code == 404:
@@ -228,6 +267,22 @@ class NeonProvisioner:
         params = {"database_name": DATABASE_NAME, "role_name": ROLE_NAME}
         pooled = self._request(client, "GET", path, params={**params, "pooled": "true"}).json()["uri"]
         direct = self._request(client, "GET", path, params={**params, "pooled": "false"}).json()["uri"]
+        return self._database(project, pooled=pooled, direct=direct)
+
+    def _created_connection_details(self, project: dict, created: dict) -> ProvisionedDatabase | None:
+        """Both URIs from a create answer, without asking again: `connection_uris` holds the direct URI, and the
+        pooled one differs only in its host, `pooler_host` (the reference's host format). None if either is missing."""
+        for entry in created.get("connection_uris") or []:
+            parameters = entry.get("connection_parameters") or {}
+            if (parameters.get("database"), parameters.get("role")) != (DATABASE_NAME, ROLE_NAME):
+                continue
+            direct = entry.get("connection_uri") or ""
+            pooled = _with_host(direct, parameters.get("host"), parameters.get("pooler_host"))
+            if direct and pooled:
+                return self._database(project, pooled=pooled, direct=direct)
+        return None
+
+    def _database(self, project: dict, *, pooled: str, direct: str) -> ProvisionedDatabase:
         return ProvisionedDatabase(
             external_id=project["id"],
             region=project.get("region_id", self.region),
@@ -236,30 +291,30 @@ class NeonProvisioner:
             migration_dsn=direct,
         )
 
-    def _install_pgvector(self, database: ProvisionedDatabase) -> None:
-        # Over the direct URI: DDL does not belong on a transaction-mode pooler.
-        try:
-            with psycopg.connect(database.migration_dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as c:
-                c.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        except psycopg.Error as error:
-            # psycopg's message names host and user, never the password; the URI itself stays out of the log.
-            raise ProvisioningError(
-                f"Neon project {database.external_id}: could not install pgvector: {error.__class__.__name__}: "
-                f"{str(error).strip()}"
-            ) from error
-
     # --- HTTP --------------------------------------------------------------------------------------------------------
 
     def _client(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.api_url,
-            timeout=self.request_timeout_seconds,
-            headers={
-                "Authorization": f"Bearer {self._api_key}",
-                "Accept": "application/json",
-                "Content-Type": "application/json",
-            },
-        )
+        """This process's client: made once (building its TLS context alone costs ~20 ms), its connections kept
+        alive between calls. A forked worker makes its own rather than share its parent's sockets."""
+        with self._http_lock:
+            if self._http is None or self._http_pid != os.getpid():
+                self._http = httpx.Client(
+                    base_url=self.api_url,
+                    timeout=self.request_timeout_seconds,
+                    headers={
+                        "Authorization": f"Bearer {self._api_key}",
+                        "Accept": "application/json",
+                        "Content-Type": "application/json",
+                    },
+                )
+                self._http_pid = os.getpid()
+            return self._http
+
+    def close(self) -> None:
+        with self._http_lock:
+            if self._http is not None and self._http_pid == os.getpid():
+                self._http.close()
+            self._http = None
 
     def _request(
         self,
@@ -318,6 +373,26 @@ class NeonProvisioner:
             method, path, response.status_code, attempt + 1, self.max_retries, delay,
         )  # fmt: skip
         time.sleep(delay)
+
+
+@lru_cache(maxsize=8)
+def _provisioner_for(options: tuple[tuple[str, Any], ...]) -> NeonProvisioner:
+    return NeonProvisioner(**dict(options))
+
+
+def _with_host(uri: str, host: str | None, new_host: str | None) -> str | None:
+    """`uri` with its host `host` replaced by `new_host` (credentials, port, database and options kept)."""
+    if not (uri and host and new_host):
+        return None
+    parts = urlsplit(uri)
+    if parts.hostname != host:
+        return None
+    credentials = parts.netloc.rpartition("@")[0]
+    if ":" in new_host:  # an IPv6 address
+        new_host = f"[{new_host}]"
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{credentials}@{new_host}{port}" if credentials else f"{new_host}{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _error_details(response: httpx.Response) -> tuple[str, str]:

@@ -186,7 +186,8 @@ class PostgresProvisioner:
 
     # --- the provider interface --------------------------------------------------------------------------------------
 
-    def create(self, tenant_key: str, region: str | None = None) -> ProvisionedDatabase:
+    def create(self, tenant_key: str, region: str | None = None, *, first_attempt: bool = False) -> ProvisionedDatabase:
+        # `first_attempt` changes nothing here: looking for the database by name is part of placing it anyway.
         database = database_name(tenant_key)
         role = database
         cloned = False
@@ -244,6 +245,14 @@ class PostgresProvisioner:
             self._templates_ready.clear()
             self._template_versions.clear()
             return False
+
+    def locate(self, tenant_key: str) -> tuple[str, str] | None:
+        database = database_name(tenant_key)
+        for server in self.servers.values():
+            with self._admin(server) as admin:
+                if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
+                    return server.name, database
+        return None
 
     def delete(self, external_id: str, server: str) -> None:
         administered = self._server(server)

@@ -48,6 +48,7 @@ import string
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -159,7 +160,9 @@ class NeonEmulator:
         self.projects_limit = projects_limit
         self.required_org_id = required_org_id
         self.requests: list[RecordedRequest] = []
-        self.handling_seconds: list[float] = []  # time spent in handle() per request, for benchmarks
+        # Per request, for benchmarks: the server's whole share, from the parsed request line to the response ready to
+        # send (header parsing, routing, the database work, JSON encoding), in the order of `requests`.
+        self.handling_seconds: list[float] = []
         # Time spent finishing operations in the background (the emulator's own work, like handling requests).
         self.background_seconds: list[float] = []
         admin = psycopg.conninfo.conninfo_to_dict(admin_dsn)
@@ -259,10 +262,12 @@ class NeonEmulator:
     # --- request pipeline --------------------------------------------------------------------------------------------
 
     def handle(
-        self, method: str, raw_path: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, dict, dict[str, str]]:
-        """Returns (status, JSON body, extra headers). Runs on the server's request threads."""
-        started = time.perf_counter()
+        self, method: str, raw_path: str, headers: dict[str, str], body: bytes, *, started: float | None = None
+    ) -> tuple[int, dict, dict[str, str], Callable[[], None]]:
+        """Returns (status, JSON body, extra headers, record). Runs on the server's request threads; `record()`
+        files the request in `requests` and its time since `started` in `handling_seconds`: call it when the
+        response is ready to go."""
+        started = time.perf_counter() if started is None else started
         if self.latency_seconds:
             time.sleep(self.latency_seconds)
         parts = urlsplit(raw_path)
@@ -281,10 +286,13 @@ class NeonEmulator:
             extra: dict[str, str] = {}
         except ApiError as error:
             status, payload, extra = error.status, error.body, error.headers
-        with self._lock:
-            self.requests.append(RecordedRequest(method, recorded, status))
-            self.handling_seconds.append(time.perf_counter() - started)
-        return status, payload, extra
+
+        def record() -> None:
+            with self._lock:
+                self.requests.append(RecordedRequest(method, recorded, status))
+                self.handling_seconds.append(time.perf_counter() - started)
+
+        return status, payload, extra, record
 
     def _authenticate(self, authorization: str) -> None:
         scheme, _, token = authorization.partition(" ")
@@ -774,11 +782,17 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body leave in separate writes; with Nagle's algorithm on, Linux holds the second ~40 ms.
     disable_nagle_algorithm = True
 
+    def parse_request(self) -> bool:
+        self._started = time.perf_counter()  # the request line is in: from here on the time is the server's
+        return super().parse_request()
+
     def _serve(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         headers = {key.lower(): value for key, value in self.headers.items()}
-        status, payload, extra = self.emulator.handle(self.command, self.path, headers, body)
+        status, payload, extra, record = self.emulator.handle(
+            self.command, self.path, headers, body, started=self._started
+        )
         encoded = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -786,6 +800,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("X-Neon-Ret-Request-Id", str(uuid.uuid4()))
         for key, value in extra.items():
             self.send_header(key, value)
+        record()  # before the response leaves, so a client that has it finds it recorded
         self.end_headers()
         self.wfile.write(encoded)
 

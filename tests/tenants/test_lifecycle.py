@@ -220,3 +220,19 @@ def test_reconcile_reports_orphans_and_missing_databases_then_fixes_them(owner, 
     assert services.vector_database_provision(tracked.id).status == Status.READY
     call_command("tenants", "reconcile")
     assert "registry and provider agree" in capsys.readouterr().out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_erasing_a_tenant_whose_provisioning_died_before_recording_its_database_drops_that_database(
+    owner, admin_dsn
+):
+    vector_database = VectorDatabase.objects.create(tenant=owner, provider="postgres")
+    VectorDatabase.objects.filter(id=vector_database.id).update(status=Status.PROVISIONING, attempts=1)
+    made = get_provisioner("postgres").create(vector_database.tenant_key)  # then the worker died
+    assert _database_exists(admin_dsn, made.external_id)
+
+    assert services.tenant_erase(owner.id) is True
+
+    assert not _database_exists(admin_dsn, made.external_id)
+    vector_database.refresh_from_db()
+    assert vector_database.status == Status.DELETED

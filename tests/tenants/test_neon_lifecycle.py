@@ -149,6 +149,41 @@ def test_provisioning_makes_a_ready_neon_project_and_records_it_in_the_registry(
     assert database == neon.physical_database_name(provisioned.external_id)
     _assert_tenant_schema(credentials["dsn"])
     assert len(neon.requests_matching("POST", "/projects")) == 1
+    # A first attempt's key is new (random, never reused): no project can have its name, so nothing is searched.
+    assert neon.requests_matching("GET", "/projects?") == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_provisioning_retried_after_its_worker_died_finds_the_project_instead_of_making_another(
+    owner, neon, neon_settings
+):
+    vector_database = VectorDatabase.objects.create(tenant=owner, provider="neon")
+    # The first attempt got as far as creating the project, then its worker died before recording anything.
+    VectorDatabase.objects.filter(id=vector_database.id).update(status=Status.PROVISIONING, attempts=1)
+    get_provisioner().create(vector_database.tenant_key, first_attempt=True)
+
+    provisioned = services.vector_database_provision(vector_database.id)
+
+    assert (provisioned.status, provisioned.attempts) == (Status.READY, 2)
+    assert neon.project_ids == [provisioned.external_id]
+    assert len(neon.requests_matching("POST", "/projects")) == 1
+    _assert_tenant_schema(decrypt_credentials(provisioned.encrypted_credentials)["dsn"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_erasing_a_tenant_whose_provisioning_died_before_recording_its_project_deletes_that_project(
+    owner, stranger, neon, neon_settings
+):
+    kept = _provision(stranger)
+    vector_database = VectorDatabase.objects.create(tenant=owner, provider="neon")
+    VectorDatabase.objects.filter(id=vector_database.id).update(status=Status.PROVISIONING, attempts=1)
+    get_provisioner().create(vector_database.tenant_key, first_attempt=True)  # then the worker died
+
+    assert services.tenant_erase(owner.id) is True
+
+    assert neon.project_ids == [kept.external_id]
+    vector_database.refresh_from_db()
+    assert vector_database.status == Status.DELETED
 
 
 @pytest.mark.django_db(transaction=True)

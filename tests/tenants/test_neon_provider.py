@@ -47,9 +47,10 @@ def provisioner(neon) -> NeonProvisioner:
     return make_provisioner(neon)
 
 
-def installed_extensions(dsn: str) -> set[str]:
+def connected_database(dsn: str) -> str:
+    """Logs in with these credentials; the database they reach (the emulator's name for the project's database)."""
     with psycopg.connect(dsn, connect_timeout=5) as connection:
-        return {row[0] for row in connection.execute("SELECT extname FROM pg_extension")}
+        return connection.execute("SELECT current_database()").fetchone()[0]
 
 
 def database_exists(admin_dsn: str, name: str) -> bool:
@@ -64,7 +65,7 @@ def api(neon: NeonEmulator) -> httpx.Client:
 # --- create ----------------------------------------------------------------------------------------------------------
 
 
-def test_create_returns_a_pooled_dsn_and_a_direct_dsn_that_both_connect_with_pgvector_installed(neon, provisioner):
+def test_create_returns_a_pooled_dsn_and_a_direct_dsn_that_both_log_in_to_the_project(neon, provisioner):
     database = provisioner.create("tenant-1", region="aws-us-east-2")
 
     assert neon.project_ids == [database.external_id]
@@ -72,8 +73,31 @@ def test_create_returns_a_pooled_dsn_and_a_direct_dsn_that_both_connect_with_pgv
     assert (database.server, database.region) == ("neon", "aws-us-east-2")
     assert "@localhost:" in database.dsn  # the pooled endpoint, for application traffic
     assert "@127.0.0.1:" in database.migration_dsn
-    assert "vector" in installed_extensions(database.dsn)
-    assert "vector" in installed_extensions(database.migration_dsn)
+    assert connected_database(database.dsn) == connected_database(database.migration_dsn)
+
+
+def test_a_first_attempt_creates_without_searching_and_takes_both_uris_from_the_create_answer(neon, provisioner):
+    database = provisioner.create("tenant-1", first_attempt=True)
+
+    path = f"/projects/{database.external_id}"
+    assert [(r.method, r.path.split("?")[0]) for r in neon.requests] == [
+        ("POST", "/projects"),
+        *[("GET", f"{path}/operations")] * len(neon.requests_matching("GET", f"{path}/operations")),
+    ]
+    with api(neon) as client:
+        uri = f"{path}/connection_uri?database_name=neondb&role_name=neondb_owner&pooled="
+        assert database.dsn == client.get(uri + "true").json()["uri"]
+        assert database.migration_dsn == client.get(uri + "false").json()["uri"]
+
+
+def test_a_retry_searches_first_and_asks_for_the_uris_of_the_project_it_finds(neon, provisioner):
+    first = provisioner.create("tenant-1", first_attempt=True)
+
+    again = provisioner.create("tenant-1")
+
+    assert (again.dsn, again.migration_dsn) == (first.dsn, first.migration_dsn)
+    assert len(neon.requests_matching("POST", "/projects")) == 1
+    assert len(neon.requests_matching("GET", f"/projects/{first.external_id}/connection_uri")) == 2
 
 
 def test_create_sends_the_configured_project_settings(neon, admin_dsn):
@@ -116,7 +140,7 @@ def test_create_twice_with_the_same_tenant_key_returns_the_same_project(neon, pr
     assert second.external_id == first.external_id
     assert neon.project_ids == [first.external_id]
     assert len(neon.requests_matching("POST", "/projects")) == 1
-    assert "vector" in installed_extensions(second.dsn)
+    assert connected_database(second.dsn)
 
 
 def test_create_finds_the_exact_name_among_partial_search_matches(neon, provisioner):
@@ -145,8 +169,8 @@ def test_create_finds_its_project_beyond_the_first_page_of_search_results(neon, 
 @pytest.mark.parametrize("status", [423, 429, 500, 503])
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "^/projects$"), ("POST", "^/projects$"), ("GET", "/operations$"), ("GET", "/connection_uri$")],
-    ids=["search", "create", "operations", "connection-uri"],
+    [("GET", "^/projects$"), ("POST", "^/projects$"), ("GET", "/operations$")],
+    ids=["search", "create", "operations"],
 )
 def test_create_retries_transient_errors_and_still_makes_exactly_one_project(neon, provisioner, status, method, path):
     neon.inject(status, times=2, method=method, path=path)
@@ -155,7 +179,7 @@ def test_create_retries_transient_errors_and_still_makes_exactly_one_project(neo
 
     assert neon.project_ids == [database.external_id]
     assert [r.status for r in neon.requests].count(status) == 2
-    assert "vector" in installed_extensions(database.dsn)
+    assert connected_database(database.dsn)
 
 
 def test_create_recovers_a_project_whose_creation_answer_was_lost(neon, provisioner):
@@ -166,7 +190,7 @@ def test_create_recovers_a_project_whose_creation_answer_was_lost(neon, provisio
 
     assert neon.project_ids == [database.external_id]
     assert [r.status for r in neon.requests_matching("POST", "/projects")] == [500]
-    assert "vector" in installed_extensions(database.dsn)
+    assert connected_database(database.dsn)
 
 
 def test_create_survives_random_faults_with_one_project_per_tenant(neon):
@@ -344,7 +368,20 @@ def test_dsn_returns_the_current_working_credentials(neon, provisioner):
 
     assert (again.external_id, again.region, again.server) == (database.external_id, database.region, "neon")
     assert again.dsn == database.dsn
-    assert "vector" in installed_extensions(again.dsn)
+    assert connected_database(again.dsn)
+
+
+@pytest.mark.parametrize("status", [423, 429, 500, 503])
+def test_dsn_retries_transient_errors_of_connection_uri(neon, provisioner, status):
+    database = provisioner.create("tenant-1")
+    neon.inject(status, times=2, method="GET", path="/connection_uri$")
+
+    again = provisioner.dsn(database.external_id, "neon")
+
+    assert (again.dsn, again.migration_dsn) == (database.dsn, database.migration_dsn)
+    assert [r.status for r in neon.requests_matching("GET", f"/projects/{database.external_id}/connection_uri")][
+        :3
+    ] == [status, status, 200]
 
 
 def test_dsn_after_a_password_reset_returns_the_new_password_once_it_works(neon, provisioner):
@@ -358,8 +395,7 @@ def test_dsn_after_a_password_reset_returns_the_new_password_once_it_works(neon,
     fresh = provisioner.dsn(database.external_id, "neon")
 
     assert fresh.dsn != database.dsn
-    assert "vector" in installed_extensions(fresh.dsn)
-    assert "vector" in installed_extensions(fresh.migration_dsn)
+    assert connected_database(fresh.dsn) == connected_database(fresh.migration_dsn)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(database.dsn, connect_timeout=5)
 

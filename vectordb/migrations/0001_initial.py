@@ -9,6 +9,14 @@ from django.db import migrations, models
 from pgvector.django import VectorExtension
 
 
+def embedding_options():
+    return {
+        'db_table': 'embeddings',
+        'indexes': [pgvector.django.indexes.HnswIndex(ef_construction=64, fields=['embedding'], m=16, name='embeddings_embedding_hnsw', opclasses=['vector_cosine_ops']), models.Index(fields=['document_id'], name='embeddings_document_id')],
+        'constraints': [models.UniqueConstraint(fields=('document_id', 'chunk_index'), name='embeddings_document_chunk_unique')],
+    }
+
+
 class Migration(migrations.Migration):
 
     initial = True
@@ -43,37 +51,56 @@ class Migration(migrations.Migration):
                 'indexes': [models.Index(fields=['-updated_at'], name='conversations_updated_at')],
             },
         ),
-        migrations.CreateModel(
-            name='Embedding',
-            fields=[
-                ('id', models.UUIDField(default=uuid.uuid4, primary_key=True, serialize=False)),
-                ('document_id', models.BigIntegerField()),
-                ('chunk_index', models.IntegerField()),
-                ('content', models.TextField()),
-                ('metadata', models.JSONField(default=dict)),
-                ('first_page', models.IntegerField()),
-                ('last_page', models.IntegerField()),
-                ('embedding', pgvector.django.vector.VectorField(dimensions=settings.EMBEDDING_DIMENSIONS)),
-                ('content_search', django.contrib.postgres.search.SearchVectorField(editable=False, null=True)),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
+        # The full-text column is filled by PostgreSQL itself (GENERATED ... STORED: no trigger, no app code). The
+        # state keeps Django's view of it (a read-only SearchVectorField); the database gets it in CREATE TABLE
+        # itself, last, as an earlier version of this migration left it (made as a plain column, then dropped and
+        # added back as generated). Creating it inline spares every new tenant database a table rewrite.
+        migrations.SeparateDatabaseAndState(
+            state_operations=[
+                migrations.CreateModel(
+                    name='Embedding',
+                    fields=[
+                        ('id', models.UUIDField(default=uuid.uuid4, primary_key=True, serialize=False)),
+                        ('document_id', models.BigIntegerField()),
+                        ('chunk_index', models.IntegerField()),
+                        ('content', models.TextField()),
+                        ('metadata', models.JSONField(default=dict)),
+                        ('first_page', models.IntegerField()),
+                        ('last_page', models.IntegerField()),
+                        ('embedding', pgvector.django.vector.VectorField(dimensions=settings.EMBEDDING_DIMENSIONS)),
+                        ('content_search', django.contrib.postgres.search.SearchVectorField(editable=False, null=True)),
+                        ('created_at', models.DateTimeField(auto_now_add=True)),
+                    ],
+                    options=embedding_options(),
+                ),
             ],
-            options={
-                'db_table': 'embeddings',
-                'indexes': [pgvector.django.indexes.HnswIndex(ef_construction=64, fields=['embedding'], m=16, name='embeddings_embedding_hnsw', opclasses=['vector_cosine_ops']), models.Index(fields=['document_id'], name='embeddings_document_id')],
-                'constraints': [models.UniqueConstraint(fields=('document_id', 'chunk_index'), name='embeddings_document_chunk_unique')],
-            },
-        ),
-        # PostgreSQL keeps the full-text column in step with `content` itself (no trigger, no app code).
-        migrations.RunSQL(
-            sql=(
-                "ALTER TABLE embeddings DROP COLUMN content_search; "
-                "ALTER TABLE embeddings ADD COLUMN content_search tsvector "
-                "GENERATED ALWAYS AS (to_tsvector('english'::regconfig, content)) STORED"
-            ),
-            reverse_sql=(
-                "ALTER TABLE embeddings DROP COLUMN content_search; "
-                "ALTER TABLE embeddings ADD COLUMN content_search tsvector NULL"
-            ),
+            database_operations=[
+                migrations.CreateModel(
+                    name='Embedding',
+                    fields=[
+                        ('id', models.UUIDField(default=uuid.uuid4, primary_key=True, serialize=False)),
+                        ('document_id', models.BigIntegerField()),
+                        ('chunk_index', models.IntegerField()),
+                        ('content', models.TextField()),
+                        ('metadata', models.JSONField(default=dict)),
+                        ('first_page', models.IntegerField()),
+                        ('last_page', models.IntegerField()),
+                        ('embedding', pgvector.django.vector.VectorField(dimensions=settings.EMBEDDING_DIMENSIONS)),
+                        ('created_at', models.DateTimeField(auto_now_add=True)),
+                        (
+                            'content_search',
+                            models.GeneratedField(
+                                expression=models.Func(
+                                    models.F('content'), template="to_tsvector('english'::regconfig, %(expressions)s)"
+                                ),
+                                output_field=django.contrib.postgres.search.SearchVectorField(),
+                                db_persist=True,
+                            ),
+                        ),
+                    ],
+                    options=embedding_options(),
+                ),
+            ],
         ),
         migrations.AddIndex(
             model_name='embedding',
