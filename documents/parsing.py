@@ -12,6 +12,7 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import pypdf
 import pypdf.errors
@@ -146,6 +147,22 @@ def inspect_pdf(path: str | Path, max_bytes: int, max_pages: int) -> PdfInfo:
     if page_count > max_pages:
         raise TooManyPages(f"This PDF has {page_count:,} pages; Silo accepts up to {max_pages:,}.")
     return PdfInfo(page_count=page_count, title=(title or "").strip() or None, encrypted=encrypted, size_bytes=size)
+
+
+def page_count(source: BinaryIO) -> int | None:
+    """How many pages PDFium counts in a readable, seekable file (it reads the cross-reference table, not the pages,
+    and only the parts it needs): None when it cannot open it, which the pipeline then judges with pypdf's second
+    opinion and a reason for the user."""
+    source.seek(0)
+    try:
+        with PDFIUM_LOCK:
+            document = pdfium.PdfDocument(source, password="", autoclose=False)
+            try:
+                return len(document)
+            finally:
+                document.close()
+    except pdfium.PdfiumError:
+        return None
 
 
 def _megabytes(size: int) -> str:

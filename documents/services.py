@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from documents.chunking import Chunk, chunk_pages
 from documents.models import Document
-from documents.parsing import UnreadablePdf, extract_pages, inspect_pdf
+from documents.parsing import UnreadablePdf, extract_pages, inspect_pdf, page_count
 from documents.selectors import document_get_for_user
 from tenants.models import User, VectorDatabase
 from tenants.services import TenantDatabaseNotReady, tenant_target, vector_database_credentials
@@ -94,6 +94,11 @@ def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = T
     head = uploaded_file.read(1024)
     if b"%PDF-" not in head:
         raise DocumentRejected(f"{uploaded_file.name}: this file is not a PDF.")
+    pages = page_count(uploaded_file.file)  # milliseconds, and the user hears now rather than after the queue
+    if pages is not None and pages > settings.UPLOAD_MAX_PAGES:
+        raise DocumentRejected(
+            f"{uploaded_file.name}: this PDF has {pages:,} pages; Silo accepts up to {settings.UPLOAD_MAX_PAGES:,}."
+        )
     _count_upload(owner)  # only uploads that would be stored count against the hourly limit
     digest = hashlib.sha256()
     uploaded_file.seek(0)

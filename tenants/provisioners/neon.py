@@ -96,7 +96,6 @@ class NeonProvisioner:
             request_timeout_seconds=settings.NEON_REQUEST_TIMEOUT_SECONDS,
             max_retries=settings.NEON_MAX_RETRIES,
             operation_timeout_seconds=settings.NEON_OPERATION_TIMEOUT_SECONDS,
-            # Not in config/settings.py yet; until they are, __init__'s defaults apply.
             retry_base_delay_seconds=settings.NEON_RETRY_BASE_DELAY_SECONDS,
             retry_max_delay_seconds=settings.NEON_RETRY_MAX_DELAY_SECONDS,
             poll_interval_seconds=settings.NEON_POLL_INTERVAL_SECONDS,

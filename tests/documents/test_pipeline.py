@@ -27,7 +27,7 @@ from documents.parsing import BlankPdf, CorruptPdf, EncryptedPdf, NoTextLayer
 from tenants import services as tenant_services
 from tenants.crypto import decrypt_credentials
 from tenants.models import User, VectorDatabase
-from tests.pdf_factory import image_only_pdf
+from tests.pdf_factory import image_only_pdf, text_pdf
 from vectordb.store import chunk_id
 
 EVAL_PDF = Path("/work/shared/eval/pdfs/clsguide.pdf")
@@ -220,6 +220,20 @@ def test_upload_refuses_what_is_not_an_acceptable_pdf_and_stores_nothing(
 
     assert response.status_code == 400
     assert response.json() == {"documents": [], "errors": [message]}
+    assert Document.objects.count() == 0
+    assert _stored_files(media_root) == []
+
+
+@pytest.mark.django_db
+def test_upload_refuses_a_pdf_over_the_page_limit_at_once_and_stores_nothing(client, owner, settings, media_root):
+    settings.UPLOAD_MAX_PAGES = 3
+    client.force_login(owner)
+    four_pages = text_pdf([f"Page {number} of a long report." for number in range(1, 5)])
+
+    response = _post_files(client, SimpleUploadedFile("report.pdf", four_pages, "application/pdf"))
+
+    assert response.status_code == 400
+    assert response.json() == {"documents": [], "errors": ["report.pdf: this PDF has 4 pages; Silo accepts up to 3."]}
     assert Document.objects.count() == 0
     assert _stored_files(media_root) == []
 
