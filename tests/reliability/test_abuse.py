@@ -97,14 +97,29 @@ def test_an_upload_over_the_size_limit_is_refused_with_the_limit_and_nothing_is_
     assert stored_files(media_root) == []
 
 
-def test_a_pdf_over_the_page_limit_ends_failed_with_the_limit_and_no_chunks(owner, databases, media_root, settings):
-    """The page count is checked when the PDF is opened for ingest, not at upload: the upload is kept, ingest
-    refuses it with a reason, and the tenant database receives nothing."""
+def test_a_pdf_over_the_page_limit_is_refused_at_upload_with_the_limit_and_nothing_is_stored(
+    owner, media_root, settings
+):
     settings.UPLOAD_MAX_PAGES = 2
+
+    refused = r"^long\.pdf: this PDF has 3 pages; Silo accepts up to 2\.$"
+    with pytest.raises(document_services.DocumentRejected, match=refused):
+        document_services.document_upload(owner, ContentFile(text_pdf(["one", "two", "three"]), name="long.pdf"))
+
+    assert Document.objects.count() == 0
+    assert stored_files(media_root) == []
+
+
+def test_a_pdf_over_the_page_limit_at_ingest_ends_failed_with_the_limit_and_no_chunks(
+    owner, databases, media_root, settings
+):
+    """Ingest checks again (the limit may have been lowered since the upload, or PDFium could not count the pages):
+    the upload is kept, ingest refuses it with a reason, and the tenant database receives nothing."""
     databases(owner)
     document = document_services.document_upload(
         owner, ContentFile(text_pdf(["one", "two", "three"]), name="long.pdf"), enqueue=False
     )
+    settings.UPLOAD_MAX_PAGES = 2
 
     document_services.document_ingest(document.id)
 
