@@ -1,8 +1,8 @@
 """Chat turn overhead: server-side time before the first token, with the OpenAI emulator answering instantly.
 
-The real ASGI app (uvicorn serving config.asgi in a child process, started as `make run` starts it) with OPENAI_API_KEY and
-OPENAI_BASE_URL pointing at tests/emulators/openai.py (latency 0, no token delay) and the local all-MiniLM-L6-v2
-embedder (EMBEDDING_MODEL, 384 dims). A signed-in user (logged in through /accounts/login/ with httpx, session cookie
+The real ASGI app (uvicorn serving config.asgi in a child process as `make run` serves it, tests/asgi_server.py)
+with OPENAI_API_KEY and OPENAI_BASE_URL pointing at tests/emulators/openai.py (latency 0, no token delay) and the local
+all-MiniLM-L6-v2 embedder (EMBEDDING_MODEL, 384 dims). A signed-in user (logged in through /accounts/login/ with httpx, session cookie
 and CSRF token carried as the browser does) with a ready tenant and one small ingested document (the first pages of
 encguide.pdf). After a few untimed warm-up turns, each timed turn is a POST to /chat/stream (a new conversation, the
 whole tenant searched) read until the first `event: token` line.
@@ -18,24 +18,22 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
+from django.conf import settings
 from django.core.files.base import ContentFile
 from pypdf import PdfReader, PdfWriter
 
 from bench.common import create_tenants, milliseconds, percentile, progress, remove_tenants
 from bench.framework import Target, load_average
-from config.settings_paths import BASE_DIR
 from documents import services as document_services
 from documents.models import Document
 from tenants import services as tenant_services
 from tenants.models import VectorDatabase
+from tests.asgi_server import AsgiServerProcess
 from tests.emulators import openai as openai_emulator
 
 TARGETS = [Target("p50_ms", at_most=50, unit=" ms", label="p50_ms (overhead before first token, warm tenant)")]
@@ -73,7 +71,8 @@ def run(quick: bool) -> dict:
     server = None
     try:
         email = _tenant_with_document()
-        server = _Server(
+        environment = {key: value for key, value in os.environ.items() if key != "DJANGO_ALLOW_ASYNC_UNSAFE"}
+        environment.update(
             {
                 "OPENAI_API_KEY": openai_emulator.DEFAULT_API_KEY,
                 "OPENAI_BASE_URL": emulator.base_url,
@@ -82,7 +81,10 @@ def run(quick: bool) -> dict:
                 "LOG_LEVEL": "WARNING",
             }
         )
+        log_path = settings.DATA_DIR / "logs" / "bench-chat-overhead-uvicorn.log"
+        server = AsgiServerProcess(environment, log_path, ready_timeout_seconds=SERVER_READY_TIMEOUT_SECONDS)
         server.start()
+        progress(f"uvicorn (pid {server.process.pid}) on {server.url}")
         with httpx.Client(base_url=server.url, timeout=60) as http:
             _log_in(http, email)
             progress(f"{WARM_UP_TURNS} warm-up turns")
@@ -128,60 +130,6 @@ class _TimedEmulator(openai_emulator.OpenAIEmulator):
 
 
 # --- the app -----------------------------------------------------------------------------------------------------------
-
-
-class _Server:
-    """uvicorn serving config.asgi in a child process, as `make run` starts it, with extra environment."""
-
-    def __init__(self, extra_environment: dict[str, str]):
-        self.extra_environment = extra_environment
-        self.process: subprocess.Popen | None = None
-        self.url = ""
-        self.log = None
-
-    def start(self) -> None:
-        # --host/--port as `make run` serves (config/run_local.py). Not an inherited fd (tests/e2e/serve.py): uvicorn
-        # wraps one as an AF_UNIX socket, so asyncio never sets TCP_NODELAY on its connections, and with Nagle's
-        # algorithm the early events (conversation, sources) sat in the kernel until the first token was written.
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        environment = {**os.environ, **self.extra_environment}
-        self.log = open(os.environ.get("SILO_DATA_DIR", "/tmp") + "/bench-chat-overhead-uvicorn.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [
-                sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1", "--port", str(port),
-                "--no-access-log", "--log-level", "warning",
-            ],
-            cwd=BASE_DIR,
-            env=environment,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        progress(f"uvicorn (pid {self.process.pid}) on {self.url}")
-        deadline = time.monotonic() + SERVER_READY_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {self.process.returncode}; see {self.log.name}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"uvicorn not ready after {SERVER_READY_TIMEOUT_SECONDS}s; see {self.log.name}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.log is not None:
-            self.log.close()
 
 
 def _tenant_with_document() -> str:

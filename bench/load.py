@@ -23,7 +23,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -44,11 +43,11 @@ from django.utils.crypto import get_random_string
 
 from bench.common import admin_dsn, create_tenants, milliseconds, percentile, progress, remove_tenants, stopwatch
 from bench.framework import Target, load_average
-from config.settings_paths import BASE_DIR
 from documents.models import Document
 from tenants import services as tenant_services
 from tenants.models import VectorDatabase
 from tenants.provisioners.postgres import DATABASE_PREFIX, database_name
+from tests.asgi_server import AsgiServerProcess
 from tests.emulators.openai import OpenAIEmulator
 from vectordb.connections import get_registry
 from vectordb.embeddings import LOCAL_MODEL, get_embedder
@@ -80,17 +79,6 @@ ERROR_EXAMPLES = 5
 SERVER_THREADS_VARIABLE = "BENCH_LOAD_SERVER_THREADS"
 # Diagnosis only: BENCH_LOAD_PROFILE=<file> records the server with py-spy during the load (collapsed stacks).
 PROFILE_VARIABLE = "BENCH_LOAD_PROFILE"
-_UVICORN_WITH_THREADS = (
-    "import sys, concurrent.futures.thread as thread\n"
-    "threads = int(sys.argv.pop(1))\n"
-    "original = thread.ThreadPoolExecutor.__init__\n"
-    "def init(self, max_workers=None, *args, **kwargs):\n"
-    "    original(self, max_workers or threads, *args, **kwargs)\n"
-    "thread.ThreadPoolExecutor.__init__ = init\n"
-    "from uvicorn.main import main\n"
-    "sys.argv[0] = 'uvicorn'\n"
-    "main()\n"
-)
 
 # Short passages; the emulator's answer quotes the first sentence of source [1] (~20 words -> ~30 tokens).
 PASSAGES = [
@@ -306,76 +294,6 @@ def _remove_tenants_in_parallel() -> int:
 # --- the server and the emulator ------------------------------------------------------------------------------------
 
 
-class UvicornServer:
-    """uvicorn serving config.asgi (one worker) in a child process, on a socket bound here (no port race)."""
-
-    def __init__(self, environment: dict[str, str], log_path: Path, threads: int | None = None):
-        self.environment = environment
-        self.log_path = log_path
-        self.threads = threads
-        self.process: subprocess.Popen | None = None
-        self.url = ""
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1024)
-        port = listener.getsockname()[1]
-        command = [
-            "config.asgi:application",
-            "--fd", str(listener.fileno()), "--workers", "1", "--no-access-log", "--log-level", "warning",
-            "--timeout-graceful-shutdown", "5",
-        ]  # fmt: skip
-        if self.threads:
-            command = [sys.executable, "-c", _UVICORN_WITH_THREADS, str(self.threads), *command]
-        else:
-            command = [sys.executable, "-m", "uvicorn", *command]
-        try:
-            with self.log_path.open("wb") as log:
-                self.process = subprocess.Popen(
-                    command,
-                    cwd=BASE_DIR,
-                    env=self.environment,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(listener.fileno(),),
-                )
-        finally:
-            listener.close()  # the child holds its own copy
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + SERVER_READY_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {self.process.returncode}: {self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"uvicorn not ready after {SERVER_READY_TIMEOUT_SECONDS:g}s: {self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=SERVER_STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log_lines(self) -> list[str]:
-        try:
-            return self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return []
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_lines()[-lines:])
-
-
 def _server_environment(emulator: OpenAIEmulator, cap: int, application_name: str) -> dict[str, str]:
     environment = dict(os.environ)  # the bench's data folder, main database and Redis (Makefile / setup_django)
     environment.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
@@ -456,7 +374,12 @@ def _load(sessions: list[BenchSession], clients: int, cap: int) -> dict:
     application_name = f"silo-bench-load-{os.getpid()}"
     log_path = settings.DATA_DIR / "logs" / "bench-load-uvicorn.log"
     threads = int(os.environ.get(SERVER_THREADS_VARIABLE) or 0) or None
-    server = UvicornServer(_server_environment(emulator, cap, application_name), log_path, threads)
+    server = AsgiServerProcess(
+        _server_environment(emulator, cap, application_name),
+        log_path,
+        default_threads=threads,
+        ready_timeout_seconds=SERVER_READY_TIMEOUT_SECONDS,
+    )
     sampler = ConnectionSampler(application_name, [session.database for session in sessions], cap)
     try:
         server.start()
@@ -485,7 +408,7 @@ def _load(sessions: list[BenchSession], clients: int, cap: int) -> dict:
     finally:
         if sampler.is_alive():
             sampler.stop()
-        server.stop()
+        server.stop(SERVER_STOP_TIMEOUT_SECONDS)
         emulator.stop()
     if sampler.failure:
         raise RuntimeError(f"pg_stat_activity sampling failed: {sampler.failure}")
@@ -538,7 +461,7 @@ def _summary(
     cap: int,
     peak_streams: int,
     load_during: list[float],
-    server: UvicornServer,
+    server: AsgiServerProcess,
 ) -> dict:
     completed = [outcome for outcome in outcomes if not outcome.error]
     first_tokens = [outcome.first_token_seconds for outcome in outcomes if outcome.first_token_seconds is not None]

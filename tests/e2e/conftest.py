@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 from django.conf import settings
 
-from config.settings_paths import BASE_DIR
+from tests.asgi_server import AsgiServerProcess
 from tests.conftest import _worker_environment
 from tests.emulators.openai import OpenAIEmulator
 
@@ -56,68 +51,18 @@ def allow_orm_calls_beside_playwright():
         os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
-class LiveAsgiServer:
-    """uvicorn serving config.asgi in a child process (tests/e2e/serve.py), on a socket bound here (no port race)."""
-
-    def __init__(self, database_name: str, log_path: Path, extra_environment: dict[str, str] | None = None):
-        self.database_name = database_name
-        self.log_path = log_path
-        self.extra_environment = extra_environment or {}
-        self.process: subprocess.Popen | None = None
-        self.url = ""
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(128)
-        port = listener.getsockname()[1]
-        environment = _worker_environment(self.database_name)
-        environment.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        environment.update(self.extra_environment)
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "tests.e2e.serve", str(listener.fileno())],
-                cwd=BASE_DIR,
-                env=environment,
-                stdout=self.log_path.open("ab"),
-                stderr=subprocess.STDOUT,
-                pass_fds=(listener.fileno(),),
-            )
-        finally:
-            listener.close()  # the child holds its own copy
-        self.url = f"http://127.0.0.1:{port}"
-        self.wait_ready()
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + SERVER_READY_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"uvicorn not ready after {SERVER_READY_TIMEOUT_SECONDS}s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
-def _start_server(name: str, extra_environment: dict[str, str] | None = None) -> LiveAsgiServer:
+def _start_server(name: str, extra_environment: dict[str, str] | None = None) -> AsgiServerProcess:
+    """The app on the test database, in a child process as `make run` serves it, logging to logs/e2e-<name>.log."""
     from django.db import connection
 
-    server = LiveAsgiServer(
-        connection.settings_dict["NAME"], settings.DATA_DIR / "logs" / f"e2e-{name}.log", extra_environment
+    environment = _worker_environment(connection.settings_dict["NAME"])
+    environment.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    environment.update(extra_environment or {})
+    server = AsgiServerProcess(
+        environment,
+        settings.DATA_DIR / "logs" / f"e2e-{name}.log",
+        log_level="info",
+        ready_timeout_seconds=SERVER_READY_TIMEOUT_SECONDS,
     )
     server.start()
     return server
