@@ -148,24 +148,10 @@ def _score(user, questions: list[dict], filenames: dict[int, str]) -> dict:
     return result
 
 
-def _setup_django() -> None:
-    from config.settings_paths import BASE_DIR
-
-    os.environ.setdefault("SILO_DATA_DIR", str(BASE_DIR / ".data" / "bench"))
-    os.environ.setdefault("SILO_EMBEDDED_FAST", "true")
-    os.environ.setdefault("SILO_MAIN_DATABASE", "silo_bench")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", verbosity=0, interactive=False)
-
-
 if __name__ == "__main__":
-    _setup_django()
+    from bench.framework import setup_django
+
+    setup_django()
     started = time.perf_counter()
     outcome = run(quick=os.environ.get("BENCH_QUICK", "").strip().lower() in {"1", "true", "yes", "on"})
     outcome["seconds"] = round(time.perf_counter() - started, 1)

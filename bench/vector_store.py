@@ -11,27 +11,10 @@ Run alone: `python -m bench.vector_store [--quick]`.
 
 from __future__ import annotations
 
-import os
-
-
-def _setup_django_to_run_alone() -> None:
-    """`python -m bench.vector_store`: what bench/__main__.py does before it imports a section."""
-    from config.settings_paths import BASE_DIR
-
-    os.environ.setdefault("SILO_DATA_DIR", str(BASE_DIR / ".data" / "bench"))
-    os.environ.setdefault("SILO_EMBEDDED_FAST", "true")
-    os.environ.setdefault("SILO_MAIN_DATABASE", "silo_bench")
-    os.environ.setdefault("LOG_LEVEL", "WARNING")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", verbosity=0, interactive=False)
-
-
 if __name__ == "__main__":
-    _setup_django_to_run_alone()
+    from bench.framework import setup_django
+
+    setup_django()
 
 import random  # noqa: E402
 import time
