@@ -108,26 +108,9 @@ def _neon_provider(count: int) -> dict:
         operation_timeout_seconds=30,
     )
     create_seconds: list[float] = []
-    real_create = provisioner.create
-
-    def timed_create(*arguments, **options):
-        started = time.perf_counter()
-        try:
-            return real_create(*arguments, **options)
-        finally:
-            create_seconds.append(time.perf_counter() - started)
-
-    provisioner.create = timed_create
+    provisioner.create = _timed(provisioner.create, create_seconds)
     prepare_seconds: list[float] = []
-    real_prepare = services.tenant_database_prepare
-
-    def timed_prepare(*arguments, **options):
-        started = time.perf_counter()
-        try:
-            return real_prepare(*arguments, **options)
-        finally:
-            prepare_seconds.append(time.perf_counter() - started)
-
+    timed_prepare = _timed(services.tenant_database_prepare, prepare_seconds)
     real_get_provisioner = services.get_provisioner
 
     def get_bench_provisioner(name: str | None = None):
@@ -182,6 +165,19 @@ def _neon_provider(count: int) -> dict:
         "neon_requests_per_provision_p50": percentile(requests, 0.50),
         "neon_operation_polls_per_provision_p50": percentile(polls, 0.50),
     }
+
+
+def _timed(function, seconds: list[float]):
+    """`function`, appending each call's duration to `seconds`."""
+
+    def timed(*arguments, **options):
+        started = time.perf_counter()
+        try:
+            return function(*arguments, **options)
+        finally:
+            seconds.append(time.perf_counter() - started)
+
+    return timed
 
 
 def _is_operations_path(path: str) -> bool:

@@ -1,6 +1,12 @@
 """What counts as a breaking tenant migration: the running app must keep working during a fleet migration."""
 
+import uuid
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
 from django.db import migrations, models
+from psycopg import sql
 from django.db.migrations.loader import MigrationLoader
 
 from vectordb.schema import breaking_operations, breaking_operations_in_plan, tenant_migration_order
@@ -61,3 +67,55 @@ def test_the_shipped_tenant_migrations_after_the_first_are_not_breaking():
     names = tenant_migration_order()[1:]
 
     assert breaking_operations_in_plan(loader, [loader.graph.nodes[("vectordb", name)] for name in names]) == []
+
+
+# --- the fast path and Django's executor build the same schema -----------------------------------------------------
+
+_SCHEMA_QUERIES = {
+    "columns": """
+        SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attgenerated,
+               pg_get_expr(d.adbin, d.adrelid)
+        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE n.nspname = 'public' AND c.relkind = 'r' AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY 1, 2
+    """,
+    "indexes": "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1",
+    "constraints": """
+        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint
+        WHERE connamespace = 'public'::regnamespace ORDER BY 1, 2
+    """,
+    "extensions": "SELECT extname FROM pg_extension ORDER BY 1",
+}
+
+
+def _schema(dsn: str) -> dict[str, list[tuple]]:
+    with psycopg.connect(dsn) as connection:
+        return {name: connection.execute(query).fetchall() for name, query in _SCHEMA_QUERIES.items()}
+
+
+@pytest.mark.django_db(transaction=True)  # the compiled path compiles over a Django connection to the tenant
+def test_a_new_database_gets_the_same_schema_from_compiled_sql_as_from_django_migrate(admin_dsn):
+    from vectordb.schema import migrate_tenant_database, tenant_database_prepare
+
+    names = [f"silo_schema_{uuid.uuid4().hex[:8]}_{suffix}" for suffix in ("fast", "django")]
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        for name in names:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        fast, django = (urlsplit(admin_dsn)._replace(path=f"/{name}").geturl() for name in names)
+        tenant_database_prepare("schema-fast", fast, model="all-MiniLM-L6-v2", dimensions=384)
+        migrate_tenant_database("schema-django", django)
+
+        built_fast, built_django = _schema(fast), _schema(django)
+
+        assert built_fast == built_django
+        generated = [row for row in built_fast["columns"] if row[:2] == ("embeddings", "content_search")]
+        assert generated == [
+            ("embeddings", "content_search", "tsvector", False, "s", "to_tsvector('english'::regconfig, content)")
+        ]
+        assert ("vector",) in built_fast["extensions"]
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            for name in names:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

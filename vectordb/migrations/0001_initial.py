@@ -9,6 +9,20 @@ from django.db import migrations, models
 from pgvector.django import VectorExtension
 
 
+def embedding_columns():
+    """The Embedding columns the state and the database agree on (all but content_search and created_at)."""
+    return [
+        ('id', models.UUIDField(default=uuid.uuid4, primary_key=True, serialize=False)),
+        ('document_id', models.BigIntegerField()),
+        ('chunk_index', models.IntegerField()),
+        ('content', models.TextField()),
+        ('metadata', models.JSONField(default=dict)),
+        ('first_page', models.IntegerField()),
+        ('last_page', models.IntegerField()),
+        ('embedding', pgvector.django.vector.VectorField(dimensions=settings.EMBEDDING_DIMENSIONS)),
+    ]
+
+
 def embedding_options():
     return {
         'db_table': 'embeddings',
@@ -60,14 +74,7 @@ class Migration(migrations.Migration):
                 migrations.CreateModel(
                     name='Embedding',
                     fields=[
-                        ('id', models.UUIDField(default=uuid.uuid4, primary_key=True, serialize=False)),
-                        ('document_id', models.BigIntegerField()),
-                        ('chunk_index', models.IntegerField()),
-                        ('content', models.TextField()),
-                        ('metadata', models.JSONField(default=dict)),
-                        ('first_page', models.IntegerField()),
-                        ('last_page', models.IntegerField()),
-                        ('embedding', pgvector.django.vector.VectorField(dimensions=settings.EMBEDDING_DIMENSIONS)),
+                        *embedding_columns(),
                         ('content_search', django.contrib.postgres.search.SearchVectorField(editable=False, null=True)),
                         ('created_at', models.DateTimeField(auto_now_add=True)),
                     ],
@@ -78,14 +85,7 @@ class Migration(migrations.Migration):
                 migrations.CreateModel(
                     name='Embedding',
                     fields=[
-                        ('id', models.UUIDField(default=uuid.uuid4, primary_key=True, serialize=False)),
-                        ('document_id', models.BigIntegerField()),
-                        ('chunk_index', models.IntegerField()),
-                        ('content', models.TextField()),
-                        ('metadata', models.JSONField(default=dict)),
-                        ('first_page', models.IntegerField()),
-                        ('last_page', models.IntegerField()),
-                        ('embedding', pgvector.django.vector.VectorField(dimensions=settings.EMBEDDING_DIMENSIONS)),
+                        *embedding_columns(),
                         ('created_at', models.DateTimeField(auto_now_add=True)),
                         (
                             'content_search',
