@@ -232,6 +232,7 @@ def _compile_key(names: tuple[str, ...], with_recorder: bool) -> tuple:
 def compile_migrations(names: tuple[str, ...], sample_dsn: str, with_recorder: bool = False) -> CompiledMigrations:
     """The SQL of these tenant migrations (like `sqlmigrate`), computed once and reused for every tenant.
     `with_recorder` starts with the `django_migrations` table itself, for a brand-new database."""
+    from django.contrib.postgres.operations import CreateExtension
     from django.db.migrations.operations.special import RunPython
     from django.db.migrations.recorder import MigrationRecorder
 
@@ -250,10 +251,24 @@ def compile_migrations(names: tuple[str, ...], sample_dsn: str, with_recorder: b
                 with connection.schema_editor(collect_sql=True, atomic=False) as editor:
                     editor.create_model(MigrationRecorder.Migration)
                 recorder_sql = editor.collected_sql
+            # CreateExtension writes its statement only when the sample database lacks the extension, and the SQL is
+            # reused for other databases: always create them, first (IF NOT EXISTS makes it a no-op where present).
+            extensions = [
+                f"CREATE EXTENSION IF NOT EXISTS {connection.ops.quote_name(operation.name)};"
+                for migration in migrations
+                for operation in migration.operations
+                if isinstance(operation, CreateExtension)
+            ]
+            collected = recorder_sql + loader.collect_sql([(migration, False) for migration in migrations])
             statements = tuple(
-                statement
-                for statement in recorder_sql + loader.collect_sql([(migration, False) for migration in migrations])
-                if statement.strip() and not statement.lstrip().startswith("--")
+                dict.fromkeys(  # in order, each once
+                    extensions
+                    + [
+                        _terminated(statement)
+                        for statement in collected
+                        if statement.strip() and not statement.lstrip().startswith("--")
+                    ]
+                )
             )
         compiled = CompiledMigrations(
             names=names,

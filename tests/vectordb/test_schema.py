@@ -95,6 +95,31 @@ def _schema(dsn: str) -> dict[str, list[tuple]]:
 
 
 @pytest.mark.django_db(transaction=True)  # the compiled path compiles over a Django connection to the tenant
+def test_compiled_sql_creates_pgvector_even_when_compiled_against_a_database_that_has_it(admin_dsn, monkeypatch):
+    from vectordb import schema
+    from vectordb.schema import compile_migrations, tenant_migration_order
+
+    monkeypatch.setattr(schema, "_compiled", {})  # compile now, not from an earlier test's cache
+
+    names = tenant_migration_order()
+    name = f"silo_schema_{uuid.uuid4().hex[:8]}_with_vector"
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        sample = urlsplit(admin_dsn)._replace(path=f"/{name}").geturl()
+        with psycopg.connect(sample, autocommit=True) as connection:
+            connection.execute("CREATE EXTENSION vector")  # Django's CreateExtension then writes no SQL
+
+        compiled = compile_migrations(names, sample, with_recorder=True)
+
+        assert compiled.statements[0] == 'CREATE EXTENSION IF NOT EXISTS "vector";'
+        assert sum("CREATE EXTENSION" in statement for statement in compiled.statements) == 1
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.mark.django_db(transaction=True)  # the compiled path compiles over a Django connection to the tenant
 def test_a_new_database_gets_the_same_schema_from_compiled_sql_as_from_django_migrate(admin_dsn):
     from vectordb.schema import migrate_tenant_database, tenant_database_prepare
 
