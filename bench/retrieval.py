@@ -89,6 +89,18 @@ class _ClusteredVectors:
         return points / numpy.linalg.norm(points, axis=1, keepdims=True)
 
 
+def _load(registry, target, data, document_ids: list[int]) -> float:
+    """Writes CHUNKS_PER_DOCUMENT drawn chunks per document with chunks_replace; seconds spent writing (not drawing)."""
+    seconds = 0.0
+    for document_id in document_ids:
+        records = _records(document_id, data.draw(CHUNKS_PER_DOCUMENT))
+        started = time.perf_counter()
+        with registry.connection(target) as connection:
+            store.chunks_replace(connection, document_id, records)
+        seconds += time.perf_counter() - started
+    return seconds
+
+
 def _records(document_id: int, vectors: numpy.ndarray) -> list[store.ChunkRecord]:
     return [
         store.ChunkRecord(
@@ -156,13 +168,7 @@ def _search_section(quick: bool) -> dict:
         # the tenant migration's definition (what a REINDEX does; same graph algorithm, and far faster).
         with_index = document_ids[:INDEXED_LOAD_DOCUMENTS]
         progress(f"search: loading {len(with_index) * CHUNKS_PER_DOCUMENT:,} chunks with chunks_replace, HNSW kept on insert")
-        load_seconds = 0.0
-        for document_id in with_index:
-            records = _records(document_id, data.draw(CHUNKS_PER_DOCUMENT))
-            started = time.perf_counter()
-            with registry.connection(target) as connection:
-                store.chunks_replace(connection, document_id, records)
-            load_seconds += time.perf_counter() - started
+        load_seconds = _load(registry, target, data, with_index)
         with registry.connection(target) as connection:
             index_definition = connection.execute(
                 "SELECT indexdef FROM pg_indexes WHERE indexname = %s", [store.EMBEDDING_INDEX_NAME]
@@ -170,13 +176,7 @@ def _search_section(quick: bool) -> dict:
             connection.execute(f"DROP INDEX {store.EMBEDDING_INDEX_NAME}")
         rest = document_ids[INDEXED_LOAD_DOCUMENTS:]
         progress(f"search: loading {len(rest) * CHUNKS_PER_DOCUMENT:,} chunks with chunks_replace, index dropped")
-        bulk_seconds = 0.0
-        for document_id in rest:
-            records = _records(document_id, data.draw(CHUNKS_PER_DOCUMENT))
-            started = time.perf_counter()
-            with registry.connection(target) as connection:
-                store.chunks_replace(connection, document_id, records)
-            bulk_seconds += time.perf_counter() - started
+        bulk_seconds = _load(registry, target, data, rest)
         progress(f"search: building the HNSW index: {index_definition}")
         started = time.perf_counter()
         with registry.connection(target) as connection:

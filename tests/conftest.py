@@ -35,6 +35,13 @@ def redis_service():
         started.stop()
 
 
+@pytest.fixture
+def media_root(settings, tmp_path) -> Path:
+    """Uploaded files go to a folder of this test's own, so a test can check exactly which files exist."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
 @pytest.fixture(scope="session")
 def admin_dsn() -> str:
     """Superuser connection to the PostgreSQL server that hosts tenant databases in tests."""

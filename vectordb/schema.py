@@ -279,11 +279,6 @@ def compile_migrations(names: tuple[str, ...], sample_dsn: str, with_recorder: b
         return compiled
 
 
-def _applied_names(connection: psycopg.Connection) -> set[str]:
-    exists = connection.execute("SELECT to_regclass('django_migrations') IS NOT NULL").fetchone()[0]
-    return _recorded_names(connection) if exists else set()
-
-
 def _recorded_names(connection: psycopg.Connection) -> set[str]:
     rows = connection.execute("SELECT name FROM django_migrations WHERE app = %s", [TENANT_APP_LABEL]).fetchall()
     return {row[0] for row in rows}

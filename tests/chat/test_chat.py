@@ -30,6 +30,7 @@ from documents.models import Document
 from tenants import services as tenant_services
 from tenants.models import VectorDatabase
 from tests.emulators.openai import OpenAIEmulator
+from tests.helpers import server_sent_events
 from tests.pdf_factory import text_pdf
 
 API_KEY = "sk-test-chat-emulator"
@@ -229,17 +230,10 @@ class Browser:
     ) -> list[tuple[str, dict]]:
         """POST /chat/stream and read the server-sent events as they arrive: [(kind, data), ...]."""
         form = {"question": question, "conversation": conversation or "", "document": document or ""}
-        events = []
         with self.http.stream("POST", reverse("chat_stream"), data=form, headers=self._csrf()) as response:
             assert response.status_code == 200, response.read()
             assert response.headers["content-type"].startswith("text/event-stream")
-            kind = None
-            for line in response.iter_lines():
-                if line.startswith("event: "):
-                    kind = line.removeprefix("event: ")
-                elif line.startswith("data: "):
-                    events.append((kind, json.loads(line.removeprefix("data: "))))
-        return events
+            return server_sent_events(response.iter_lines())
 
     def _csrf(self) -> dict:
         if "csrftoken" not in self.http.cookies:

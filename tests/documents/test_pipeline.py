@@ -27,6 +27,7 @@ from documents.parsing import BlankPdf, CorruptPdf, EncryptedPdf, NoTextLayer
 from tenants import services as tenant_services
 from tenants.crypto import decrypt_credentials
 from tenants.models import User, VectorDatabase
+from tests.helpers import stored_files
 from tests.pdf_factory import image_only_pdf, text_pdf
 from vectordb.store import chunk_id
 
@@ -89,17 +90,6 @@ def pdfs() -> Pdfs:
 
 
 # --- fixtures and helpers -----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def media_root(settings, tmp_path) -> Path:
-    """Uploaded files go to a folder of this test's own, so a test can check exactly which files exist."""
-    settings.MEDIA_ROOT = tmp_path / "media"
-    return settings.MEDIA_ROOT
-
-
-def _stored_files(root: Path) -> list[Path]:
-    return sorted(path for path in root.rglob("*") if path.is_file()) if root.exists() else []
 
 
 def _provision(tenant: User) -> VectorDatabase:
@@ -193,7 +183,7 @@ def test_upload_through_the_view_stores_the_file_and_queues_the_document(client,
     assert document.size_bytes == len(pdfs.small)
     assert document.attempts == 0
     stored = Path(document.file.path)
-    assert _stored_files(media_root) == [stored]
+    assert stored_files(media_root) == [stored]
     assert stored.read_bytes() == pdfs.small
     # The user's file name never becomes a path on our disk.
     assert stored.parent == media_root / "documents" / str(owner.id)
@@ -221,7 +211,7 @@ def test_upload_refuses_what_is_not_an_acceptable_pdf_and_stores_nothing(
     assert response.status_code == 400
     assert response.json() == {"documents": [], "errors": [message]}
     assert Document.objects.count() == 0
-    assert _stored_files(media_root) == []
+    assert stored_files(media_root) == []
 
 
 @pytest.mark.django_db
@@ -235,7 +225,7 @@ def test_upload_refuses_a_pdf_over_the_page_limit_at_once_and_stores_nothing(cli
     assert response.status_code == 400
     assert response.json() == {"documents": [], "errors": ["report.pdf: this PDF has 4 pages; Silo accepts up to 3."]}
     assert Document.objects.count() == 0
-    assert _stored_files(media_root) == []
+    assert stored_files(media_root) == []
 
 
 @pytest.mark.django_db
@@ -259,7 +249,7 @@ def test_upload_of_several_files_keeps_the_good_ones_and_reports_the_others(clie
         "Uploaded 1 document(s); they are being processed.",
     ]
     assert list(Document.objects.values_list("title", flat=True)) == ["guide"]
-    assert len(_stored_files(media_root)) == 1
+    assert len(stored_files(media_root)) == 1
 
 
 # --- ingest -------------------------------------------------------------------------------------------------------
@@ -380,7 +370,7 @@ def test_delete_removes_the_chunks_the_file_and_the_row(client, owner, owner_dat
     assert not path.exists()
     assert _chunk_rows(owner_database, document.id) == []
     assert _chunk_rows(owner_database) == kept_rows
-    assert _stored_files(media_root) == [Path(kept.file.path)]
+    assert stored_files(media_root) == [Path(kept.file.path)]
 
 
 @pytest.mark.django_db
@@ -561,7 +551,7 @@ def test_the_ingest_command_reports_a_file_it_cannot_store(owner, media_root, tm
         ]
     }
     assert Document.objects.count() == 0
-    assert _stored_files(media_root) == []
+    assert stored_files(media_root) == []
 
 
 @pytest.mark.django_db
@@ -585,7 +575,7 @@ def test_erasing_a_tenant_deletes_its_files(owner, stranger, owner_database, med
     assert tenant_services.tenant_erase(owner.id) is True
 
     assert not any(path.exists() for path in owner_files)
-    assert _stored_files(media_root) == [Path(theirs.file.path)]
+    assert stored_files(media_root) == [Path(theirs.file.path)]
     assert list(Document.objects.values_list("id", flat=True)) == [theirs.id]
     assert not User.objects.filter(id=owner.id).exists()
     assert VectorDatabase.objects.get(id=owner_database.id).status == VectorDatabase.Status.DELETED

@@ -24,7 +24,6 @@ from tests.documents.test_pipeline import (  # noqa: F401  (fixtures are used by
     _provision,
     _tenant_dsn,
     _upload,
-    media_root,
     owner_database,
     pdfs,
 )

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -21,21 +20,12 @@ from documents import services as document_services
 from documents.models import Document
 from tenants import services as tenant_services
 from tenants.models import User, VectorDatabase
+from tests.helpers import stored_files
 from tests.reliability.test_isolation import sse_events, text_pdf
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
 ONE_PAGE = text_pdf(["A short note about the harbour: the lamp is cleaned at dawn by the keeper."])
-
-
-@pytest.fixture
-def media_root(settings, tmp_path) -> Path:
-    settings.MEDIA_ROOT = tmp_path / "media"
-    return settings.MEDIA_ROOT
-
-
-def stored_files(root: Path) -> list[Path]:
-    return sorted(path for path in root.rglob("*") if path.is_file()) if root.exists() else []
 
 
 def signed_in(user: User, **options) -> Client:

@@ -77,12 +77,6 @@ def private_redis(tmp_path):
 
 
 @pytest.fixture
-def media_root(settings, tmp_path) -> Path:
-    settings.MEDIA_ROOT = tmp_path / "media"
-    return settings.MEDIA_ROOT
-
-
-@pytest.fixture
 def tenant_database(owner):
     row = VectorDatabase.objects.create(tenant=owner, provider="postgres")
     vector_database = tenant_services.vector_database_provision(row.id)

@@ -20,6 +20,7 @@ from documents import services as document_services
 from documents.models import Document
 from tenants import services as tenant_services
 from tenants.models import User, VectorDatabase
+from tests.helpers import server_sent_events
 from tests.pdf_factory import text_pdf
 from vectordb.connections import get_registry
 from vectordb.search import fulltext_search, hybrid_search, vector_search
@@ -95,14 +96,8 @@ def signed_in(user: User) -> Client:
 
 
 def sse_events(response) -> list[tuple[str, dict]]:
-    body = b"".join(iter(response)).decode()  # an async stream, read synchronously as the test client can
-    events, kind = [], None
-    for line in body.splitlines():
-        if line.startswith("event: "):
-            kind = line.removeprefix("event: ")
-        elif line.startswith("data: "):
-            events.append((kind, json.loads(line.removeprefix("data: "))))
-    return events
+    # An async stream, read synchronously as the test client can.
+    return server_sent_events(b"".join(iter(response)).decode().splitlines())
 
 
 # --- objects by id ---------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from tenants import services
 from tenants.models import VectorDatabase
 from tests.conftest import _worker_environment
 from tests.emulators.neon import NeonEmulator
+from tests.helpers import neon_settings_for
 
 Status = VectorDatabase.Status
 TENANTS = 50
@@ -26,19 +27,8 @@ FAULT_STATUSES = (423, 429, 500, 502, 503)
 LOST_CREATE_ANSWERS = 10
 
 
-def neon_settings_for(neon: NeonEmulator) -> dict[str, object]:
-    return {
-        "TENANT_PROVIDER": "neon",
-        "NEON_API_URL": neon.base_url,
-        "NEON_API_KEY": neon.api_key,
-        "NEON_REGION": "aws-us-east-2",
-        "NEON_MAX_RETRIES": 6,
-        "NEON_REQUEST_TIMEOUT_SECONDS": 5.0,
-        "NEON_OPERATION_TIMEOUT_SECONDS": 30.0,
-        "NEON_RETRY_BASE_DELAY_SECONDS": 0.01,
-        "NEON_RETRY_MAX_DELAY_SECONDS": 0.05,
-        "NEON_POLL_INTERVAL_SECONDS": 0.05,
-    }
+# Retries as the Celery task configures them, and time for 50 tenants' operations under faults.
+FAULT_SETTINGS = {"NEON_MAX_RETRIES": 6, "NEON_OPERATION_TIMEOUT_SECONDS": 30.0}
 
 
 @pytest.fixture
@@ -51,7 +41,7 @@ def neon(admin_dsn):
 
 @pytest.fixture
 def neon_settings(neon, settings):
-    for name, value in neon_settings_for(neon).items():
+    for name, value in neon_settings_for(neon, **FAULT_SETTINGS).items():
         setattr(settings, name, value)
     return settings
 
@@ -155,7 +145,7 @@ def test_a_worker_killed_mid_provision_leaves_one_project_that_the_next_run_comp
     neon.operation_delay_seconds = 2.0  # long enough to kill the worker while it waits for Neon's operations
     vector_database = VectorDatabase.objects.create(tenant=owner, provider="neon")
     environment = _worker_environment(connection.settings_dict["NAME"])
-    environment.update({name: str(value) for name, value in neon_settings_for(neon).items()})
+    environment.update({name: str(value) for name, value in neon_settings_for(neon, **FAULT_SETTINGS).items()})
     environment["DJANGO_SETTINGS_MODULE"] = "config.settings"
     log_path = tmp_path / "provision.log"
     with log_path.open("wb") as log:

@@ -23,7 +23,7 @@ from chat import services as chat_services
 from documents import services as document_services
 from documents.models import Document
 from tenants import services as tenant_services
-from tenants.models import User, VectorDatabase
+from tenants.models import VectorDatabase
 from tenants.provisioners import ProvisionedDatabase
 from tests.reliability.test_isolation import text_pdf
 from vectordb.connections import TenantTarget, get_registry

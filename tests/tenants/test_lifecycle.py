@@ -13,19 +13,10 @@ from tenants import services
 from tenants.crypto import decrypt_credentials
 from tenants.models import User, VectorDatabase
 from tenants.provisioners import get_provisioner
+from tests.helpers import wait_for_database_status
 from vectordb.schema import embedding_model_of, latest_schema_version
 
 Status = VectorDatabase.Status
-
-
-def _wait_for_status(client, wanted: set[str], timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        payload = client.get(reverse("database_status")).json()
-        if payload["status"] in wanted:
-            return payload
-        time.sleep(0.2)
-    raise AssertionError(f"database status stayed {payload['status']!r}")
 
 
 def _database_exists(admin_dsn: str, name: str) -> bool:
@@ -49,7 +40,7 @@ def test_sign_up_provisions_a_dedicated_database_through_a_celery_worker(
         {"email": "ada@example.com", "password1": "analytical engine 1843", "password2": "analytical engine 1843"},
     )
 
-    payload = _wait_for_status(client, {"ready", "failed"})
+    payload = wait_for_database_status(client, {"ready", "failed"})
 
     assert payload["status"] == "ready", payload
     assert payload["schema_version"] == latest_schema_version()
@@ -140,7 +131,7 @@ def test_deleting_the_account_erases_the_database_and_the_user(client, celery_wo
         reverse("account_signup"),
         {"email": "grace@example.com", "password1": "compiler pioneer 1952", "password2": "compiler pioneer 1952"},
     )
-    _wait_for_status(client, {"ready"})
+    wait_for_database_status(client, {"ready"})
     vector_database = VectorDatabase.objects.get(tenant__email="grace@example.com")
     assert _database_exists(admin_dsn, vector_database.external_id)
 

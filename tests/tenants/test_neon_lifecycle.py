@@ -18,26 +18,11 @@ from tenants.provisioners import get_provisioner
 from tenants.tasks import provision_vector_database
 from tests.conftest import WORKER_READY_TIMEOUT_SECONDS, CeleryWorker
 from tests.emulators.neon import NeonEmulator
+from tests.helpers import neon_settings_for, wait_for_database_status
 from vectordb.schema import embedding_model_of, latest_schema_version
 
 Status = VectorDatabase.Status
 REGION = "aws-us-east-2"  # not the NEON_REGION default, so the test sees the setting reach the registry
-
-
-def neon_settings_for(neon: NeonEmulator) -> dict[str, object]:
-    """The provider's settings for tests: the emulator, short timeouts and fast back-off."""
-    return {
-        "TENANT_PROVIDER": "neon",
-        "NEON_API_URL": neon.base_url,
-        "NEON_API_KEY": neon.api_key,
-        "NEON_REGION": REGION,
-        "NEON_MAX_RETRIES": 4,
-        "NEON_REQUEST_TIMEOUT_SECONDS": 5.0,
-        "NEON_OPERATION_TIMEOUT_SECONDS": 20.0,
-        "NEON_RETRY_BASE_DELAY_SECONDS": 0.01,
-        "NEON_RETRY_MAX_DELAY_SECONDS": 0.05,
-        "NEON_POLL_INTERVAL_SECONDS": 0.05,
-    }
 
 
 @pytest.fixture
@@ -50,7 +35,7 @@ def neon(admin_dsn):
 
 @pytest.fixture
 def neon_settings(neon, settings):
-    for name, value in neon_settings_for(neon).items():
+    for name, value in neon_settings_for(neon, NEON_REGION=REGION).items():
         setattr(settings, name, value)
     return settings
 
@@ -94,7 +79,7 @@ class NeonCeleryWorker(CeleryWorker):
 def neon_worker(neon, neon_settings, task_queue, monkeypatch, transactional_db):
     from django.db import connection
 
-    for name, value in neon_settings_for(neon).items():
+    for name, value in neon_settings_for(neon, NEON_REGION=REGION).items():
         monkeypatch.setenv(name, str(value))
     neon_settings.CELERY_TASK_DEFAULT_QUEUE = task_queue  # CeleryWorker.start reads its queue from settings
     worker = NeonCeleryWorker(
@@ -107,16 +92,6 @@ def neon_worker(neon, neon_settings, task_queue, monkeypatch, transactional_db):
 
 def _provision(tenant: User) -> VectorDatabase:
     return services.vector_database_provision(VectorDatabase.objects.create(tenant=tenant, provider="neon").id)
-
-
-def _wait_for_status(client, wanted: set[str], timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        payload = client.get(reverse("database_status")).json()
-        if payload["status"] in wanted:
-            return payload
-        time.sleep(0.2)
-    raise AssertionError(f"database status stayed {payload['status']!r}")
 
 
 def _assert_tenant_schema(dsn: str) -> None:
@@ -193,7 +168,7 @@ def test_sign_up_provisions_a_neon_project_through_a_celery_worker(client, neon,
         {"email": "ada@example.com", "password1": "analytical engine 1843", "password2": "analytical engine 1843"},
     )
 
-    payload = _wait_for_status(client, {"ready", "failed"})
+    payload = wait_for_database_status(client, {"ready", "failed"})
 
     assert payload["status"] == "ready", payload
     assert payload["provider"] == "neon"
