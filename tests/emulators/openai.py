@@ -687,6 +687,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         emulator._stream_started()
         dropped = drop_after is not None
+        finished = False
+
+        def finish() -> None:
+            # Before the last bytes leave, so a client that has read the whole stream finds the request recorded.
+            nonlocal finished
+            if not finished:
+                finished = True
+                emulator._stream_ended()
+                emulator._record(RecordedRequest(CHAT_COMPLETIONS, 200, model=model, stream=True, dropped=dropped))
+
         try:
             try:
                 self._send_event(chunk({"role": "assistant", "content": "", "refusal": None}))
@@ -703,10 +713,10 @@ class _Handler(BaseHTTPRequestHandler):
                         usage_event["choices"] = []
                         usage_event["usage"] = _usage(prompt_tokens, len(tokens))
                         self._send_event(usage_event)
+                    finish()
                     self._send_chunk(b"data: [DONE]\n\n")
             finally:
-                emulator._stream_ended()
-                emulator._record(RecordedRequest(CHAT_COMPLETIONS, 200, model=model, stream=True, dropped=dropped))
+                finish()
             if dropped:
                 # No terminating chunk: the client sees the connection close in the middle of the body.
                 self.close_connection = True
