@@ -119,6 +119,7 @@ def vector_database_provision(vector_database_id: int) -> VectorDatabase:
                 model=settings.EMBEDDING_MODEL,
                 dimensions=settings.EMBEDDING_DIMENSIONS,
                 known_version=placed.schema_version,
+                new_database=placed.new_database,
             )
         except QuotaExceeded as error:
             logger.error("tenant database %s refused by the provider: %s", vector_database.tenant_key, error)

@@ -309,10 +309,16 @@ def _migrate_in_transaction(
     *,
     allow_breaking: bool = False,
     then: list[str] | tuple[str, ...] = (),
+    new_database: bool = False,
 ) -> MigrationResult:
     """Applies the pending tenant migrations, compiled, in the connection's open transaction (the caller commits).
     `then`: statements (no parameters) sent in the same round trip after the DDL, only when there is DDL to send.
+    `new_database`: the database was made moments ago and should have no schema at all (see `_migrate_new_database`).
     Raises NotCompilable for migrations that need Django's executor."""
+    if new_database:
+        migrated = _migrate_new_database(connection, then)
+        if migrated is not None:
+            return migrated
     order = tenant_migration_order()
     recorded, applied = _lock_and_applied_names(connection)
     pending = tuple(name for name in order if name not in applied)
@@ -328,13 +334,40 @@ def _migrate_in_transaction(
             return migrate_tenant_database(tenant_key, dsn, allow_breaking=allow_breaking)
     if compiled.breaking and not allow_breaking:
         raise BreakingMigrationRefused("destructive operations need --allow-breaking: " + "; ".join(compiled.breaking))
-    record = sql.SQL("INSERT INTO django_migrations (app, name, applied) VALUES {}").format(
-        sql.SQL(", ").join(sql.SQL("({}, {}, now())").format(TENANT_APP_LABEL, name) for name in pending)
-    )
     # One round trip for the DDL and its record: no parameters, so psycopg sends it all as one simple query.
-    statements = [*compiled.statements, record.as_string(connection), *then]
-    cursor = connection.execute("\n".join(_terminated(statement) for statement in statements))
+    cursor = connection.execute(_batch([*compiled.statements, _record_sql(pending).as_string(connection), *then]))
     return MigrationResult(applied=list(pending), schema_version=pending[-1], cursor=cursor if then else None)
+
+
+def _migrate_new_database(connection: psycopg.Connection, then: list[str] | tuple[str, ...]) -> MigrationResult | None:
+    """The whole schema for a database made moments ago, with the migration lock in the DDL's own round trip rather
+    than in one of its own to read the (absent) record first: one round trip fewer to a managed service that may sit
+    in another region. None, with nothing done, when the compiled SQL is not at hand yet (the process's first
+    tenant) or has destructive steps, or when the database has a migration record after all: the caller then takes
+    the general path."""
+    order = tenant_migration_order()
+    compiled = _compiled.get(_compile_key(order, True))
+    if compiled is None or compiled.breaking:
+        return None
+    lock = sql.SQL("SELECT pg_advisory_xact_lock({})").format(MIGRATION_LOCK_KEY)
+    statements = [lock.as_string(connection), *compiled.statements, _record_sql(order).as_string(connection), *then]
+    try:
+        cursor = connection.execute(_batch(statements))
+    except psycopg.errors.DuplicateTable:  # the record table exists: not a new database after all
+        connection.rollback()
+        return None
+    return MigrationResult(applied=list(order), schema_version=order[-1], cursor=cursor if then else None)
+
+
+def _record_sql(names: tuple[str, ...]) -> sql.Composed:
+    return sql.SQL("INSERT INTO django_migrations (app, name, applied) VALUES {}").format(
+        sql.SQL(", ").join(sql.SQL("({}, {}, now())").format(TENANT_APP_LABEL, name) for name in names)
+    )
+
+
+def _batch(statements: list[str]) -> str:
+    """Statements as one simple query: one round trip, one result set each."""
+    return "\n".join(_terminated(statement) for statement in statements)
 
 
 def _terminated(statement: str) -> str:
@@ -351,11 +384,12 @@ EMBEDDING_DIMENSIONS_KEY = "embedding_dimensions"
 
 
 def tenant_database_prepare(
-    tenant_key: str, dsn: str, *, model: str, dimensions: int, known_version: str = ""
+    tenant_key: str, dsn: str, *, model: str, dimensions: int, known_version: str = "", new_database: bool = False
 ) -> str:
     """Makes a new tenant database ready over one connection, in one transaction: the schema at the latest version
     (pgvector with it), the vector column at the configured model's dimension while the table is empty, and the
     model recorded. Returns the schema version. `known_version`: the version a fresh template clone is known to be at.
+    `new_database`: the provider made the database in this attempt, so it has no schema yet.
 
     One connection rather than one per step: on a managed service each connection costs a TLS and SCRAM handshake.
     """
@@ -379,13 +413,13 @@ def tenant_database_prepare(
         else:
             try:
                 # The record and the check ride in the migration's own round trip when there is DDL to send.
-                migrated = _migrate_in_transaction(connection, tenant_key, dsn, then=after)
+                migrated = _migrate_in_transaction(connection, tenant_key, dsn, then=after, new_database=new_database)
                 version, cursor = migrated.schema_version, migrated.cursor
             except NotCompilable:
                 connection.rollback()
                 version, cursor = migrate_tenant_database(tenant_key, dsn).schema_version, None
         if cursor is None:
-            cursor = connection.execute("\n".join(_terminated(statement) for statement in after))
+            cursor = connection.execute(_batch(after))
         while cursor.nextset():  # the check's answer is the last result
             pass
         column_dimensions, has_chunks, recorded_model, recorded_dimensions = cursor.fetchone()

@@ -190,7 +190,7 @@ class PostgresProvisioner:
         # `first_attempt` changes nothing here: looking for the database by name is part of placing it anyway.
         database = database_name(tenant_key)
         role = database
-        cloned = False
+        cloned = made_empty = False
         with self._locate(database, region) as (server, admin):
             use_template = self._ensure_template(server)
             password = self._set_login(admin, role)
@@ -200,6 +200,7 @@ class PostgresProvisioner:
                     admin.execute(
                         sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(role))
                     )
+                    made_empty = True
             admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database)))
             admin.execute(
                 sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
@@ -229,6 +230,7 @@ class PostgresProvisioner:
             migration_dsn=dsn,
             # A fresh clone is exactly at the template's version; a retry may find anything: let it be checked.
             schema_version=self._template_versions.get(server.name, "") if cloned else "",
+            new_database=made_empty,
         )
 
     def _clone_template(self, admin: psycopg.Connection, database: str, role: str) -> bool:

@@ -1,5 +1,7 @@
-"""What counts as a breaking tenant migration: the running app must keep working during a fleet migration."""
+"""The tenant schema: what counts as a breaking migration (the running app must keep working during a fleet
+migration), and the compiled SQL that builds a new tenant database in one round trip."""
 
+import contextlib
 import uuid
 from urllib.parse import urlsplit
 
@@ -89,6 +91,21 @@ _SCHEMA_QUERIES = {
 }
 
 
+@contextlib.contextmanager
+def _scratch_databases(admin_dsn: str, *suffixes: str):
+    """Empty databases on the tenant server, one per suffix, dropped afterwards: their DSNs (superuser)."""
+    names = [f"silo_schema_{uuid.uuid4().hex[:8]}_{suffix}" for suffix in suffixes]
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        for name in names:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield [urlsplit(admin_dsn)._replace(path=f"/{name}").geturl() for name in names]
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as admin:
+            for name in names:
+                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 def _schema(dsn: str) -> dict[str, list[tuple]]:
     with psycopg.connect(dsn) as connection:
         return {name: connection.execute(query).fetchall() for name, query in _SCHEMA_QUERIES.items()}
@@ -101,34 +118,21 @@ def test_compiled_sql_creates_pgvector_even_when_compiled_against_a_database_tha
 
     monkeypatch.setattr(schema, "_compiled", {})  # compile now, not from an earlier test's cache
 
-    names = tenant_migration_order()
-    name = f"silo_schema_{uuid.uuid4().hex[:8]}_with_vector"
-    with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        sample = urlsplit(admin_dsn)._replace(path=f"/{name}").geturl()
+    with _scratch_databases(admin_dsn, "with_vector") as (sample,):
         with psycopg.connect(sample, autocommit=True) as connection:
             connection.execute("CREATE EXTENSION vector")  # Django's CreateExtension then writes no SQL
 
-        compiled = compile_migrations(names, sample, with_recorder=True)
+        compiled = compile_migrations(tenant_migration_order(), sample, with_recorder=True)
 
         assert compiled.statements[0] == 'CREATE EXTENSION IF NOT EXISTS "vector";'
         assert sum("CREATE EXTENSION" in statement for statement in compiled.statements) == 1
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.mark.django_db(transaction=True)  # the compiled path compiles over a Django connection to the tenant
 def test_a_new_database_gets_the_same_schema_from_compiled_sql_as_from_django_migrate(admin_dsn):
     from vectordb.schema import migrate_tenant_database, tenant_database_prepare
 
-    names = [f"silo_schema_{uuid.uuid4().hex[:8]}_{suffix}" for suffix in ("fast", "django")]
-    with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        for name in names:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        fast, django = (urlsplit(admin_dsn)._replace(path=f"/{name}").geturl() for name in names)
+    with _scratch_databases(admin_dsn, "fast", "django") as (fast, django):
         tenant_database_prepare("schema-fast", fast, model="all-MiniLM-L6-v2", dimensions=384)
         migrate_tenant_database("schema-django", django)
 
@@ -140,7 +144,56 @@ def test_a_new_database_gets_the_same_schema_from_compiled_sql_as_from_django_mi
             ("embeddings", "content_search", "tsvector", False, "s", "to_tsvector('english'::regconfig, content)")
         ]
         assert ("vector",) in built_fast["extensions"]
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as admin:
-            for name in names:
-                admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _counting_queries(monkeypatch) -> list[str]:
+    """Every query a psycopg connection sends through `execute` from now on (each is one round trip)."""
+    sent: list[str] = []
+    execute = psycopg.Connection.execute
+
+    def counted(self, query, *arguments, **options):
+        sent.append(query if isinstance(query, str) else query.as_string(self))
+        return execute(self, query, *arguments, **options)
+
+    monkeypatch.setattr(psycopg.Connection, "execute", counted)
+    return sent
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_made_in_this_attempt_gets_lock_schema_and_records_in_one_round_trip(admin_dsn, monkeypatch):
+    from vectordb.schema import migrate_tenant_database, tenant_database_prepare
+
+    with _scratch_databases(admin_dsn, "warm", "new", "django") as (warm, new, django):
+        tenant_database_prepare("schema-warm", warm, model="all-MiniLM-L6-v2", dimensions=384)  # compiles the SQL
+        migrate_tenant_database("schema-django", django)
+        sent = _counting_queries(monkeypatch)
+
+        version = tenant_database_prepare(
+            "schema-new", new, model="all-MiniLM-L6-v2", dimensions=384, new_database=True
+        )
+
+        assert len(sent) == 1
+        assert sent[0].startswith("SELECT pg_advisory_xact_lock(")
+        assert "CREATE TABLE \"django_migrations\"" in sent[0] and "INSERT INTO tenant_settings" in sent[0]
+        assert version == tenant_migration_order()[-1]
+        assert _schema(new) == _schema(django)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_said_to_be_new_that_already_has_the_schema_is_checked_the_general_way(admin_dsn):
+    from vectordb.schema import embedding_model_of, tenant_database_prepare
+
+    with _scratch_databases(admin_dsn, "again") as (dsn,):
+        tenant_database_prepare("schema-again", dsn, model="all-MiniLM-L6-v2", dimensions=384)
+        before = _schema(dsn)
+
+        version = tenant_database_prepare(
+            "schema-again", dsn, model="all-MiniLM-L6-v2", dimensions=384, new_database=True
+        )
+
+        assert version == tenant_migration_order()[-1]
+        assert _schema(dsn) == before
+        assert embedding_model_of(dsn) == ("all-MiniLM-L6-v2", 384)
+        with psycopg.connect(dsn) as connection:
+            recorded = connection.execute("SELECT name FROM django_migrations WHERE app = 'vectordb'").fetchall()
+        assert sorted(name for (name,) in recorded) == sorted(tenant_migration_order())
