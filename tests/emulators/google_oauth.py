@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import jwt
@@ -40,6 +40,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from tests.emulators.serving import ServedEmulator
 
 # The issuer real Google puts in id_tokens; allauth checks it (settings ID_TOKEN_ISSUER), so the emulator uses it too.
 GOOGLE_ISSUER = "https://accounts.google.com"
@@ -166,11 +168,13 @@ class _OAuthError(Exception):
         self.description = description
 
 
-class GoogleOAuthEmulator:
+class GoogleOAuthEmulator(ServedEmulator):
     """Google's OAuth 2.0 endpoints on a local port, for one registered client.
 
     redirect_uris: the client's registered redirect URIs; when empty any http(s) URI is accepted (handy by hand).
     """
+
+    thread_name = "google-oauth-emulator"
 
     def __init__(
         self,
@@ -199,44 +203,18 @@ class GoogleOAuthEmulator:
         self._grants: dict[str, _Grant] = {}
         self._access_tokens: dict[str, _AccessToken] = {}
         self._signing_key = _SigningKey()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------------------
 
-    def start(self) -> GoogleOAuthEmulator:
-        emulator = self
+    def request_handler(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
 
-        class Handler(_Handler):
-            pass
-
-        Handler.emulator = emulator
-        self._server = ThreadingHTTPServer((self._host, self._port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="google-oauth-emulator", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
-            self._server = None
-            self._thread = None
-
-    def __enter__(self) -> GoogleOAuthEmulator:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
+    def bind_address(self) -> tuple[str, int]:
+        return self._host, self._port
 
     @property
     def base_url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the emulator is not running; call start() first")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.origin
 
     @property
     def authorize_url(self) -> str:

@@ -50,11 +50,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import psycopg
 from psycopg import sql
+
+from tests.emulators.serving import ServedEmulator
 
 API_PREFIX = "/api/v2"
 TERMINAL_OPERATION_STATUSES = {"finished", "skipped", "cancelled"}
@@ -129,8 +131,10 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-class NeonEmulator:
+class NeonEmulator(ServedEmulator):
     """Start with `start()` (or as a context manager), point a client at `base_url`, `stop()` when done."""
+
+    thread_name = "neon-emulator"
 
     def __init__(
         self,
@@ -173,31 +177,23 @@ class NeonEmulator:
         self._projects: dict[str, _Project] = {}  # insertion order is the listing order
         self._timers: set[threading.Timer] = set()
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------------------
 
+    def request_handler(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
+
+    def bind_address(self) -> tuple[str, int]:
+        return self.host, self.port
+
     def start(self) -> NeonEmulator:
-        emulator = self
-
-        class Handler(_Handler):
-            pass
-
-        Handler.emulator = emulator
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="neon-emulator", daemon=True)
-        self._thread.start()
+        super().start()
+        self.port = self._server.server_address[1]  # the one picked when asked for port 0
         return self
 
     def stop(self, *, drop_projects: bool = True) -> None:
         """Stop serving; by default also drop every database and role the projects still hold."""
-        if self._server:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        super().stop()
         with self._lock:
             for timer in self._timers:
                 timer.cancel()
@@ -207,12 +203,6 @@ class NeonEmulator:
                 self._projects.clear()
         for project in projects:
             self._drop_physical(project)
-
-    def __enter__(self) -> NeonEmulator:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
 
     @property
     def base_url(self) -> str:

@@ -48,9 +48,11 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
+
+from tests.emulators.serving import ServedEmulator
 
 CHAT_COMPLETIONS = "chat.completions"
 EMBEDDINGS = "embeddings"
@@ -313,13 +315,15 @@ def split_into_tokens(text: str) -> list[str]:
 # --- the server ------------------------------------------------------------------------------------------------------
 
 
-class OpenAIEmulator:
+class OpenAIEmulator(ServedEmulator):
     """The OpenAI API on a local port.
 
     api_key: the key every request must bear; None accepts any non-empty key.
     answer: the chat answer, a string or a function of the request's messages; None for `grounded_answer`.
     seed: seeds the embedding hashes and the fault_rate draws, so runs repeat.
     """
+
+    thread_name = "openai-emulator"
 
     def __init__(
         self,
@@ -353,44 +357,19 @@ class OpenAIEmulator:
         self._port = port
         self._lock = threading.Lock()
         self._random = random.Random(seed)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------------------
 
-    def start(self) -> OpenAIEmulator:
-        emulator = self
+    def request_handler(self) -> type[BaseHTTPRequestHandler]:
+        return _Handler
 
-        class Handler(_Handler):
-            pass
-
-        Handler.emulator = emulator
-        self._server = _Server((self._host, self._port), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="openai-emulator", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
-            self._server = None
-            self._thread = None
-
-    def __enter__(self) -> OpenAIEmulator:
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
+    def bind_address(self) -> tuple[str, int]:
+        return self._host, self._port
 
     @property
     def base_url(self) -> str:
         """What the openai client takes as base_url (OPENAI_BASE_URL): ends in /v1."""
-        if self._server is None:
-            raise RuntimeError("the emulator is not running; call start() first")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+        return self.origin + "/v1"
 
     # --- switches ----------------------------------------------------------------------------------------------------
 
@@ -582,12 +561,6 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
         "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                       "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
     }
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # The default backlog of 5 refuses bursts of concurrent clients (they then wait a second to retry the SYN).
-    request_queue_size = 256
 
 
 class _DroppedStream(Exception):
