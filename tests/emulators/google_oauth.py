@@ -568,12 +568,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  GOOGLE_ACCESS_TOKEN_URL={emulator.token_url}")
     print(f"  GOOGLE_IDENTITY_URL={emulator.userinfo_url}")
     print(f"  GOOGLE_CERTS_URL={emulator.certs_url}")
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        emulator.stop()
+    emulator.serve_until_stopped()
 
 
 if __name__ == "__main__":

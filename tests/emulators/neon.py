@@ -43,7 +43,6 @@ import json
 import random
 import re
 import secrets
-import signal
 import string
 import threading
 import time
@@ -829,13 +828,7 @@ def main() -> None:
     ).start()
     print(f"Neon API emulator on {emulator.base_url}", flush=True)
     print(f"  NEON_API_URL={emulator.base_url} NEON_API_KEY={emulator.api_key} TENANT_PROVIDER=neon", flush=True)
-    stopping = threading.Event()
-    # Ctrl-C or a plain `kill` both stop it cleanly, dropping the projects' databases and roles.
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    stopping.wait()
-    print("stopping; dropping the projects' databases", flush=True)
-    emulator.stop()
+    emulator.serve_until_stopped()  # stopping drops the projects' databases and roles
 
 
 if __name__ == "__main__":

@@ -793,12 +793,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"OpenAI emulator on {emulator.base_url}; run the app with:")
     print(f"  OPENAI_BASE_URL={emulator.base_url}")
     print(f"  OPENAI_API_KEY={arguments.api_key if not arguments.any_key else 'sk-anything'}", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        emulator.stop()
+    emulator.serve_until_stopped()
 
 
 if __name__ == "__main__":

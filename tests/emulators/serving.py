@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
@@ -41,6 +42,14 @@ class ServedEmulator:
         return self.start()
 
     def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def serve_until_stopped(self) -> None:
+        """For a run by hand: serve until Ctrl-C or a plain `kill`, then stop cleanly."""
+        stopping = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: stopping.set())
+        stopping.wait()
         self.stop()
 
     def bind_address(self) -> tuple[str, int]:
