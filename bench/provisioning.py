@@ -166,6 +166,7 @@ def _neon_provider(count: int) -> dict:
         "neon_emulator_overhead_p99_ms": milliseconds(percentile(overheads, 0.99)),
         "neon_overhead_with_tenant_database_server_p50_ms": milliseconds(percentile(with_tenant_server, 0.50)),
         "neon_total_p50_ms": milliseconds(percentile(totals, 0.50)),
+        "neon_total_p99_ms": milliseconds(percentile(totals, 0.99)),
         "neon_emulator_handling_p50_ms": milliseconds(percentile(emulator_seconds, 0.50)),
         # The overhead split: NeonProvisioner.create() minus the emulator's handling (HTTP client, polling for
         # operations, installing pgvector), and what follows create() (migrations on an empty database, embedding
