@@ -163,11 +163,10 @@ class NeonEmulator(ServedEmulator):
         self.projects_limit = projects_limit
         self.required_org_id = required_org_id
         self.requests: list[RecordedRequest] = []
-        # Per request, for benchmarks: the server's whole share, from the parsed request line to the response ready to
-        # send (header parsing, routing, the database work, JSON encoding), in the order of `requests`.
-        self.handling_seconds: list[float] = []
-        # Time spent finishing operations in the background (the emulator's own work, like handling requests).
-        self.background_seconds: list[float] = []
+        # For benchmarks, (start, end) on time.perf_counter() of each stretch of the emulator's own work: every request
+        # from the parsed request line to the response ready to send (header parsing, routing, the database work,
+        # JSON encoding), and every finishing of operations in the background. Stretches may overlap.
+        self.work_intervals: list[tuple[float, float]] = []
         admin = psycopg.conninfo.conninfo_to_dict(admin_dsn)
         self.database_host = admin.get("host") or "127.0.0.1"
         self.database_port = int(admin.get("port") or 5432)
@@ -227,8 +226,7 @@ class NeonEmulator(ServedEmulator):
         with self._lock:
             self._faults.clear()
             self.requests.clear()
-            self.handling_seconds.clear()
-            self.background_seconds.clear()
+            self.work_intervals.clear()
             self.fault_rate = 0.0
             self.latency_seconds = 0.0
 
@@ -254,8 +252,8 @@ class NeonEmulator(ServedEmulator):
         self, method: str, raw_path: str, headers: dict[str, str], body: bytes, *, started: float | None = None
     ) -> tuple[int, dict, dict[str, str], Callable[[], None]]:
         """Returns (status, JSON body, extra headers, record). Runs on the server's request threads; `record()`
-        files the request in `requests` and its time since `started` in `handling_seconds`: call it when the
-        response is ready to go."""
+        files the request in `requests` and its time since `started` in `work_intervals`: call it when the response
+        is ready to go."""
         started = time.perf_counter() if started is None else started
         if self.latency_seconds:
             time.sleep(self.latency_seconds)
@@ -279,7 +277,7 @@ class NeonEmulator(ServedEmulator):
         def record() -> None:
             with self._lock:
                 self.requests.append(RecordedRequest(method, recorded, status))
-                self.handling_seconds.append(time.perf_counter() - started)
+                self.work_intervals.append((started, time.perf_counter()))
 
         return status, payload, extra, record
 
@@ -642,7 +640,7 @@ class NeonEmulator(ServedEmulator):
                                          total_duration_ms=int(self.operation_delay_seconds * 1000))  # fmt: skip
                 project.branch.update(current_state="ready", pending_state=None)
                 project.endpoint.update(current_state="active", pending_state=None)
-                self.background_seconds.append(time.perf_counter() - started)
+                self.work_intervals.append((started, time.perf_counter()))
 
         timer = threading.Timer(self.operation_delay_seconds, finish)
         timer.daemon = True
