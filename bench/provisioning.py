@@ -93,8 +93,8 @@ def _postgres_provider(count: int) -> dict:
     finally:
         progress(f"postgres provider: dropped {remove_tenants(prefix)} tenant databases")
     return {
-        "p50_ms": milliseconds(percentile(seconds, 0.50)),
-        "p99_ms": milliseconds(percentile(seconds, 0.99)),
+        "p50_ms": _ms(seconds),
+        "p99_ms": _ms(seconds, 0.99),
         "max_ms": milliseconds(max(seconds)),
     }
 
@@ -150,38 +150,47 @@ def _neon_provider(count: int) -> dict:
     finally:
         emulator.stop()  # drops whatever projects are left
         neon_emulator._Handler.disable_nagle_algorithm = nagle_was_disabled
-    overheads = [total - handled for total, handled in zip(totals, emulator_seconds, strict=True)]
+    overheads = _minus(totals, emulator_seconds)
     # Of the tenant-database session, the time our thread was off the CPU: mostly waiting on that database's server.
-    server_wait = [wall - cpu for wall, cpu in zip(prepare_seconds, prepare_cpu_seconds, strict=True)]
-    without_server = [overhead - waited for overhead, waited in zip(overheads, server_wait, strict=True)]
-    client = [create - handled for create, handled in zip(create_seconds, emulator_seconds, strict=True)]
-    after_create = [total - create for total, create in zip(totals, create_seconds, strict=True)]
-    outside_tenant_database = [overhead - prepare for overhead, prepare in zip(overheads, prepare_seconds, strict=True)]
+    server_wait = _minus(prepare_seconds, prepare_cpu_seconds)
+    without_server = _minus(overheads, server_wait)
+    client = _minus(create_seconds, emulator_seconds)
+    after_create = _minus(totals, create_seconds)
+    outside_tenant_database = _minus(overheads, prepare_seconds)
     return {
-        "neon_emulator_overhead_p50_ms": milliseconds(percentile(overheads, 0.50)),
-        "neon_emulator_overhead_p99_ms": milliseconds(percentile(overheads, 0.99)),
-        "neon_total_p50_ms": milliseconds(percentile(totals, 0.50)),
-        "neon_total_p99_ms": milliseconds(percentile(totals, 0.99)),
-        "neon_emulator_handling_p50_ms": milliseconds(percentile(emulator_seconds, 0.50)),
+        "neon_emulator_overhead_p50_ms": _ms(overheads),
+        "neon_emulator_overhead_p99_ms": _ms(overheads, 0.99),
+        "neon_total_p50_ms": _ms(totals),
+        "neon_total_p99_ms": _ms(totals, 0.99),
+        "neon_emulator_handling_p50_ms": _ms(emulator_seconds),
         # The overhead split: NeonProvisioner.create() minus the emulator's work (HTTP client, waiting for
         # operations), and what follows create() (the new database's schema, embedding model record, registry).
-        "neon_client_overhead_p50_ms": milliseconds(percentile(client, 0.50)),
-        "neon_after_create_p50_ms": milliseconds(percentile(after_create, 0.50)),
+        "neon_client_overhead_p50_ms": _ms(client),
+        "neon_after_create_p50_ms": _ms(after_create),
         # `tenant_database_prepare`: one connection to the new database (TLS-less SCRAM login here), pgvector, the
         # schema's DDL, the migration record and the embedding model in one round trip, commit. Its wall time splits
         # into our thread off the CPU (waiting on that server) and on it (libpq's SCRAM, psycopg, our Python).
-        "neon_tenant_prepare_p50_ms": milliseconds(percentile(prepare_seconds, 0.50)),
-        "neon_tenant_database_server_wait_p50_ms": milliseconds(percentile(server_wait, 0.50)),
-        "neon_tenant_prepare_our_cpu_p50_ms": milliseconds(percentile(prepare_cpu_seconds, 0.50)),
-        "neon_overhead_outside_tenant_database_p50_ms": milliseconds(percentile(outside_tenant_database, 0.50)),
+        "neon_tenant_prepare_p50_ms": _ms(prepare_seconds),
+        "neon_tenant_database_server_wait_p50_ms": _ms(server_wait),
+        "neon_tenant_prepare_our_cpu_p50_ms": _ms(prepare_cpu_seconds),
+        "neon_overhead_outside_tenant_database_p50_ms": _ms(outside_tenant_database),
         # For information (no target): the overhead without the tenant database server's time, a lower bound of
         # our own code's share.
-        "neon_overhead_without_tenant_database_server_p50_ms": milliseconds(percentile(without_server, 0.50)),
-        "neon_overhead_without_tenant_database_server_p99_ms": milliseconds(percentile(without_server, 0.99)),
+        "neon_overhead_without_tenant_database_server_p50_ms": _ms(without_server),
+        "neon_overhead_without_tenant_database_server_p99_ms": _ms(without_server, 0.99),
         "neon_emulator_tcp_nodelay": EMULATOR_TCP_NODELAY,
         "neon_requests_per_provision_p50": percentile(requests, 0.50),
         "neon_operation_polls_per_provision_p50": percentile(polls, 0.50),
     }
+
+
+def _minus(minuends: list[float], subtrahends: list[float]) -> list[float]:
+    """Per provision: one measured duration minus another."""
+    return [minuend - subtrahend for minuend, subtrahend in zip(minuends, subtrahends, strict=True)]
+
+
+def _ms(seconds: list[float], quantile: float = 0.50) -> float:
+    return milliseconds(percentile(seconds, quantile))
 
 
 def _covered_seconds(intervals: list[tuple[float, float]], window: tuple[float, float]) -> float:
