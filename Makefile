@@ -6,7 +6,13 @@ STAMP := $(VENV)/.installed
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test bench install clean-data
+.PHONY: run test bench install clean-data lint
+
+# The app packages pass the linter and the formatter's check (configured in pyproject.toml).
+LINTED := config tenants documents chat vectordb
+lint: $(STAMP)
+	$(BIN)/python -m ruff check $(LINTED)
+	$(BIN)/python -m ruff format --check $(LINTED) tests bench
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -25,7 +31,7 @@ run: $(STAMP)
 	$(BIN)/python -m config.run_local
 
 # Tests get their own data folder, Redis database and Celery queue, so they never touch `make run`'s.
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) lint
 	SILO_DATA_DIR=$(CURDIR)/.data/test SILO_EMBEDDED_FAST=true \
 	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} CELERY_QUEUE=silo-test-$$$$ SILO_TEST_DATABASE=test_silo_$$$$ CACHE_KEY_PREFIX=silo-test-$$$$ \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

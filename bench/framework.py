@@ -88,7 +88,10 @@ def section_names() -> list[str]:
     found = [
         info.name
         for info in pkgutil.iter_modules([str(BENCH_DIR)])
-        if not info.name.startswith("_") and info.name not in NOT_SECTIONS and not info.ispkg and _defines_run(info.name)
+        if not info.name.startswith("_")
+        and info.name not in NOT_SECTIONS
+        and not info.ispkg
+        and _defines_run(info.name)
     ]
     known = [name for name in SECTION_ORDER if name in found]
     return known + sorted(name for name in found if name not in SECTION_ORDER)
@@ -217,7 +220,9 @@ def section_rows(section: Section, result: dict) -> tuple[list[list[str]], list[
         if target:
             passed = target.check(value)
             verdicts.append(passed)
-            rows.append([section.name, target.label or metric, _format(value), target.describe(), "PASS" if passed else "FAIL"])
+            rows.append(
+                [section.name, target.label or metric, _format(value), target.describe(), "PASS" if passed else "FAIL"]
+            )
         elif not isinstance(value, dict | list):
             rows.append([section.name, metric, _format(value), "", ""])
     for metric, target in targets.items():

@@ -306,7 +306,10 @@ def _parse_single_core(input_path: Path, quick: bool) -> dict:
     with _one_core():
         for path in sorted(EVAL_PDFS.glob("*.pdf")):
             progress(f"parse on one core: {path.name}")
-            rates[path.name] = {"ours": _fastest_pages_per_s(ours, path), "pypdf": _fastest_pages_per_s(pypdf_text, path)}
+            rates[path.name] = {
+                "ours": _fastest_pages_per_s(ours, path),
+                "pypdf": _fastest_pages_per_s(pypdf_text, path),
+            }
         # The big input once with ours (pypdf on 1,029 pages would take most of a minute per round).
         progress(f"parse on one core: {input_path.name}")
         started = time.perf_counter()

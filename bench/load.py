@@ -272,9 +272,7 @@ def _delete_sessions(sessions: list[BenchSession]) -> None:
 def _remove_tenants_in_parallel() -> int:
     """Drop the databases with a few threads (one by one takes minutes for 200), then remove_tenants() the rows."""
     ids = list(
-        VectorDatabase.objects.filter(
-            tenant__email__startswith=f"{PREFIX}-", tenant__email__endswith="@bench.invalid"
-        )
+        VectorDatabase.objects.filter(tenant__email__startswith=f"{PREFIX}-", tenant__email__endswith="@bench.invalid")
         .exclude(status=VectorDatabase.Status.DELETED)
         .values_list("id", flat=True)
     )

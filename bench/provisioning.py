@@ -14,7 +14,6 @@ CPU in it): how much is our own code. That split counts any off-CPU wait in the 
 server's, so it is a lower bound of our share, not a target.
 """
 
-
 from __future__ import annotations
 
 import time

@@ -167,7 +167,9 @@ def _search_section(quick: bool) -> dict:
         # the first documents (the ingest path), then load the rest without the index and build it in one go with
         # the tenant migration's definition (what a REINDEX does; same graph algorithm, and far faster).
         with_index = document_ids[:INDEXED_LOAD_DOCUMENTS]
-        progress(f"search: loading {len(with_index) * CHUNKS_PER_DOCUMENT:,} chunks with chunks_replace, HNSW kept on insert")
+        progress(
+            f"search: loading {len(with_index) * CHUNKS_PER_DOCUMENT:,} chunks with chunks_replace, HNSW kept on insert"
+        )
         load_seconds = _load(registry, target, data, with_index)
         with registry.connection(target) as connection:
             index_definition = connection.execute(
@@ -219,7 +221,7 @@ def _latency_and_recall(registry, target, document_ids, query_vectors, queries) 
     progress(f"search: {queries} queries, HNSW (app path) and exact k-NN back to back")
     hnsw_seconds, exact_seconds, recalls, short = [], [], [], 0
     for number, query in enumerate(query_vectors[WARM_UP_QUERIES : WARM_UP_QUERIES + queries]):
-        for side in ((0, 1) if number % 2 == 0 else (1, 0)):
+        for side in (0, 1) if number % 2 == 0 else (1, 0):
             started = time.perf_counter()
             with registry.connection(target) as connection:
                 if side == 0:

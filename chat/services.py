@@ -134,10 +134,11 @@ def extractive_answer(citations: list[Citation], passages: int = 3) -> Iterator[
         return
     yield EXTRACTIVE_LABEL
     for citation in citations[:passages]:
-        pages = f"p. {citation.page}" if citation.page == citation.page_end else f"pp. {citation.page}–{citation.page_end}"
+        pages = (
+            f"p. {citation.page}" if citation.page == citation.page_end else f"pp. {citation.page}–{citation.page_end}"
+        )
         yield f"\n\n[{citation.number}] {citation.title}, {pages}:\n"
-        for word in re.findall(r"\S+\s*", _excerpt(citation.text)):
-            yield word
+        yield from re.findall(r"\S+\s*", _excerpt(citation.text))
 
 
 def _prompt_messages(question: str, citations: list[Citation], history: list[store.MessageRecord]) -> list:
@@ -190,7 +191,9 @@ def _model_errors() -> tuple[type[BaseException], ...]:
     return (openai.APIError, httpx.HTTPError)
 
 
-def chat_turn(user, question: str, conversation_id: str | None = None, document_id: int | None = None) -> Iterator[ChatEvent]:
+def chat_turn(
+    user, question: str, conversation_id: str | None = None, document_id: int | None = None
+) -> Iterator[ChatEvent]:
     """One question and its streamed answer, stored in the tenant's database. Never raises for expected failures:
     they end the stream with an `error` event the user can read."""
     try:
@@ -255,7 +258,9 @@ def conversations_for_user(user, document_id: int | None = None) -> list[store.C
         return store.conversations_list(connection, document_id)
 
 
-def conversation_with_messages(user, conversation_id: str) -> tuple[store.ConversationRecord, list[store.MessageRecord]] | None:
+def conversation_with_messages(
+    user, conversation_id: str
+) -> tuple[store.ConversationRecord, list[store.MessageRecord]] | None:
     with get_registry().connection(tenant_target(user)) as connection:
         conversation = store.conversation_get(connection, conversation_id)
         if conversation is None:

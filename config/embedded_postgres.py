@@ -41,9 +41,7 @@ class EmbeddedServer:
         return self.data_root / "postgres"
 
     def dsn(self, database: str = "postgres") -> str:
-        return (
-            f"postgresql://{self.superuser}:{quote(self.password, safe='')}@{self.host}:{self.port}/{database}"
-        )
+        return f"postgresql://{self.superuser}:{quote(self.password, safe='')}@{self.host}:{self.port}/{database}"
 
 
 def _binaries() -> Path:
@@ -144,8 +142,10 @@ def _initialise(data_root: Path) -> EmbeddedServer:
         _run_as_server_user(
             [
                 str(_binaries() / "initdb"),
-                "-D", str(pgdata),
-                "-U", SUPERUSER,
+                "-D",
+                str(pgdata),
+                "-U",
+                SUPERUSER,
                 f"--pwfile={password_file}",
                 "--auth-local=trust",  # the socket lives inside the 0700 data folder
                 "--auth-host=scram-sha-256",
@@ -190,10 +190,15 @@ def _start(server: EmbeddedServer, fast_unsafe: bool) -> None:
     _run_as_server_user(
         [
             str(_binaries() / "pg_ctl"),
-            "-D", str(server.pgdata),
-            "-l", str(server.pgdata / "server.log"),
-            "-o", " ".join(options),
-            "-w", "-t", str(START_TIMEOUT_SECONDS),
+            "-D",
+            str(server.pgdata),
+            "-l",
+            str(server.pgdata / "server.log"),
+            "-o",
+            " ".join(options),
+            "-w",
+            "-t",
+            str(START_TIMEOUT_SECONDS),
             "start",
         ],
         timeout=START_TIMEOUT_SECONDS + 10,
@@ -246,9 +251,7 @@ def stop(data_root: Path) -> bool:
         if _postmaster_pid(pgdata) is None:
             return False
         _prepare_permissions(data_root)
-        _run_as_server_user(
-            [str(_binaries() / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"], timeout=70
-        )
+        _run_as_server_user([str(_binaries() / "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "stop"], timeout=70)
         return True
 
 

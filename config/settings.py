@@ -111,7 +111,9 @@ def database_from_url(url: str) -> dict:
         "PORT": str(parsed.port or ""),
         # A pool per process (psycopg_pool, through Django): under ASGI, Django's persistent connections would
         # pile up one per thread instead.
-        "OPTIONS": {"pool": {"min_size": 1, "max_size": env_int("DATABASE_POOL_MAX_SIZE", 32, minimum=1), "timeout": 10}}
+        "OPTIONS": {
+            "pool": {"min_size": 1, "max_size": env_int("DATABASE_POOL_MAX_SIZE", 32, minimum=1), "timeout": 10}
+        }
         | options,
         "CONN_MAX_AGE": 0,
     }

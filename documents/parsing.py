@@ -127,9 +127,7 @@ def inspect_pdf(path: str | Path, max_bytes: int, max_pages: int) -> PdfInfo:
     if size == 0:
         raise EmptyFile()
     if size > max_bytes:
-        raise TooLarge(
-            f"This file is {_megabytes(size)}; Silo accepts PDFs up to {_megabytes(max_bytes)}."
-        )
+        raise TooLarge(f"This file is {_megabytes(size)}; Silo accepts PDFs up to {_megabytes(max_bytes)}.")
     _check_pdf_header(path)
 
     try:
@@ -267,9 +265,7 @@ def _extract_with_pdfium(path: Path) -> tuple[list[PageText], bool]:
 
     texts = [normalise_text(text) for text in texts]
     sections = _locate_sections(texts, outline)
-    pages = [
-        PageText(page_number=index + 1, text=text, sections=sections[index]) for index, text in enumerate(texts)
-    ]
+    pages = [PageText(page_number=index + 1, text=text, sections=sections[index]) for index, text in enumerate(texts)]
     return pages, has_images
 
 
@@ -309,7 +305,7 @@ def _pdfium_outline(document: pdfium.PdfDocument) -> list[tuple[int, str]]:
         if count >= MAX_BOOKMARKS:
             break
         title = " ".join(bookmark.get_title().split())
-        del path[bookmark.level:]
+        del path[bookmark.level :]
         path.append(title)
         destination = bookmark.get_dest()
         index = destination.get_index() if destination is not None else None

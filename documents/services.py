@@ -185,9 +185,7 @@ def _records(document: Document, chunks: list[Chunk], vectors: list[list[float]]
     ]
 
 
-def document_ingest(
-    document_id: int, on_progress: Callable[[Document], None] | None = None
-) -> IngestReport:
+def document_ingest(document_id: int, on_progress: Callable[[Document], None] | None = None) -> IngestReport:
     """Run the whole pipeline for one document. Idempotent: a re-run replaces the document's chunks atomically.
 
     Raises TenantDatabaseNotReady (try later) and TransientIngestError (retry); a bad PDF ends `failed` with a reason.
@@ -371,7 +369,10 @@ def documents_reembed(tenant: User, on_document: Callable[[Document], None] | No
         embedding_model_record(dsn, *configured, replace=True)
         logger.info(
             "tenant database %s switched from %s to %s (%d chunks deleted)",
-            vector_database.tenant_key, recorded, configured, deleted,
+            vector_database.tenant_key,
+            recorded,
+            configured,
+            deleted,
         )
     # Only now may ingest use the new model (see _embedding_model_mismatch).
     VectorDatabase.objects.filter(id=vector_database.id).update(

@@ -20,6 +20,7 @@ class IngestTask(Task):
         if args:
             services.document_mark_failed(args[0], UNEXPECTED_FAILURE_MESSAGE)
 
+
 # Waiting for a tenant's own earlier uploads is normal, not a failure: it has its own, generous budget.
 FAIRNESS_DELAY_SECONDS = 3
 MAX_FAIRNESS_WAITS = 2000

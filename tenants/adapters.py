@@ -16,10 +16,8 @@ class SocialAccountAdapter(DefaultSocialAccountAdapter):
         user = super().populate_user(request, sociallogin, data)
         extra = sociallogin.account.extra_data or {}
         user.email = (user.email or "").lower()
-        user.name = (extra.get("name") or " ".join(filter(None, [data.get("first_name"), data.get("last_name")])))[
-            :150
-        ]
+        user.name = (extra.get("name") or " ".join(filter(None, [data.get("first_name"), data.get("last_name")])))[:150]
         picture = extra.get("picture") or ""
-        if picture.startswith("https://") or picture.startswith("http://"):
+        if picture.startswith(("https://", "http://")):
             user.avatar_url = picture[:500]
         return user

@@ -26,9 +26,7 @@ class VectorDatabaseAdmin(admin.ModelAdmin):
     list_filter = ["provider", "region", "status"]
     search_fields = ["tenant__email", "tenant_key", "external_id"]
     exclude = ["encrypted_credentials"]
-    readonly_fields = [
-        field.name for field in VectorDatabase._meta.fields if field.name != "encrypted_credentials"
-    ]
+    readonly_fields = [field.name for field in VectorDatabase._meta.fields if field.name != "encrypted_credentials"]
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -252,9 +252,10 @@ def tenants_reconcile(apply: bool = False, stuck_after_seconds: int = 600) -> Re
     for row in live_rows:
         if row.status == Status.READY and (row.server, row.external_id) not in existing:
             report.missing.append(row.tenant_key)
-        elif row.status in {Status.PENDING, Status.PROVISIONING} and (
-            timezone.now() - row.updated_at
-        ).total_seconds() > stuck_after_seconds:
+        elif (
+            row.status in {Status.PENDING, Status.PROVISIONING}
+            and (timezone.now() - row.updated_at).total_seconds() > stuck_after_seconds
+        ):
             report.stuck.append(row.tenant_key)
     if apply:
         for server, external_id in report.orphans:

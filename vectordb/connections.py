@@ -111,7 +111,7 @@ class _TenantPool:
 
 
 class _CachedCredentials:
-    __slots__ = ("lock", "dsn")
+    __slots__ = ("dsn", "lock")
 
     def __init__(self) -> None:
         # Serialises resolve_dsn per tenant, so many threads asking at once cause one lookup.

@@ -7,9 +7,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
-from django.db import DatabaseError
-
 import psycopg
+from django.db import DatabaseError
 
 from vectordb.schema import (
     BreakingMigrationRefused,

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from functools import lru_cache
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-
-import psycopg
-from psycopg import sql
+from functools import lru_cache
 from urllib.parse import parse_qs, unquote, urlparse
 
+import psycopg
 from django.db import connections
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.postgresql.base import DatabaseWrapper
@@ -23,6 +21,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.operations import AlterField, DeleteModel, RemoveField, RenameField, RenameModel
 from django.db.migrations.operations.special import RunSQL
+from psycopg import sql
 
 from vectordb.routers import TENANT_ALIAS_PREFIX, TENANT_APP_LABEL
 
@@ -30,6 +29,7 @@ from vectordb.routers import TENANT_ALIAS_PREFIX, TENANT_APP_LABEL
 # the same tenant at once. Any constant works: advisory locks are per database.
 MIGRATION_LOCK_KEY = 7_316_221_001
 DESTRUCTIVE_OPERATIONS = (DeleteModel, RemoveField, RenameField, RenameModel, AlterField)
+
 
 class BreakingMigrationRefused(Exception):
     """A pending migration would break the app still running on the old schema during a fleet migration."""

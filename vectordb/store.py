@@ -46,9 +46,10 @@ def chunks_replace(connection: psycopg.Connection, document_id: int, records: Se
         connection.execute("DELETE FROM embeddings WHERE document_id = %s", [document_id])
         register_vector(connection)  # cheap when already registered; binary COPY needs the vector dumper
         created_at = connection.execute("SELECT now()").fetchone()[0]
-        with connection.cursor() as cursor, cursor.copy(
-            f"COPY embeddings ({_COPY_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
+        with (
+            connection.cursor() as cursor,
+            cursor.copy(f"COPY embeddings ({_COPY_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
             copy.set_types(_COPY_TYPES)
             for record in records:
                 copy.write_row(

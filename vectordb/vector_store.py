@@ -190,9 +190,7 @@ def tenant_pg_engine(target: TenantTarget, registry: TenantConnectionRegistry | 
     return engine
 
 
-def hybrid_search_config(
-    candidates: int = 20, rrf_k: int = RRF_K, fts_query: str = ""
-) -> HybridSearchConfig:
+def hybrid_search_config(candidates: int = 20, rrf_k: int = RRF_K, fts_query: str = "") -> HybridSearchConfig:
     """A new config for one hybrid search: our generated tsvector column, reciprocal rank fusion.
 
     New every call: the library writes the query text (and the final k) into the config object it is handed.
@@ -337,9 +335,7 @@ async def atenant_vector_store(
     return await engine._run_as_async(_acreate(engine, embedding_service, k, ef_search))
 
 
-async def _acreate(
-    engine: PGEngine, embedding_service: Embeddings | None, k: int, ef_search: int
-) -> TenantVectorStore:
+async def _acreate(engine: PGEngine, embedding_service: Embeddings | None, k: int, ef_search: int) -> TenantVectorStore:
     stamps_created_at = await _created_at_needs_stamp(engine)
     metadata_columns = METADATA_COLUMNS + ([CREATED_AT_COLUMN] if stamps_created_at else [])
     store = await TenantVectorStore.create(

@@ -84,23 +84,23 @@ class NeonProvisioner:
     @classmethod
     def from_settings(cls, **overrides: Any) -> NeonProvisioner:
         """One instance per process and configuration, so its HTTP connection (TLS included) is reused."""
-        options: dict[str, Any] = dict(
-            api_key=settings.NEON_API_KEY,
-            api_url=settings.NEON_API_URL,
-            region=settings.NEON_REGION,
-            org_id=settings.NEON_ORG_ID,
-            pg_version=settings.NEON_PG_VERSION,
-            autoscaling_min_cu=settings.NEON_AUTOSCALING_MIN_CU,
-            autoscaling_max_cu=settings.NEON_AUTOSCALING_MAX_CU,
-            suspend_timeout_seconds=settings.NEON_SUSPEND_TIMEOUT_SECONDS,
-            quota_logical_size_bytes=settings.NEON_QUOTA_LOGICAL_SIZE_BYTES,
-            request_timeout_seconds=settings.NEON_REQUEST_TIMEOUT_SECONDS,
-            max_retries=settings.NEON_MAX_RETRIES,
-            operation_timeout_seconds=settings.NEON_OPERATION_TIMEOUT_SECONDS,
-            retry_base_delay_seconds=settings.NEON_RETRY_BASE_DELAY_SECONDS,
-            retry_max_delay_seconds=settings.NEON_RETRY_MAX_DELAY_SECONDS,
-            poll_interval_seconds=settings.NEON_POLL_INTERVAL_SECONDS,
-        )
+        options: dict[str, Any] = {
+            "api_key": settings.NEON_API_KEY,
+            "api_url": settings.NEON_API_URL,
+            "region": settings.NEON_REGION,
+            "org_id": settings.NEON_ORG_ID,
+            "pg_version": settings.NEON_PG_VERSION,
+            "autoscaling_min_cu": settings.NEON_AUTOSCALING_MIN_CU,
+            "autoscaling_max_cu": settings.NEON_AUTOSCALING_MAX_CU,
+            "suspend_timeout_seconds": settings.NEON_SUSPEND_TIMEOUT_SECONDS,
+            "quota_logical_size_bytes": settings.NEON_QUOTA_LOGICAL_SIZE_BYTES,
+            "request_timeout_seconds": settings.NEON_REQUEST_TIMEOUT_SECONDS,
+            "max_retries": settings.NEON_MAX_RETRIES,
+            "operation_timeout_seconds": settings.NEON_OPERATION_TIMEOUT_SECONDS,
+            "retry_base_delay_seconds": settings.NEON_RETRY_BASE_DELAY_SECONDS,
+            "retry_max_delay_seconds": settings.NEON_RETRY_MAX_DELAY_SECONDS,
+            "poll_interval_seconds": settings.NEON_POLL_INTERVAL_SECONDS,
+        }
         options.update(overrides)
         return _provisioner_for(tuple(sorted(options.items())))
 

@@ -80,7 +80,9 @@ class PostgresProvisioner:
         try:
             connection = psycopg.connect(server.url_for(database), autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as error:
-            raise ProvisioningError(f"cannot reach PostgreSQL server {server.name!r}: {error.sqlstate or 'offline'}") from None
+            raise ProvisioningError(
+                f"cannot reach PostgreSQL server {server.name!r}: {error.sqlstate or 'offline'}"
+            ) from None
         try:
             yield connection
         finally:
@@ -163,9 +165,7 @@ class PostgresProvisioner:
                         allow_breaking=allow_breaking,
                     )
                     # The migration's connection is closed: nothing may stay connected to a template we clone.
-                    admin.execute(
-                        sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(sql.Identifier(TEMPLATE_OWNER))
-                    )
+                    admin.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(sql.Identifier(TEMPLATE_OWNER)))
                     self._template_versions[server.name] = result.schema_version
                 finally:
                     admin.execute("SELECT pg_advisory_unlock(%s)", [TEMPLATE_LOCK_KEY])

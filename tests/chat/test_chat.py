@@ -248,9 +248,7 @@ def browser_for(server_url):
     def open_for(user) -> Browser:
         client = Client()
         client.force_login(user)
-        http = httpx.Client(
-            base_url=server_url, cookies={"sessionid": client.cookies["sessionid"].value}, timeout=30
-        )
+        http = httpx.Client(base_url=server_url, cookies={"sessionid": client.cookies["sessionid"].value}, timeout=30)
         opened.append(http)
         return Browser(http)
 
@@ -450,9 +448,7 @@ def test_a_tenant_database_still_provisioning_ends_with_still_being_set_up(owner
     assert "Your database is still being set up. Chat opens as soon as it is ready." in page.text
 
 
-def test_an_over_long_question_is_refused_with_the_limit_and_nothing_is_stored(
-    owner, espresso, browser_for, settings
-):
+def test_an_over_long_question_is_refused_with_the_limit_and_nothing_is_stored(owner, espresso, browser_for, settings):
     settings.CHAT_MAX_QUESTION_CHARS = 4000
 
     events = browser_for(owner).chat("why " * 1000 + "?")

@@ -276,14 +276,26 @@ def test_the_endpoint_takes_a_single_string_token_arrays_and_dimensions(emulator
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
-        ({"model": "text-embedding-ada-002", "input": "x", "dimensions": 256}, 400,
-         "This model does not support specifying dimensions."),
-        ({"model": "text-embedding-3-small", "input": ""}, 400,
-         "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."),
-        ({"model": "text-embedding-3-small", "input": []}, 400,
-         "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."),
-        ({"model": "no-such-model", "input": "x"}, 404,
-         "The model `no-such-model` does not exist or you do not have access to it."),
+        (
+            {"model": "text-embedding-ada-002", "input": "x", "dimensions": 256},
+            400,
+            "This model does not support specifying dimensions.",
+        ),
+        (
+            {"model": "text-embedding-3-small", "input": ""},
+            400,
+            "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference.",
+        ),
+        (
+            {"model": "text-embedding-3-small", "input": []},
+            400,
+            "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference.",
+        ),
+        (
+            {"model": "no-such-model", "input": "x"},
+            404,
+            "The model `no-such-model` does not exist or you do not have access to it.",
+        ),
     ],
 )
 def test_the_endpoint_refuses_what_openai_refuses(emulator, body, status, message):
@@ -374,9 +386,7 @@ def test_a_stream_dropped_mid_answer_raises_in_the_consumer_after_the_tokens_sen
             received.append(chunk.content)
 
     assert received == ["", "According", " to", " ["]
-    assert emulator.requests == [
-        RecordedRequest(CHAT_COMPLETIONS, 200, model="gpt-4o-mini", stream=True, dropped=True)
-    ]
+    assert emulator.requests == [RecordedRequest(CHAT_COMPLETIONS, 200, model="gpt-4o-mini", stream=True, dropped=True)]
     # The emulator keeps serving after the drop.
     assert chat_model(emulator).invoke(MESSAGES).content == EXPECTED_ANSWER
 

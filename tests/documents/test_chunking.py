@@ -78,7 +78,12 @@ def test_a_sentence_longer_than_a_chunk_is_split_by_lines_then_words():
 
     assert max(len(chunk.text) for chunk in chunks) <= 100
     assert "\n".join(chunk.text for chunk in chunks if chunk.last_page == 1) == listing
-    assert all(line.startswith("int field_") and line.endswith(";") for chunk in chunks[:-1] for line in chunk.text.split("\n") if chunk.first_page == 1)
+    assert all(
+        line.startswith("int field_") and line.endswith(";")
+        for chunk in chunks[:-1]
+        for line in chunk.text.split("\n")
+        if chunk.first_page == 1
+    )
     assert [chunk.text for chunk in chunks if chunk.first_page == 2] == ["word " * 19 + "word"] * 5
 
 
@@ -93,7 +98,10 @@ def test_abbreviations_do_not_end_a_sentence():
 
     chunks = chunk_pages([PageText(1, text)], chunk_size=50, chunk_overlap=0)
 
-    assert [chunk.text for chunk in chunks] == ["Use a class, e.g. the book class, for long works.", "Packages add features."]
+    assert [chunk.text for chunk in chunks] == [
+        "Use a class, e.g. the book class, for long works.",
+        "Packages add features.",
+    ]
 
 
 def test_a_new_section_starts_a_new_chunk_and_the_chunk_knows_its_section():
@@ -105,7 +113,9 @@ def test_a_new_section_starts_a_new_chunk_and_the_chunk_knows_its_section():
 
     assert chunk_pages(pages, chunk_size=1000, chunk_overlap=200) == [
         Chunk(index=0, text="Intro text is here.", first_page=1, last_page=1, section="1 Intro"),
-        Chunk(index=1, text="2 Usage\nUsage text is here.\nMore usage text.", first_page=1, last_page=2, section="2 Usage"),
+        Chunk(
+            index=1, text="2 Usage\nUsage text is here.\nMore usage text.", first_page=1, last_page=2, section="2 Usage"
+        ),
     ]
 
 

@@ -202,7 +202,9 @@ def _with_truncated_trailer(data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "damage", [_without_eof_marker, _with_broken_xref_table, _with_truncated_trailer], ids=lambda damage: damage.__name__
+    "damage",
+    [_without_eof_marker, _with_broken_xref_table, _with_truncated_trailer],
+    ids=lambda damage: damage.__name__,
 )
 def test_recoverable_damage_still_yields_the_text(write_file, damage):
     intact = _text_pdf(TWO_PAGES)

@@ -196,7 +196,11 @@ def test_upload_through_the_view_stores_the_file_and_queues_the_document(client,
     [
         ("notes.pdf", b"Meeting notes, not a PDF at all.\n", "notes.pdf: this file is not a PDF."),
         ("empty.pdf", b"", "empty.pdf: this file is empty."),
-        ("huge.pdf", b"%PDF-1.7\n" + b"0" * (1024 * 1024), "huge.pdf: this file is larger than the 1.0 MB Silo accepts."),
+        (
+            "huge.pdf",
+            b"%PDF-1.7\n" + b"0" * (1024 * 1024),
+            "huge.pdf: this file is larger than the 1.0 MB Silo accepts.",
+        ),
     ],
     ids=["not-a-pdf", "empty", "too-large"],
 )
@@ -544,10 +548,24 @@ def test_the_ingest_command_reports_a_file_it_cannot_store(owner, media_root, tm
 
     assert json.loads(output.getvalue()) == {
         "documents": [
-            {"id": None, "title": "missing", "file": str(missing), "status": "failed", "pages": None, "chunks": 0,
-             "error": "No such file."},
-            {"id": None, "title": "empty", "file": str(empty), "status": "failed", "pages": None, "chunks": 0,
-             "error": "empty.pdf: this file is empty."},
+            {
+                "id": None,
+                "title": "missing",
+                "file": str(missing),
+                "status": "failed",
+                "pages": None,
+                "chunks": 0,
+                "error": "No such file.",
+            },
+            {
+                "id": None,
+                "title": "empty",
+                "file": str(empty),
+                "status": "failed",
+                "pages": None,
+                "chunks": 0,
+                "error": "empty.pdf: this file is empty.",
+            },
         ]
     }
     assert Document.objects.count() == 0

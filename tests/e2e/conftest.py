@@ -36,7 +36,6 @@ SERVER_READY_TIMEOUT_SECONDS = 60
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 
 
-
 @pytest.fixture(scope="module", autouse=True)
 def allow_orm_calls_beside_playwright():
     """Playwright's sync API keeps an event loop in the test thread, so Django sees an "async context" there and

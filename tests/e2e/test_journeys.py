@@ -20,7 +20,11 @@ from documents.models import Document
 from documents.parsing import CorruptPdf
 from tenants.models import User, VectorDatabase
 
-pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("erase_tenant_databases")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("erase_tenant_databases"),
+]
 
 SOURCE_PDF = Path("/work/shared/eval/pdfs/encguide.pdf")
 PASSWORD = "quiet lantern 4817 harbour"
@@ -178,7 +182,9 @@ def test_sign_up_upload_and_chat_with_cited_pages(page, asgi_server, screenshots
     screenshots.take(page, "chat-empty")
 
     ask(page, "What did the TUG Annual General Meeting in Cork specify?")
-    expect(page.locator("#transcript .turn-user")).to_have_text("What did the TUG Annual General Meeting in Cork specify?")
+    expect(page.locator("#transcript .turn-user")).to_have_text(
+        "What did the TUG Annual General Meeting in Cork specify?"
+    )
     answer = page.locator("#transcript .turn-assistant").last
     expect(answer.locator("a.citation").first).to_be_visible(timeout=ANSWER_TIMEOUT_MS)
     expect(answer).not_to_have_class("turn turn-assistant streaming")
@@ -274,7 +280,9 @@ def test_deleting_the_account_drops_its_database_and_sign_in_fails(page, asgi_se
     # A wrong address deletes nothing.
     page.fill("#confirm-email", "someone.else@example.com")
     page.get_by_role("button", name="Delete my account and all my data").click()
-    expect(page.locator(".message-error")).to_have_text("Type your email address exactly to confirm deleting your account.")
+    expect(page.locator(".message-error")).to_have_text(
+        "Type your email address exactly to confirm deleting your account."
+    )
     assert User.objects.filter(email=email, is_active=True).exists()
     screenshots.take(page, "account-wrong-confirmation")
 

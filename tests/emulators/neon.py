@@ -414,11 +414,20 @@ class NeonEmulator(ServedEmulator):
                 branch=branch,
                 endpoint=endpoint,
                 database={
-                    "id": random.randint(10_000_000, 99_999_999), "branch_id": branch_id, "name": database_name,
-                    "owner_name": role_name, "created_at": now, "updated_at": now,
+                    "id": random.randint(10_000_000, 99_999_999),
+                    "branch_id": branch_id,
+                    "name": database_name,
+                    "owner_name": role_name,
+                    "created_at": now,
+                    "updated_at": now,
                 },  # fmt: skip
-                role={"branch_id": branch_id, "name": role_name, "protected": False, "created_at": now,
-                      "updated_at": now},  # fmt: skip
+                role={
+                    "branch_id": branch_id,
+                    "name": role_name,
+                    "protected": False,
+                    "created_at": now,
+                    "updated_at": now,
+                },  # fmt: skip
                 password=password,
                 physical_database=physical_database,
                 physical_role=physical_role,
@@ -450,9 +459,9 @@ class NeonEmulator(ServedEmulator):
             if cursor:
                 ids = [project.data["id"] for project in projects]
                 projects = projects[ids.index(cursor) + 1 :] if cursor in ids else []
-            matching = [
-                p for p in projects if search in p.data["name"].lower() or search in p.data["id"].lower()
-            ][:limit]
+            matching = [p for p in projects if search in p.data["name"].lower() or search in p.data["id"].lower()][
+                :limit
+            ]
             items = [_list_item(project) for project in matching]
         pagination = {"cursor": items[-1]["id"]} if items else {}
         return {
@@ -658,8 +667,9 @@ class NeonEmulator(ServedEmulator):
             # NOLOGIN until the project's operations finish: "created" is not "ready". Not a superuser: the projects
             # share one server here, and a superuser could reach every other tenant's database.
             connection.execute(
-                sql.SQL("CREATE ROLE {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOLOGIN "
-                        "PASSWORD {}").format(role, sql.Literal(project.password))  # fmt: skip
+                sql.SQL(
+                    "CREATE ROLE {} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOLOGIN PASSWORD {}"
+                ).format(role, sql.Literal(project.password))  # fmt: skip
             )
             connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(database, role))
             connection.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(database))

@@ -252,8 +252,10 @@ def _embedding_inputs(raw: object) -> list[str | list[int]]:
         inputs: list = [raw]
     elif is_token_array(raw):
         inputs = [raw]
-    elif isinstance(raw, list) and raw and (
-        all(isinstance(item, str) for item in raw) or all(is_token_array(item) for item in raw)
+    elif (
+        isinstance(raw, list)
+        and raw
+        and (all(isinstance(item, str) for item in raw) or all(is_token_array(item) for item in raw))
     ):
         inputs = list(raw)
     else:
@@ -294,7 +296,7 @@ def grounded_answer(messages: list[dict]) -> str:
     match = _SOURCE_AT_LINE_START.search(prompt) or _SOURCE_ANYWHERE.search(prompt)
     if match is None:
         return NO_SOURCE_ANSWER
-    rest = prompt[match.end():]
+    rest = prompt[match.end() :]
     next_source = _NEXT_SOURCE.search(rest)
     source_text = " ".join((rest[: next_source.start()] if next_source else rest).split())
     sentence = _SENTENCE_END.split(source_text, maxsplit=1)[0]
@@ -384,14 +386,16 @@ class OpenAIEmulator(ServedEmulator):
         """Answer the next `times` requests (to `endpoint`, or any) with `status`."""
         self._check_endpoint(endpoint)
         with self._lock:
-            self.faults.extend(Fault(status=status, endpoint=endpoint, retry_after_seconds=retry_after_seconds)
-                               for _ in range(times))
+            self.faults.extend(
+                Fault(status=status, endpoint=endpoint, retry_after_seconds=retry_after_seconds) for _ in range(times)
+            )
 
     def drop_stream_next(self, after_tokens: int, *, times: int = 1) -> None:
         """Drop the connection of the next `times` streamed chat completions after `after_tokens` content chunks."""
         with self._lock:
-            self.faults.extend(Fault(status=None, endpoint=CHAT_COMPLETIONS, drop_after_tokens=after_tokens)
-                               for _ in range(times))
+            self.faults.extend(
+                Fault(status=None, endpoint=CHAT_COMPLETIONS, drop_after_tokens=after_tokens) for _ in range(times)
+            )
 
     def reset(self) -> None:
         """Healthy and fast again, with no queued faults and zeroed counters (key, answer and models are kept)."""
@@ -474,13 +478,20 @@ class OpenAIEmulator(ServedEmulator):
             if model not in SHORTENABLE_EMBEDDING_MODELS:
                 raise ErrorAnswer(400, "This model does not support specifying dimensions.")
             if type(requested_dimensions) is not int or not 1 <= requested_dimensions <= dimensions:
-                raise ErrorAnswer(400, "'$.dimensions' is invalid. Please check the API reference: "
-                                       "https://platform.openai.com/docs/api-reference.")
+                raise ErrorAnswer(
+                    400,
+                    "'$.dimensions' is invalid. Please check the API reference: "
+                    "https://platform.openai.com/docs/api-reference.",
+                )
             dimensions = requested_dimensions
         encoding_format = body.get("encoding_format", "float")
         if encoding_format not in ("float", "base64"):
-            raise ErrorAnswer(400, f"Invalid value: '{encoding_format}'. Supported values are: 'float' and 'base64'.",
-                              param="encoding_format", code="invalid_value")
+            raise ErrorAnswer(
+                400,
+                f"Invalid value: '{encoding_format}'. Supported values are: 'float' and 'base64'.",
+                param="encoding_format",
+                code="invalid_value",
+            )
 
         token_counts = [approximate_token_count(item) if isinstance(item, str) else len(item) for item in inputs]
         for token_count in token_counts:
@@ -515,8 +526,9 @@ class OpenAIEmulator(ServedEmulator):
             raise _model_not_found(model)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise ErrorAnswer(400, "Missing required parameter: 'messages'.", param="messages",
-                              code="missing_required_parameter")
+            raise ErrorAnswer(
+                400, "Missing required parameter: 'messages'.", param="messages", code="missing_required_parameter"
+            )
         if not all(isinstance(message, dict) and "role" in message for message in messages):
             raise ErrorAnswer(400, "Invalid 'messages': every message needs a 'role'.", param="messages")
         if callable(self.answer):
@@ -548,8 +560,9 @@ class OpenAIEmulator(ServedEmulator):
 
 
 def _model_not_found(model: str) -> ErrorAnswer:
-    return ErrorAnswer(404, f"The model `{model}` does not exist or you do not have access to it.",
-                       code="model_not_found")
+    return ErrorAnswer(
+        404, f"The model `{model}` does not exist or you do not have access to it.", code="model_not_found"
+    )
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
@@ -558,8 +571,12 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict:
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                      "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
     }
 
 
@@ -767,11 +784,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fault-rate", type=float, default=0.0, help="share of requests answered with --fault-status")
     parser.add_argument("--fault-status", type=int, default=500)
     parser.add_argument("--fault-retry-after", type=float, help="Retry-After seconds sent with --fault-rate faults")
-    parser.add_argument("--fail-next", type=int, action="append", default=[], metavar="STATUS",
-                        help="answer the next request with STATUS (repeatable, in order)")
+    parser.add_argument(
+        "--fail-next",
+        type=int,
+        action="append",
+        default=[],
+        metavar="STATUS",
+        help="answer the next request with STATUS (repeatable, in order)",
+    )
     parser.add_argument("--retry-after", type=float, default=1.0, help="Retry-After seconds for --fail-next 429")
-    parser.add_argument("--drop-after", type=int, metavar="N",
-                        help="drop every streamed answer's connection after N tokens")
+    parser.add_argument(
+        "--drop-after", type=int, metavar="N", help="drop every streamed answer's connection after N tokens"
+    )
     arguments = parser.parse_args(argv)
 
     emulator = OpenAIEmulator(

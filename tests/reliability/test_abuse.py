@@ -217,9 +217,7 @@ def test_a_flood_of_uploads_from_one_tenant_does_not_starve_another(
 ):
     databases(owner)
     databases(stranger)
-    flood = [
-        document_services.document_upload(owner, ContentFile(ONE_PAGE, name=f"flood{n}.pdf")) for n in range(20)
-    ]
+    flood = [document_services.document_upload(owner, ContentFile(ONE_PAGE, name=f"flood{n}.pdf")) for n in range(20)]
     single = document_services.document_upload(stranger, ContentFile(ONE_PAGE, name="single.pdf"))
     try:
         deadline = time.monotonic() + 180

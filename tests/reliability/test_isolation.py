@@ -53,12 +53,16 @@ class Tenant:
     def snapshot(self) -> dict:
         """Everything of this tenant's that a request could change."""
         return {
-            "documents": sorted(Document.objects.filter(owner=self.user).values_list("id", "status", "title", "chunk_count")),
+            "documents": sorted(
+                Document.objects.filter(owner=self.user).values_list("id", "status", "title", "chunk_count")
+            ),
             "file": Path(Document.objects.get(id=self.document.id).file.path).read_bytes(),
             "chunks": self.rows("SELECT id, document_id, content FROM embeddings ORDER BY id"),
             "conversations": self.rows("SELECT id, title FROM conversations ORDER BY id"),
             "messages": self.rows("SELECT id, role, content FROM messages ORDER BY id"),
-            "database": VectorDatabase.objects.filter(tenant=self.user).values_list("status", "encrypted_credentials").get(),
+            "database": VectorDatabase.objects.filter(tenant=self.user)
+            .values_list("status", "encrypted_credentials")
+            .get(),
             "active": User.objects.get(id=self.user.id).is_active,
         }
 
@@ -117,8 +121,12 @@ def test_every_url_that_takes_an_id_answers_404_for_another_tenants_object_and_c
         "reingest": client.post(reverse("document_reingest", args=[document])),
         "conversation delete": client.post(reverse("conversation_delete", args=[conversation])),
         "conversation page": client.get(reverse("chat"), {"c": conversation}),
-        "conversation on own document page": client.get(reverse("document_chat", args=[a.document.id]), {"c": conversation}),
-        "chat stream about their document": client.post(reverse("chat_stream"), {"question": "lamp?", "document": document}),
+        "conversation on own document page": client.get(
+            reverse("document_chat", args=[a.document.id]), {"c": conversation}
+        ),
+        "chat stream about their document": client.post(
+            reverse("chat_stream"), {"question": "lamp?", "document": document}
+        ),
         "chat stream with a non-numeric document": client.post(
             reverse("chat_stream"), {"question": "lamp?", "document": f"{document} OR 1=1"}
         ),
@@ -180,9 +188,7 @@ def test_a_tenants_database_role_reaches_only_its_own_database(two_tenants, admi
         ).fetchone()
         assert role == (False, False, False, False, False)
     with psycopg.connect(admin_dsn) as admin:
-        assert admin.execute(
-            "SELECT count(*) FROM pg_database WHERE datname = 'silo_test_escape'"
-        ).fetchone() == (0,)
+        assert admin.execute("SELECT count(*) FROM pg_database WHERE datname = 'silo_test_escape'").fetchone() == (0,)
     assert b.rows("SELECT count(*) FROM embeddings") == [(b.document.chunk_count,)]
 
 
@@ -249,7 +255,9 @@ def test_markup_in_titles_pdf_text_and_questions_is_escaped_on_pages_and_json_en
 
     dashboard = client.get(reverse("dashboard")).content.decode()
     history = client.get(reverse("chat"), {"c": b.conversation_id}).content.decode()
-    document_page = client.get(reverse("document_chat", args=[b.document.id]), {"c": b.conversation_id}).content.decode()
+    document_page = client.get(
+        reverse("document_chat", args=[b.document.id]), {"c": b.conversation_id}
+    ).content.decode()
     stream = client.post(reverse("chat_stream"), {"question": f"lamp {SCRIPT}", "document": b.document.id})
 
     for name, html in {"dashboard": dashboard, "history": history, "document page": document_page}.items():

@@ -71,7 +71,11 @@ def test_no_log_line_carries_a_tenant_password(tenant, owner, caplog, celery_wor
     # A login the server refuses is logged (with the DSN, redacted) before fresh credentials are fetched.
     get_registry().close_all()
     with psycopg.connect(tenant_services.vector_database_credentials(database)["migration_dsn"], autocommit=True) as c:
-        c.execute(sql.SQL("ALTER ROLE {} PASSWORD 'rotated-by-the-test-0123456789'").format(sql.Identifier(database.external_id)))
+        c.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD 'rotated-by-the-test-0123456789'").format(
+                sql.Identifier(database.external_id)
+            )
+        )
     assert list(chat_services.chat_turn(owner, "And the fog horn?"))[-1].kind == "done"
     secrets = sorted({*secrets, *secrets_of(database), "rotated-by-the-test-0123456789"})
     out = io.StringIO()
@@ -138,7 +142,9 @@ def test_no_page_or_json_of_the_app_or_the_admin_shows_a_tenant_password(tenant,
     for model in admin.site._registry:
         info = model._meta.app_label, model._meta.model_name
         admin_urls.append(reverse("admin:%s_%s_changelist" % info))
-        admin_urls += [reverse("admin:%s_%s_change" % info, args=[pk]) for pk in model.objects.values_list("pk", flat=True)]
+        admin_urls += [
+            reverse("admin:%s_%s_change" % info, args=[pk]) for pk in model.objects.values_list("pk", flat=True)
+        ]
     pages.update({url: staff.get(url) for url in admin_urls})
 
     assert {url: response.status_code for url, response in pages.items()} == dict.fromkeys(pages, 200)

@@ -32,7 +32,9 @@ def test_sign_up_refuses_an_email_that_is_taken_whatever_its_case(client, owner,
 
 
 def test_sign_in_with_email_and_password(client, owner):
-    response = client.post(reverse("account_login"), {"login": "owner@example.com", "password": "correct horse battery"})
+    response = client.post(
+        reverse("account_login"), {"login": "owner@example.com", "password": "correct horse battery"}
+    )
 
     assert response.status_code == 302
     assert client.get(reverse("dashboard")).status_code == 200

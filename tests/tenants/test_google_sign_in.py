@@ -217,9 +217,7 @@ def test_the_code_is_exchanged_with_the_client_secret_and_the_pkce_verifier(clie
     assert pkce_challenge(token_request.params["code_verifier"]) == code_challenge
 
 
-def test_a_second_sign_in_with_the_same_google_account_signs_in_the_same_user(
-    client, google, django_user_model
-):
+def test_a_second_sign_in_with_the_same_google_account_signs_in_the_same_user(client, google, django_user_model):
     sign_in_with_google(client)
     first_user = django_user_model.objects.get()
     client.logout()
@@ -333,9 +331,7 @@ def test_refusing_consent_at_google_creates_no_user_and_says_sign_in_was_cancell
 
 
 @pytest.mark.parametrize("endpoint", ["token", "userinfo"])
-def test_a_google_server_error_creates_no_user_and_shows_an_error_page(
-    client, google, django_user_model, endpoint
-):
+def test_a_google_server_error_creates_no_user_and_shows_an_error_page(client, google, django_user_model, endpoint):
     google.id_token_includes_picture = False  # so that the userinfo endpoint is called at all
     google.fail(endpoint, 500)
 
@@ -397,7 +393,6 @@ def test_a_google_slower_than_the_request_timeout_shows_an_error_page_instead_of
 
     assert isinstance(assert_third_party_login_failure(response), requests.Timeout)
     assert django_user_model.objects.count() == 0
-
 
 
 # --- Google One Tap: an id_token posted by Google's script, verified against Google's published certificates -------

@@ -192,9 +192,7 @@ def test_tenants_command_adds_shows_and_removes_a_tenant(capsys, admin_dsn):
 def test_reconcile_reports_orphans_and_missing_databases_then_fixes_them(owner, capsys, erase_tenants_afterwards):
     provisioner = get_provisioner()
     orphan = provisioner.create("orphan" + owner.email[:3], "local")
-    tracked = services.vector_database_provision(
-        VectorDatabase.objects.create(tenant=owner, provider="postgres").id
-    )
+    tracked = services.vector_database_provision(VectorDatabase.objects.create(tenant=owner, provider="postgres").id)
     provisioner.delete(tracked.external_id, tracked.server)  # gone behind the registry's back
 
     with pytest.raises(CommandError, match="disagree"):
@@ -214,9 +212,7 @@ def test_reconcile_reports_orphans_and_missing_databases_then_fixes_them(owner, 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_erasing_a_tenant_whose_provisioning_died_before_recording_its_database_drops_that_database(
-    owner, admin_dsn
-):
+def test_erasing_a_tenant_whose_provisioning_died_before_recording_its_database_drops_that_database(owner, admin_dsn):
     vector_database = VectorDatabase.objects.create(tenant=owner, provider="postgres")
     VectorDatabase.objects.filter(id=vector_database.id).update(status=Status.PROVISIONING, attempts=1)
     made = get_provisioner("postgres").create(vector_database.tenant_key)  # then the worker died

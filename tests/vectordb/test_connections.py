@@ -44,9 +44,7 @@ class TenantDatabase:
     server: dict
 
     def dsn(self, password: str | None = None) -> str:
-        return make_conninfo(
-            **dict(self.server, user=self.role, password=password or self.password, dbname=self.name)
-        )
+        return make_conninfo(**dict(self.server, user=self.role, password=password or self.password, dbname=self.name))
 
 
 class RecordingResolver:
@@ -449,9 +447,7 @@ def test_a_password_still_wrong_after_refresh_raises_and_leaves_nothing_open(mak
 
 def test_stale_credentials_are_replaced_by_the_refreshed_ones(make_registry, spare_database):
     registry = make_registry()
-    resolver = RecordingResolver(
-        spare_database, password="stale-password", refreshed_password=spare_database.password
-    )
+    resolver = RecordingResolver(spare_database, password="stale-password", refreshed_password=spare_database.password)
 
     assert marker(registry, resolver.target()) == spare_database.key
     assert marker(registry, resolver.target()) == spare_database.key
@@ -461,8 +457,11 @@ def test_stale_credentials_are_replaced_by_the_refreshed_ones(make_registry, spa
 def test_a_missing_database_is_not_retried_with_fresh_credentials(make_registry, spare_database):
     registry = make_registry()
     database = TenantDatabase(
-        key="missing", name="silo_conn_no_such_database", role=spare_database.role,
-        password=spare_database.password, server=spare_database.server,
+        key="missing",
+        name="silo_conn_no_such_database",
+        role=spare_database.role,
+        password=spare_database.password,
+        server=spare_database.server,
     )
     resolver = RecordingResolver(database)
 

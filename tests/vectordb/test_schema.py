@@ -174,7 +174,7 @@ def test_a_database_made_in_this_attempt_gets_lock_schema_and_records_in_one_rou
 
         assert len(sent) == 1
         assert sent[0].startswith("SELECT pg_advisory_xact_lock(")
-        assert "CREATE TABLE \"django_migrations\"" in sent[0] and "INSERT INTO tenant_settings" in sent[0]
+        assert 'CREATE TABLE "django_migrations"' in sent[0] and "INSERT INTO tenant_settings" in sent[0]
         assert version == tenant_migration_order()[-1]
         assert _schema(new) == _schema(django)
 

@@ -79,8 +79,13 @@ def chunks(document_id: int, count: int, seed: int) -> tuple[list[str], list[lis
     texts = [f"chunk {index} of {document_id}: {rng.choice(WORDS)} {rng.choice(WORDS)}" for index in range(count)]
     vectors = [unit_vector(rng) for _ in range(count)]
     metadatas = [
-        {"document_id": document_id, "chunk_index": index, "first_page": index + 1, "last_page": index + 2,
-         "source": "test.pdf"}
+        {
+            "document_id": document_id,
+            "chunk_index": index,
+            "first_page": index + 1,
+            "last_page": index + 2,
+            "source": "test.pdf",
+        }
         for index in range(count)
     ]
     ids = [store.chunk_id(document_id, index) for index in range(count)]

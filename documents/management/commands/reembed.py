@@ -27,9 +27,7 @@ class Command(BaseCommand):
                 raise CommandError(f"no user with email {user}")
             tenants = [tenant]
         else:
-            tenants = list(
-                User.objects.filter(vector_database__status=VectorDatabase.Status.READY).order_by("id")
-            )
+            tenants = list(User.objects.filter(vector_database__status=VectorDatabase.Status.READY).order_by("id"))
         failed_tenants, failed_documents = [], 0
         for tenant in tenants:
             try:
