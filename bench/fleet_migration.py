@@ -30,9 +30,9 @@ from tenants import services
 from tenants.models import VectorDatabase
 from tenants.provisioners import get_provisioner
 from tenants.provisioners.postgres import TEMPLATE_DATABASE
+from vectordb.dsn import Dsn
 from vectordb.fleet import FleetMember
 from vectordb.routers import TENANT_ALIAS_PREFIX
-from vectordb.schema import database_settings_from_dsn
 
 TARGETS = [Target("speedup", at_least=3, unit="x", label="speedup vs sequential")]
 
@@ -115,7 +115,7 @@ def _naive_migrate(members: list[FleetMember], target: str | None = None) -> Non
     for member in members:
         alias = f"{TENANT_ALIAS_PREFIX}bench_{member.key}"
         connections.settings[alias] = connections.configure_settings(
-            {"default": connections.settings["default"], alias: database_settings_from_dsn(member.dsn)}
+            {"default": connections.settings["default"], alias: Dsn.parse(_dsn(member)).django_settings()}
         )[alias]
         try:
             call_command("migrate", *arguments, database=alias, verbosity=0, interactive=False)
@@ -128,7 +128,7 @@ def _naive_migrate(members: list[FleetMember], target: str | None = None) -> Non
 def _expect_column(members: list[FleetMember], present: bool) -> None:
     wrong = []
     for member in members:
-        with psycopg.connect(member.dsn) as connection:
+        with psycopg.connect(_dsn(member)) as connection:
             found = connection.execute(
                 "SELECT 1 FROM information_schema.columns WHERE table_name = 'embeddings' AND column_name = %s",
                 [NEW_COLUMN],
@@ -137,6 +137,10 @@ def _expect_column(members: list[FleetMember], present: bool) -> None:
             wrong.append(member.key)
     if wrong:
         raise RuntimeError(f"{len(wrong)} tenants {'lack' if present else 'still have'} the {NEW_COLUMN} column")
+
+
+def _dsn(member: FleetMember) -> str:
+    return member.target.resolve_dsn(False)
 
 
 def _drop_template() -> None:

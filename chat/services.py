@@ -17,7 +17,7 @@ from django.conf import settings
 from documents.models import Document
 from documents.selectors import document_get_for_user, documents_for_user
 from tenants.services import TenantDatabaseNotReady, tenant_target
-from vectordb import conversations as store
+from vectordb import conversations
 from vectordb.connections import ConnectionCapacityExhausted, TenantTarget, get_registry
 from vectordb.embeddings import get_embedder
 from vectordb.search import SearchHit, hybrid_search, vector_search
@@ -141,7 +141,7 @@ def extractive_answer(citations: list[Citation], passages: int = 3) -> Iterator[
         yield from re.findall(r"\S+\s*", _excerpt(citation.text))
 
 
-def _prompt_messages(question: str, citations: list[Citation], history: list[store.MessageRecord]) -> list:
+def _prompt_messages(question: str, citations: list[Citation], history: list[conversations.MessageRecord]) -> list:
     from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
     sources = "\n\n".join(
@@ -169,13 +169,15 @@ def chat_model():
     )
 
 
-def model_answer(question: str, citations: list[Citation], history: list[store.MessageRecord]) -> Iterator[str]:
+def model_answer(question: str, citations: list[Citation], history: list[conversations.MessageRecord]) -> Iterator[str]:
     for chunk in chat_model().stream(_prompt_messages(question, citations, history)):
         if chunk.content:
             yield chunk.content
 
 
-def answer_stream(question: str, citations: list[Citation], history: list[store.MessageRecord]) -> Iterator[str]:
+def answer_stream(
+    question: str, citations: list[Citation], history: list[conversations.MessageRecord]
+) -> Iterator[str]:
     if settings.OPENAI_API_KEY:
         return model_answer(question, citations, history)
     return extractive_answer(citations)
@@ -203,14 +205,14 @@ def chat_turn(
         target = tenant_target(user)
         registry = get_registry()
         with registry.connection(target) as connection:
-            conversation = store.conversation_get(connection, conversation_id) if conversation_id else None
+            conversation = conversations.conversation_get(connection, conversation_id) if conversation_id else None
             if conversation_id and conversation is None:
                 yield ChatEvent("error", {"message": "That conversation no longer exists."})
                 return
             if conversation is None:
-                conversation = store.conversation_create(connection, _title(question), document_id)
-            history = store.messages_list(connection, conversation.id)
-            store.message_add(connection, conversation.id, "user", question)
+                conversation = conversations.conversation_create(connection, _title(question), document_id)
+            history = conversations.messages_list(connection, conversation.id)
+            conversations.message_add(connection, conversation.id, "user", question)
         yield ChatEvent("conversation", {"id": str(conversation.id), "title": conversation.title})
         earlier = [message.content for message in history if message.role == "user"]
         citations = chunks_retrieve(user, retrieval_query(question, earlier), conversation.document_id, target=target)
@@ -225,11 +227,15 @@ def chat_turn(
             partial = "".join(answer)
             message = "The language model stopped responding before the answer was complete. Please try again."
             with registry.connection(target) as connection:
-                store.message_add(connection, conversation.id, "assistant", partial, [asdict(c) for c in citations])
+                conversations.message_add(
+                    connection, conversation.id, "assistant", partial, [asdict(c) for c in citations]
+                )
             yield ChatEvent("error", {"message": message})
             return
         with registry.connection(target) as connection:
-            store.message_add(connection, conversation.id, "assistant", "".join(answer), [asdict(c) for c in citations])
+            conversations.message_add(
+                connection, conversation.id, "assistant", "".join(answer), [asdict(c) for c in citations]
+            )
         yield ChatEvent("done", {"extractive": not settings.OPENAI_API_KEY})
     except QuestionRejected as error:
         yield ChatEvent("error", {"message": str(error)})
@@ -253,22 +259,22 @@ def _title(question: str) -> str:
 # --- conversations -----------------------------------------------------------------------------------------------------
 
 
-def conversations_for_user(user, document_id: int | None = None) -> list[store.ConversationRecord]:
+def conversations_for_user(user, document_id: int | None = None) -> list[conversations.ConversationRecord]:
     with get_registry().connection(tenant_target(user)) as connection:
-        return store.conversations_list(connection, document_id)
+        return conversations.conversations_list(connection, document_id)
 
 
 def conversation_with_messages(
     user, conversation_id: str
-) -> tuple[store.ConversationRecord, list[store.MessageRecord]] | None:
+) -> tuple[conversations.ConversationRecord, list[conversations.MessageRecord]] | None:
     with get_registry().connection(tenant_target(user)) as connection:
-        conversation = store.conversation_get(connection, conversation_id)
+        conversation = conversations.conversation_get(connection, conversation_id)
         if conversation is None:
             return None
-        return conversation, store.messages_list(connection, conversation.id)
+        return conversation, conversations.messages_list(connection, conversation.id)
 
 
 def conversation_delete(user, conversation_id: str) -> bool:
     with get_registry().connection(tenant_target(user)) as connection:
-        conversation = store.conversation_get(connection, conversation_id)
-        return bool(conversation) and store.conversation_delete(connection, conversation.id)
+        conversation = conversations.conversation_get(connection, conversation_id)
+        return bool(conversation) and conversations.conversation_delete(connection, conversation.id)

@@ -198,6 +198,26 @@ TENANT_POOL_MAX_PER_TENANT = env_int("TENANT_POOL_MAX_PER_TENANT", 4, minimum=1)
 TENANT_POOL_IDLE_SECONDS = env_float("TENANT_POOL_IDLE_SECONDS", 300.0, minimum=1)
 TENANT_MIGRATION_JOBS = env_int("TENANT_MIGRATION_JOBS", 8, minimum=1)
 
+# What one tenant role may take of a PostgreSQL server we administer, however it connects (a stolen password
+# included): every app process keeps up to TENANT_POOL_MAX_PER_TENANT connections of its own, so the role's limit
+# sits above that; idle sessions and transactions end; temporary files are bounded (only a superuser can lift that).
+TENANT_ROLE_CONNECTION_LIMIT = env_int("TENANT_ROLE_CONNECTION_LIMIT", 20, minimum=1)
+if not TENANT_POOL_MAX_PER_TENANT < TENANT_ROLE_CONNECTION_LIMIT <= 50:
+    raise ImproperEnvironment(
+        f"TENANT_ROLE_CONNECTION_LIMIT={TENANT_ROLE_CONNECTION_LIMIT} must be above TENANT_POOL_MAX_PER_TENANT "
+        f"({TENANT_POOL_MAX_PER_TENANT}) and at most 50"
+    )
+TENANT_ROLE_IDLE_SESSION_TIMEOUT_SECONDS = env_int("TENANT_ROLE_IDLE_SESSION_TIMEOUT_SECONDS", 900, minimum=1)
+if TENANT_ROLE_IDLE_SESSION_TIMEOUT_SECONDS <= TENANT_POOL_IDLE_SECONDS:
+    raise ImproperEnvironment(
+        f"TENANT_ROLE_IDLE_SESSION_TIMEOUT_SECONDS={TENANT_ROLE_IDLE_SESSION_TIMEOUT_SECONDS} must be above "
+        f"TENANT_POOL_IDLE_SECONDS ({TENANT_POOL_IDLE_SECONDS:g}): the pool closes idle connections first"
+    )
+TENANT_ROLE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS = env_int(
+    "TENANT_ROLE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS", 300, minimum=1
+)
+TENANT_ROLE_TEMP_FILE_LIMIT_MB = env_int("TENANT_ROLE_TEMP_FILE_LIMIT_MB", 1024, minimum=1)
+
 # --- embeddings, retrieval and chat --------------------------------------------------------------------------------
 
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")

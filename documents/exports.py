@@ -8,8 +8,8 @@ from documents.models import Document
 from tenants.selectors import vector_database_for_tenant
 from tenants.services import TenantDatabaseNotReady, tenant_target
 from vectordb import conversations
+from vectordb.chunks import chunks_export
 from vectordb.connections import get_registry
-from vectordb.store import chunks_export
 
 
 def tenant_export(user) -> dict:

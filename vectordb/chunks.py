@@ -73,10 +73,6 @@ def chunks_delete(connection: psycopg.Connection, document_id: int) -> int:
         return connection.execute("DELETE FROM embeddings WHERE document_id = %s", [document_id]).rowcount
 
 
-def chunk_count(connection: psycopg.Connection, document_id: int) -> int:
-    return connection.execute("SELECT count(*) FROM embeddings WHERE document_id = %s", [document_id]).fetchone()[0]
-
-
 def chunks_export(connection: psycopg.Connection, document_ids: Sequence[int]) -> list[dict]:
     """Every chunk of these documents, for a tenant's data export (text and provenance; vectors are derived data)."""
     rows = connection.execute(
@@ -95,51 +91,3 @@ def chunks_export(connection: psycopg.Connection, document_ids: Sequence[int]) -
         }
         for row in rows
     ]
-
-
-# --- changing the embedding model ------------------------------------------------------------------------------------
-
-EMBEDDING_INDEX_NAME = "embeddings_embedding_hnsw"
-# pgvector's HNSW index takes `vector` columns of at most 2,000 dimensions.
-HNSW_MAX_DIMENSIONS = 2000
-
-
-def embedding_column_dimensions(connection: psycopg.Connection) -> int | None:
-    """The dimension the `embeddings.embedding` column is declared with (None when it has no fixed dimension)."""
-    row = connection.execute(
-        "SELECT atttypmod FROM pg_attribute WHERE attrelid = 'embeddings'::regclass AND attname = 'embedding'"
-    ).fetchone()
-    return row[0] if row and row[0] > 0 else None
-
-
-def embedding_dimension_change(connection: psycopg.Connection, dimensions: int) -> int:
-    """Empty the `embeddings` table and make its column hold `dimensions`-dimensional vectors, in one transaction.
-
-    Vectors of two models are never comparable, so every chunk goes: the caller re-embeds the documents afterwards.
-    The HNSW index is dropped before the type change and made again after it, declared as the tenant migration
-    declares it (cosine opclass: search sorts by cosine distance). Returns how many chunks were deleted.
-    """
-    if not 1 <= dimensions <= HNSW_MAX_DIMENSIONS:
-        raise ValueError(
-            f"embeddings of {dimensions} dimensions cannot be indexed (HNSW takes 1 to {HNSW_MAX_DIMENSIONS})"
-        )
-    with connection.transaction():
-        # Taken first, so a concurrent chunk writer waits here rather than failing half-way through the change.
-        connection.execute("LOCK TABLE embeddings IN ACCESS EXCLUSIVE MODE")
-        deleted = connection.execute("DELETE FROM embeddings").rowcount
-        connection.execute(
-            psycopg.sql.SQL("DROP INDEX IF EXISTS {}").format(psycopg.sql.Identifier(EMBEDDING_INDEX_NAME))
-        )
-        connection.execute(
-            psycopg.sql.SQL("ALTER TABLE embeddings ALTER COLUMN embedding TYPE vector({})").format(
-                psycopg.sql.Literal(dimensions)
-            )
-        )
-        connection.execute(
-            # The same parameters as the tenant migration's HnswIndex.
-            psycopg.sql.SQL(
-                "CREATE INDEX {} ON embeddings USING hnsw (embedding vector_cosine_ops) "
-                "WITH (m = 16, ef_construction = 64)"
-            ).format(psycopg.sql.Identifier(EMBEDDING_INDEX_NAME))
-        )
-    return deleted

@@ -1,7 +1,7 @@
 """langchain-postgres' v2 `PGVectorStore` over a tenant's own `embeddings` table, with our column names.
 
 The LangChain-facing interface to a tenant's chunks (`as_retriever()`, `add_texts`, `similarity_search`...). The app's
-own hot paths (`vectordb.store.chunks_replace`, `vectordb.search`) stay plain SQL: see bench/vector_store.py for why.
+own hot paths (`vectordb.chunks.chunks_replace`, `vectordb.search`) stay plain SQL: see bench/vector_store.py for why.
 
 Connections. PGEngine needs a SQLAlchemy AsyncEngine; our `TenantConnectionRegistry` hands out sync psycopg
 connections and is the only thing allowed to open tenant connections (it enforces the cap across tenants). So the

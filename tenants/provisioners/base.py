@@ -23,8 +23,6 @@ class ProvisionedDatabase:
     server: str  # administered server's name, or "neon"
     dsn: str  # for application traffic (Neon: the pooled endpoint)
     migration_dsn: str  # direct connection, for schema migrations
-    schema_version: str = ""  # known tenant schema version (a fresh clone of a current template), else ""
-    new_database: bool = False  # made empty by this very call: no schema in it yet
 
     def __repr__(self) -> str:  # keep credentials out of logs and tracebacks
         return f"ProvisionedDatabase(external_id={self.external_id!r}, region={self.region!r}, server={self.server!r})"

@@ -7,7 +7,6 @@ exponential back-off; every request has a timeout. Credentials (the API key, con
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import random
@@ -111,7 +110,7 @@ class NeonProvisioner:
 
     def create(self, tenant_key: str, region: str | None = None, *, first_attempt: bool = False) -> ProvisionedDatabase:
         """The tenant's project, created or found again, with its operations finished. pgvector comes with the
-        schema: `tenant_database_prepare` installs it in the same connection and transaction as the migration.
+        schema: `tenant_database_prepare` installs it in the same transaction as the migration.
 
         `first_attempt`: no earlier attempt for this tenant key exists (keys are random and never reused), so no
         project can carry its name yet and the search before the first POST is skipped.
@@ -127,7 +126,6 @@ class NeonProvisioner:
         else:
             self._wait_for_operations(client, project["id"], started=created.get("operations", []))
             database = self._created_connection_details(project, created) or self._connection_details(client, project)
-            database = dataclasses.replace(database, new_database=True)  # a project we just made: empty
         logger.info("Neon project %s ready for tenant %s", project["id"], tenant_key)
         return database
 

@@ -13,8 +13,8 @@ from tenants import services
 from tenants.crypto import decrypt_credentials
 from tenants.models import User, VectorDatabase
 from tenants.provisioners import get_provisioner
-from tests.helpers import wait_for_database_status
-from vectordb.schema import embedding_model_of, latest_schema_version
+from tests.helpers import embedding_model_of, wait_for_database_status
+from vectordb.schema import latest_schema_version
 
 Status = VectorDatabase.Status
 
@@ -83,7 +83,7 @@ def test_provisioning_the_same_tenant_from_two_workers_at_once_yields_one_databa
 
         try:
             results.append(services.vector_database_provision(vector_database.id).status)
-        except Exception as error:  # noqa: BLE001 - collected and asserted below
+        except Exception as error:
             errors.append(error)
         finally:
             connection.close()

@@ -55,11 +55,12 @@ class Command(BaseCommand):
 
 
 def _summary(report: services.ReembedReport) -> str:
-    model, dimensions = report.model
+    model, dimensions = report.model.name, report.model.dimensions
     if report.model_changed and report.previous_model == report.model:
         switched = f"embedding column rebuilt for {model} ({dimensions} dims), {report.chunks_deleted} chunks deleted"
     elif report.model_changed:
-        previous = f"{report.previous_model[0]} ({report.previous_model[1]} dims)" if report.previous_model else "none"
+        before = report.previous_model
+        previous = f"{before.name} ({before.dimensions} dims)" if before else "none"
         switched = f"switched from {previous} to {model} ({dimensions} dims), {report.chunks_deleted} chunks deleted"
     else:
         switched = f"already on {model} ({dimensions} dims)"
