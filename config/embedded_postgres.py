@@ -183,6 +183,10 @@ def _start(server: EmbeddedServer, fast_unsafe: bool) -> None:
         "-c max_connections=500",
         "-c shared_buffers=256MB",
         "-c maintenance_work_mem=256MB",
+        # For every session, ours included: a transaction left open cannot hold locks and snapshots for ever, and
+        # no query fills the disk with temporary files. (Tenant roles get tighter limits of their own.)
+        "-c idle_in_transaction_session_timeout=10min",
+        "-c temp_file_limit=4GB",
     ]
     if fast_unsafe:
         # Tests and benchmarks only: no crash safety, much faster CREATE DATABASE and bulk writes.

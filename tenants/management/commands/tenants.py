@@ -8,7 +8,7 @@ from tenants.models import User, VectorDatabase
 
 
 class Command(BaseCommand):
-    help = "Operate the fleet of tenant databases: add, show, dsn, remove, list, reconcile."
+    help = "Operate the fleet of tenant databases: add, show, dsn, remove, list, reconcile, limits."
 
     def add_arguments(self, parser: CommandParser) -> None:
         subcommands = parser.add_subparsers(dest="subcommand", required=True)
@@ -26,6 +26,10 @@ class Command(BaseCommand):
         listing.add_argument("--json", action="store_true")
         reconcile = subcommands.add_parser("reconcile", help="Compare the registry with the provider.")
         reconcile.add_argument("--apply", action="store_true", help="Delete orphans, re-provision what is missing.")
+        limits = subcommands.add_parser(
+            "limits", help="Check every tenant role against what one tenant may take of a shared server."
+        )
+        limits.add_argument("--apply", action="store_true", help="Bring the tenants found under the bounds.")
 
     def handle(self, *args, subcommand: str, **options) -> None:
         getattr(self, f"_{subcommand}")(**options)
@@ -109,6 +113,21 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS("registry and provider agree"))
         elif not apply:
             raise CommandError("registry and provider disagree; run with --apply to fix")
+
+    def _limits(self, apply: bool, **_) -> None:
+        report = services.tenants_bound(apply=apply)
+        for label, missing in report.outside.items():
+            self.stdout.write(f"{label}: {'; '.join(missing)}")
+        for label in report.fixed:
+            self.stdout.write(f"fixed: {label}")
+        if not report.outside:
+            self.stdout.write(self.style.SUCCESS("every tenant database is under the bounds"))
+        elif not apply:
+            count = len(report.outside)
+            raise CommandError(
+                f"{count} tenant database{' is' if count == 1 else 's are'} not under the bounds; "
+                "run with --apply to fix"
+            )
 
 
 def _json(value) -> str:
