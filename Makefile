@@ -8,11 +8,12 @@ CHROMIUM := /usr/bin/chromium
 
 .PHONY: run test bench install clean-data lint
 
-# The app packages pass the linter and the formatter's check (configured in pyproject.toml).
+# The app packages pass the linter, the formatter's check and the type checker (all configured in pyproject.toml).
 LINTED := config tenants documents chat vectordb
 lint: $(STAMP)
 	$(BIN)/python -m ruff check $(LINTED)
 	$(BIN)/python -m ruff format --check $(LINTED) tests bench
+	$(BIN)/python -m mypy
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)

@@ -27,7 +27,7 @@ from tenants import services
 from tenants.models import VectorDatabase
 from vectordb import chunks, search
 from vectordb.connections import get_registry
-from vectordb.vector_store import document_filter, hybrid_search_config, tenant_vector_store
+from bench.langchain_baseline import document_filter, hybrid_search_config, tenant_vector_store
 
 TARGETS: list[Target] = []  # a comparison, not a gate
 

@@ -142,13 +142,13 @@ def extractive_answer(citations: list[Citation], passages: int = 3) -> Iterator[
 
 
 def _prompt_messages(question: str, citations: list[Citation], history: list[conversations.MessageRecord]) -> list:
-    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
     sources = "\n\n".join(
         f"[{c.number}] {c.title}, page {c.page}{'' if c.page == c.page_end else f'-{c.page_end}'}:\n{c.text}"
         for c in citations
     )
-    messages = [SystemMessage(SYSTEM_PROMPT.format(sources=sources or "(no passages found)"))]
+    messages: list[BaseMessage] = [SystemMessage(SYSTEM_PROMPT.format(sources=sources or "(no passages found)"))]
     for message in history[-settings.CHAT_HISTORY_MESSAGES :] if settings.CHAT_HISTORY_MESSAGES else []:
         messages.append(HumanMessage(message.content) if message.role == "user" else AIMessage(message.content))
     messages.append(HumanMessage(question))
@@ -157,11 +157,12 @@ def _prompt_messages(question: str, citations: list[Citation], history: list[con
 
 def chat_model():
     from langchain_openai import ChatOpenAI
+    from pydantic import SecretStr
 
     return ChatOpenAI(
         model=settings.CHAT_MODEL,
         temperature=0,
-        api_key=settings.OPENAI_API_KEY,
+        api_key=SecretStr(settings.OPENAI_API_KEY),
         base_url=settings.OPENAI_BASE_URL or None,
         timeout=settings.CHAT_REQUEST_TIMEOUT_SECONDS,
         max_retries=2,
@@ -277,4 +278,4 @@ def conversation_with_messages(
 def conversation_delete(user, conversation_id: str) -> bool:
     with get_registry().connection(tenant_target(user)) as connection:
         conversation = conversations.conversation_get(connection, conversation_id)
-        return bool(conversation) and conversations.conversation_delete(connection, conversation.id)
+        return conversation is not None and conversations.conversation_delete(connection, conversation.id)

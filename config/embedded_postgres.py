@@ -217,7 +217,9 @@ def ensure_running(data_root: Path, fast_unsafe: bool = False) -> EmbeddedServer
         if _postmaster_pid(server.pgdata) is None:
             _prepare_permissions(data_root)  # a parent folder's mode may have changed since initdb
             _start(server, fast_unsafe)
-            server = _load(data_root)
+            restarted = _load(data_root)
+            assert restarted is not None  # _start saved where it listens
+            server = restarted
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not _accepts_connections(server.port):
             if time.monotonic() > deadline:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.utils import timezone
 
 from documents.models import Document
@@ -15,7 +17,7 @@ from vectordb.connections import get_registry
 def tenant_export(user) -> dict:
     documents = list(Document.objects.filter(owner=user).order_by("id"))
     vector_database = vector_database_for_tenant(user)
-    export = {
+    export: dict[str, Any] = {
         "exported_at": timezone.now().isoformat(),
         "account": {"email": user.email, "name": user.name, "date_joined": user.date_joined.isoformat()},
         "database": {

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import psycopg
 from django.conf import settings
@@ -79,6 +80,8 @@ def _title_from_filename(filename: str) -> str:
 def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = True) -> Document:
     """Store an uploaded PDF and queue its ingestion (unless the caller ingests in-process). Refuses what is plainly
     not an acceptable PDF."""
+    # Django's uploads and the commands' files always have them (the types allow None).
+    assert uploaded_file.name is not None and uploaded_file.size is not None and uploaded_file.file is not None
     if uploaded_file.size == 0:
         raise DocumentRejected(f"{uploaded_file.name}: this file is empty.")
     if uploaded_file.size > settings.UPLOAD_MAX_BYTES:
@@ -89,7 +92,9 @@ def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = T
     head = uploaded_file.read(1024)
     if b"%PDF-" not in head:
         raise DocumentRejected(f"{uploaded_file.name}: this file is not a PDF.")
-    pages = page_count(uploaded_file.file)  # milliseconds, and the user hears now rather than after the queue
+    pages = page_count(
+        cast(BinaryIO, uploaded_file.file)
+    )  # milliseconds, and the user hears now rather than after the queue
     if pages is not None and pages > settings.UPLOAD_MAX_PAGES:
         raise DocumentRejected(
             f"{uploaded_file.name}: this PDF has {pages:,} pages; Silo accepts up to {settings.UPLOAD_MAX_PAGES:,}."
@@ -367,7 +372,7 @@ def documents_reembed(tenant: User, on_document: Callable[[Document], None] | No
         if document is None:
             report.skipped.append(document_id)
             continue
-        {Status.READY: report.ready, Status.FAILED: report.failed}.get(document.status, report.skipped).append(
+        {Status.READY: report.ready, Status.FAILED: report.failed}.get(Status(document.status), report.skipped).append(
             document_id
         )
         _notify(on_document, document)

@@ -9,11 +9,12 @@ from django.views.decorators.http import require_GET, require_POST
 
 from documents import selectors, services
 from tenants import selectors as tenant_selectors
+from tenants.models import AuthenticatedHttpRequest
 
 
 @login_required
 @require_GET
-def dashboard(request: HttpRequest) -> HttpResponse:
+def dashboard(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The tenant's home: their database's state, their documents with live progress, the upload area."""
     vector_database = tenant_selectors.vector_database_for_tenant(request.user)
     database = tenant_selectors.vector_database_status_payload(vector_database)

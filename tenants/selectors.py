@@ -32,7 +32,7 @@ def vector_database_status_payload(vector_database: VectorDatabase | None) -> di
     }
     return {
         "status": vector_database.status,
-        "label": labels[vector_database.status],
+        "label": labels[Status(vector_database.status)],
         "busy": vector_database.is_busy,
         "can_retry": vector_database.status == Status.FAILED,
         "provider": vector_database.provider,

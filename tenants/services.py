@@ -271,9 +271,11 @@ def tenants_bound(apply: bool = False) -> BoundsReport:
     (connection limit, session limits, no advisory locks, no way into the server's own databases); with `apply`,
     bring those outside under the bounds. Databases made before the bounds existed are the ones found."""
     report = BoundsReport()
-    provisioner = get_provisioner("postgres") if settings.TENANT_POSTGRES_SERVERS else None
-    if provisioner is None:
+    if not settings.TENANT_POSTGRES_SERVERS:
         return report  # Neon: every tenant has a server (a compute) of its own
+    from tenants.provisioners.postgres import PostgresProvisioner
+
+    provisioner = PostgresProvisioner.from_settings()
     rows = VectorDatabase.objects.filter(status=Status.READY, provider="postgres").select_related("tenant")
     for row in rows.order_by("id"):
         label = row.tenant.email if row.tenant else row.tenant_key

@@ -7,6 +7,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from tenants import selectors, services
+from tenants.models import AuthenticatedHttpRequest
 
 
 @require_GET
@@ -18,14 +19,14 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
-def database_status(request: HttpRequest) -> JsonResponse:
+def database_status(request: AuthenticatedHttpRequest) -> JsonResponse:
     vector_database = selectors.vector_database_for_tenant(request.user)
     return JsonResponse(selectors.vector_database_status_payload(vector_database))
 
 
 @login_required
 @require_POST
-def database_retry(request: HttpRequest) -> HttpResponse:
+def database_retry(request: AuthenticatedHttpRequest) -> HttpResponse:
     if selectors.vector_database_for_tenant(request.user) is None:
         services.vector_database_request(request.user)
     else:
@@ -42,7 +43,7 @@ def account(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_POST
-def account_delete(request: HttpRequest) -> HttpResponse:
+def account_delete(request: AuthenticatedHttpRequest) -> HttpResponse:
     if request.POST.get("confirm_email", "").strip().lower() != request.user.email:
         messages.error(request, "Type your email address exactly to confirm deleting your account.")
         return redirect("account")

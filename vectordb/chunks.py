@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 # Chunk ids derive from (document, index), so the same chunk always has the same id in every run.
@@ -45,7 +46,7 @@ def chunks_replace(connection: psycopg.Connection, document_id: int, records: Se
     with connection.transaction():
         connection.execute("DELETE FROM embeddings WHERE document_id = %s", [document_id])
         register_vector(connection)  # cheap when already registered; binary COPY needs the vector dumper
-        created_at = connection.execute("SELECT now()").fetchone()[0]
+        (created_at,) = connection.execute("SELECT now()").fetchone() or (None,)
         with (
             connection.cursor() as cursor,
             cursor.copy(f"COPY embeddings ({_COPY_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy,
@@ -75,19 +76,9 @@ def chunks_delete(connection: psycopg.Connection, document_id: int) -> int:
 
 def chunks_export(connection: psycopg.Connection, document_ids: Sequence[int]) -> list[dict]:
     """Every chunk of these documents, for a tenant's data export (text and provenance; vectors are derived data)."""
-    rows = connection.execute(
-        "SELECT document_id, chunk_index, first_page, last_page, content, metadata FROM embeddings "
-        "WHERE document_id = ANY(%s) ORDER BY document_id, chunk_index",
-        [list(document_ids)],
-    ).fetchall()
-    return [
-        {
-            "document_id": row[0],
-            "chunk_index": row[1],
-            "first_page": row[2],
-            "last_page": row[3],
-            "content": row[4],
-            "metadata": row[5],
-        }
-        for row in rows
-    ]
+    with connection.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(
+            "SELECT document_id, chunk_index, first_page, last_page, content, metadata FROM embeddings "
+            "WHERE document_id = ANY(%s) ORDER BY document_id, chunk_index",
+            [list(document_ids)],
+        ).fetchall()

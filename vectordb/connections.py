@@ -435,7 +435,8 @@ class TenantConnectionRegistry:
 
 def database_size_bytes(connection: psycopg.Connection) -> int:
     """On-disk size of the database this connection is in."""
-    return connection.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    (size,) = connection.execute("SELECT pg_database_size(current_database())").fetchone() or (0,)
+    return size
 
 
 def _no_dsn(refresh: bool) -> str:

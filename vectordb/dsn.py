@@ -63,10 +63,11 @@ class Dsn:
 
     def redacted(self) -> str:
         """Fit for logs and error messages: everything but the password."""
-        params = {"host": self.host, "port": self.port, "dbname": self.database, "user": self.user, **self.options}
+        params = {"host": self.host, "port": str(self.port or ""), "dbname": self.database, "user": self.user}
+        params |= self.options
         if self.password:
             params["password"] = "***"
-        return make_conninfo(**{key: value for key, value in params.items() if value not in ("", None)})
+        return make_conninfo(**{key: value for key, value in params.items() if value})
 
     def django_settings(self, **overrides: object) -> dict:
         """A Django DATABASES entry for this database (the query options become connection OPTIONS)."""

@@ -45,3 +45,6 @@ class Provisioner(Protocol):
 
     def dsn(self, external_id: str, server: str) -> ProvisionedDatabase:
         """Fresh connection details for an existing database (e.g. after a failed login)."""
+
+    def list_databases(self) -> list[tuple[str, str]]:
+        """(server, external_id) of every tenant database the provider has, for reconciliation."""

@@ -19,7 +19,7 @@ from tenants.models import VectorDatabase
 from vectordb import search
 from vectordb.chunks import chunk_id
 from vectordb.connections import TenantConnectionRegistry, TenantTarget
-from vectordb.vector_store import (
+from bench.langchain_baseline import (
     TenantVectorStore,
     document_filter,
     hybrid_search_config,
