@@ -21,6 +21,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from config.celery import enqueue
 from documents.chunking import Chunk, chunk_pages
 from documents.models import Document
 from documents.parsing import UnreadablePdf, extract_pages, inspect_pdf, page_count
@@ -133,10 +134,8 @@ def _count_upload(owner) -> None:
 
 
 def _enqueue_ingest(document: Document) -> None:
-    from documents.tasks import ingest_document
-
     document_id = document.id
-    transaction.on_commit(lambda: ingest_document.delay(document_id))
+    transaction.on_commit(lambda: enqueue("documents.tasks.ingest_document", document_id))
 
 
 # --- ingest -------------------------------------------------------------------------------------------------------

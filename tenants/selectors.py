@@ -7,6 +7,11 @@ from tenants.services import vector_database_target
 from vectordb.connections import database_size_bytes, get_registry
 
 
+def user_by_email(email: str) -> User | None:
+    """The user with this email, case and surrounding spaces ignored (emails are unique case-insensitively)."""
+    return User.objects.filter(email__iexact=email.strip()).first()
+
+
 def vector_database_for_tenant(tenant: User) -> VectorDatabase | None:
     return VectorDatabase.objects.filter(tenant=tenant).first()
 

@@ -15,6 +15,7 @@ from django.db import DatabaseError, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
+from config.celery import enqueue
 from tenants.crypto import decrypt_credentials, encrypt_credentials
 from tenants.models import User, VectorDatabase
 from tenants.provisioners import ProvisionedDatabase, ProvisioningError, QuotaExceeded, get_provisioner
@@ -48,9 +49,7 @@ class ProvisioningFailed(Exception):
 
 
 def _enqueue_provisioning(vector_database_id: int) -> None:
-    from tenants.tasks import provision_vector_database
-
-    transaction.on_commit(lambda: provision_vector_database.delay(vector_database_id))
+    transaction.on_commit(lambda: enqueue("tenants.tasks.provision_vector_database", vector_database_id))
 
 
 def vector_database_request(tenant: User, region: str | None = None) -> VectorDatabase:
@@ -171,14 +170,12 @@ def vector_database_credentials(vector_database: VectorDatabase, refresh: bool =
 
 def account_delete_request(tenant: User) -> None:
     """The user asked to delete their account: lock it now, erase everything in the background."""
-    from tenants.tasks import erase_tenant
-
     User.objects.filter(id=tenant.id).update(is_active=False)
     VectorDatabase.objects.filter(tenant=tenant).exclude(status=Status.DELETED).update(
         status=Status.DELETING, updated_at=timezone.now()
     )
     tenant_id = tenant.id
-    transaction.on_commit(lambda: erase_tenant.delay(tenant_id))
+    transaction.on_commit(lambda: enqueue("tenants.tasks.erase_tenant", tenant_id))
 
 
 def tenant_erase(tenant_id: int) -> bool:

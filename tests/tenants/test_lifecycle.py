@@ -184,7 +184,7 @@ def test_tenants_command_adds_shows_and_removes_a_tenant(capsys, admin_dsn):
     assert not User.objects.filter(email="ops@example.com").exists()
     assert not _database_exists(admin_dsn, vector_database.external_id)
 
-    with pytest.raises(CommandError, match="no tenant with email"):
+    with pytest.raises(CommandError, match="no user with email"):
         call_command("tenants", "show", "ops@example.com")
 
 

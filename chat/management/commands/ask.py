@@ -5,6 +5,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from chat import services
+from tenants.management.lookup import user_for_command
 from tenants.models import User
 from tenants.services import TenantDatabaseNotReady
 
@@ -23,9 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("question", nargs="?", default=None)
 
     def handle(self, *args, **options) -> None:
-        user = User.objects.filter(email__iexact=options["user"].strip()).first()
-        if user is None:
-            raise CommandError(f"no user with email {options['user']}")
+        user = user_for_command(options["user"])
         if options["batch"]:
             questions = [line.strip() for line in options["batch"].read_text().splitlines() if line.strip()]
             as_json = True

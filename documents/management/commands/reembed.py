@@ -3,6 +3,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from documents import services
 from documents.models import Document
+from tenants.management.lookup import user_for_command
 from tenants.models import User, VectorDatabase
 from tenants.services import TenantDatabaseNotReady
 from vectordb.connections import ConnectionCapacityExhausted
@@ -22,10 +23,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, user: str | None, all: bool, **options) -> None:
         if user:
-            tenant = User.objects.filter(email__iexact=user.strip()).first()
-            if tenant is None:
-                raise CommandError(f"no user with email {user}")
-            tenants = [tenant]
+            tenants = [user_for_command(user)]
         else:
             tenants = list(User.objects.filter(vector_database__status=VectorDatabase.Status.READY).order_by("id"))
         failed_tenants, failed_documents = [], 0

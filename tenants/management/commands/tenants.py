@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tenants import selectors, services
 from tenants.crypto import decrypt_credentials
+from tenants.management.lookup import user_for_command
 from tenants.models import User, VectorDatabase
 
 
@@ -34,20 +35,14 @@ class Command(BaseCommand):
     def handle(self, *args, subcommand: str, **options) -> None:
         getattr(self, f"_{subcommand}")(**options)
 
-    def _tenant(self, email: str) -> User:
-        tenant = User.objects.filter(email__iexact=email.strip()).first()
-        if tenant is None:
-            raise CommandError(f"no tenant with email {email}")
-        return tenant
-
     def _vector_database(self, email: str) -> VectorDatabase:
-        vector_database = selectors.vector_database_for_tenant(self._tenant(email))
+        vector_database = selectors.vector_database_for_tenant(user_for_command(email))
         if vector_database is None:
             raise CommandError(f"{email} has no vector database; run `tenants add {email}`")
         return vector_database
 
     def _add(self, email: str, region: str | None, **_) -> None:
-        tenant = User.objects.filter(email__iexact=email.strip()).first()
+        tenant = selectors.user_by_email(email)
         if tenant is None:
             tenant = User.objects.create_user(email=email.strip())  # no password: signs in with a reset or Google
             self.stdout.write(f"created user {tenant.email}")
@@ -79,8 +74,7 @@ class Command(BaseCommand):
         self.stdout.write(decrypt_credentials(vector_database.encrypted_credentials)["dsn"])
 
     def _remove(self, email: str, **_) -> None:
-        tenant = self._tenant(email)
-        services.tenant_erase(tenant.id)
+        services.tenant_erase(user_for_command(email).id)
         self.stdout.write(self.style.SUCCESS(f"{email}: database dropped and account deleted"))
 
     def _list(self, json: bool, **_) -> None:
