@@ -11,7 +11,6 @@ import hashlib
 import json
 import secrets
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlparse
 
 from config.environment import (
     ImproperEnvironment,
@@ -22,6 +21,7 @@ from config.environment import (
     env_str,
 )
 from config.settings_paths import BASE_DIR, data_root_from_environment
+from vectordb.dsn import Dsn, InvalidDsn
 
 DATA_DIR: Path = data_root_from_environment()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -98,25 +98,17 @@ TEMPLATES = [
 
 
 def database_from_url(url: str) -> dict:
-    parsed = urlparse(url)
-    if parsed.scheme not in {"postgres", "postgresql"}:
-        raise ImproperEnvironment(f"DATABASE_URL must be a postgresql:// URL, got scheme {parsed.scheme!r}")
-    options = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": unquote(parsed.path.lstrip("/")) or "postgres",
-        "USER": unquote(parsed.username or ""),
-        "PASSWORD": unquote(parsed.password or ""),
-        "HOST": parsed.hostname or "",
-        "PORT": str(parsed.port or ""),
-        # A pool per process (psycopg_pool, through Django): under ASGI, Django's persistent connections would
-        # pile up one per thread instead.
-        "OPTIONS": {
-            "pool": {"min_size": 1, "max_size": env_int("DATABASE_POOL_MAX_SIZE", 32, minimum=1), "timeout": 10}
-        }
-        | options,
-        "CONN_MAX_AGE": 0,
-    }
+    scheme = url.partition("://")[0]
+    if scheme not in {"postgres", "postgresql"}:
+        raise ImproperEnvironment(f"DATABASE_URL must be a postgresql:// URL, got scheme {scheme!r}")
+    try:
+        parsed = Dsn.parse(url)
+    except InvalidDsn as error:
+        raise ImproperEnvironment(f"DATABASE_URL is not valid: {error}") from None
+    pool = {"min_size": 1, "max_size": env_int("DATABASE_POOL_MAX_SIZE", 32, minimum=1), "timeout": 10}
+    # A pool per process (psycopg_pool, through Django): under ASGI, Django's persistent connections would pile up
+    # one per thread instead.
+    return parsed.django_settings(NAME=parsed.database or "postgres", OPTIONS={"pool": pool} | parsed.options)
 
 
 EMBEDDED_POSTGRES = not env_str("DATABASE_URL")

@@ -31,7 +31,3 @@ def document_status_payload(document: Document) -> dict:
         "error": document.error_message if document.status == Document.Status.FAILED else "",
         "busy": document.is_busy,
     }
-
-
-def ready_document_ids(user) -> list[int]:
-    return list(Document.objects.filter(owner=user, status=Document.Status.READY).values_list("id", flat=True))

@@ -75,15 +75,6 @@ def conversation_delete(connection: psycopg.Connection, conversation_id: uuid.UU
         return connection.execute("DELETE FROM conversations WHERE id = %s", [conversation_id]).rowcount == 1
 
 
-def conversations_delete_for_document(connection: psycopg.Connection, document_id: int) -> int:
-    with connection.transaction():
-        connection.execute(
-            "DELETE FROM messages WHERE conversation_id IN (SELECT id FROM conversations WHERE document_id = %s)",
-            [document_id],
-        )
-        return connection.execute("DELETE FROM conversations WHERE document_id = %s", [document_id]).rowcount
-
-
 def messages_list(connection: psycopg.Connection, conversation_id: uuid.UUID, limit: int = 200) -> list[MessageRecord]:
     with connection.cursor(row_factory=class_row(MessageRecord)) as cursor:
         return cursor.execute(

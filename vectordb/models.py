@@ -22,7 +22,7 @@ EMBEDDING_HNSW_INDEX_NAME = "embeddings_embedding_hnsw"
 EMBEDDING_HNSW_PARAMETERS = {"m": 16, "ef_construction": 64}
 
 
-class Embedding(models.Model):
+class Chunk(models.Model):
     """One chunk of a document: its text, page provenance and embedding."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4)  # deterministic per (document, chunk) on ingest

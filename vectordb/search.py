@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import psycopg
+from psycopg.rows import class_row
 
 from vectordb.models import TEXT_SEARCH_CONFIG
 
@@ -30,20 +31,8 @@ class SearchHit:
     score: float
 
 
-_COLUMNS = "id, document_id, chunk_index, content, first_page, last_page, metadata"
-
-
-def _hit(row, score: float) -> SearchHit:
-    return SearchHit(
-        chunk_id=row[0],
-        document_id=row[1],
-        chunk_index=row[2],
-        content=row[3],
-        first_page=row[4],
-        last_page=row[5],
-        metadata=row[6] or {},
-        score=float(score),
-    )
+# Named as SearchHit's fields: rows come back as SearchHits (psycopg's class_row), never by position.
+_COLUMNS = "id AS chunk_id, document_id, chunk_index, content, first_page, last_page, metadata"
 
 
 def _vector_literal(values: Sequence[float]) -> str:
@@ -68,12 +57,12 @@ def vector_search(
             f"SET LOCAL hnsw.ef_search = {int(ef_search or max(64, 2 * k))}; "
             "SET LOCAL hnsw.iterative_scan = relaxed_order"
         )
-        rows = connection.execute(
-            f"SELECT {_COLUMNS}, 1 - (embedding <=> %(query)s::vector) AS score FROM embeddings "
-            "WHERE document_id = ANY(%(documents)s) ORDER BY embedding <=> %(query)s::vector LIMIT %(k)s",
-            {"query": _vector_literal(query_embedding), "documents": list(document_ids), "k": k},
-        ).fetchall()
-    return [_hit(row, row[7]) for row in rows]
+        with connection.cursor(row_factory=class_row(SearchHit)) as cursor:
+            return cursor.execute(
+                f"SELECT {_COLUMNS}, 1 - (embedding <=> %(query)s::vector) AS score FROM embeddings "
+                "WHERE document_id = ANY(%(documents)s) ORDER BY embedding <=> %(query)s::vector LIMIT %(k)s",
+                {"query": _vector_literal(query_embedding), "documents": list(document_ids), "k": k},
+            ).fetchall()
 
 
 # Okapi BM25's constants, as Robertson and Lucene use them: term-frequency saturation and length normalisation.
@@ -123,7 +112,7 @@ scored AS (
     FROM frequencies f JOIN rarity r ON r.lexeme = f.lexeme CROSS JOIN average
     GROUP BY f.id
 )
-SELECT {", ".join(f"e.{column}" for column in _COLUMNS.split(", "))}, scored.score
+SELECT {", ".join(f"e.{column}" for column in _COLUMNS.split(", "))}, scored.score::float8 AS score
 FROM scored JOIN embeddings e ON e.id = scored.id
 ORDER BY scored.score DESC, e.id
 LIMIT %(k)s
@@ -138,18 +127,16 @@ def fulltext_search(
     query_text = query_text.replace("\x00", "")  # PostgreSQL text cannot hold NUL
     if not document_ids or k < 1 or not query_text.strip():
         return []
-    rows = connection.execute(
-        _BM25_SQL,
-        {
-            "config": TEXT_SEARCH_CONFIG,
-            "text": query_text,
-            "documents": list(document_ids),
-            "k": k,
-            "k1": BM25_K1,
-            "b": BM25_B,
-        },
-    ).fetchall()
-    return [_hit(row, row[7]) for row in rows]
+    parameters = {
+        "config": TEXT_SEARCH_CONFIG,
+        "text": query_text,
+        "documents": list(document_ids),
+        "k": k,
+        "k1": BM25_K1,
+        "b": BM25_B,
+    }
+    with connection.cursor(row_factory=class_row(SearchHit)) as cursor:
+        return cursor.execute(_BM25_SQL, parameters).fetchall()
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[SearchHit]], k: int, rrf_k: int = RRF_K) -> list[SearchHit]:

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from django.conf import settings
@@ -23,6 +22,7 @@ from django.core.exceptions import ImproperlyConfigured
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
 
 from tenants.provisioners.base import ProvisionedDatabase, ProvisioningError, QuotaExceeded
+from vectordb.dsn import Dsn
 
 logger = logging.getLogger(__name__)
 
@@ -413,15 +413,8 @@ def _with_host(uri: str, host: str | None, new_host: str | None) -> str | None:
     """`uri` with its host `host` replaced by `new_host` (credentials, port, database and options kept)."""
     if not (uri and host and new_host):
         return None
-    parts = urlsplit(uri)
-    if parts.hostname != host:
-        return None
-    credentials = parts.netloc.rpartition("@")[0]
-    if ":" in new_host:  # an IPv6 address
-        new_host = f"[{new_host}]"
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{credentials}@{new_host}{port}" if credentials else f"{new_host}{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    parsed = Dsn.parse(uri)
+    return parsed.replace(host=new_host).url() if parsed.host == host else None
 
 
 def _error_details(response: httpx.Response) -> tuple[str, str]:

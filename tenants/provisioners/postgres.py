@@ -13,7 +13,6 @@ import secrets
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import quote, urlparse, urlunparse
 
 import psycopg
 from django.conf import settings
@@ -22,6 +21,7 @@ from psycopg import sql
 
 from tenants.provisioners.base import ProvisionedDatabase, ProvisioningError
 from vectordb.advisory_locks import advisory_lock
+from vectordb.dsn import Dsn
 from vectordb.schema import schema_target, tenant_database_migrate
 
 logger = logging.getLogger(__name__)
@@ -41,16 +41,10 @@ class AdministeredServer:
         return f"AdministeredServer(name={self.name!r}, region={self.region!r})"
 
     def url_for(self, database: str, user: str | None = None, password: str | None = None) -> str:
-        parsed = urlparse(self.admin_url)
-        netloc = parsed.hostname or "127.0.0.1"
-        if parsed.port:
-            netloc = f"{netloc}:{parsed.port}"
-        user = user if user is not None else parsed.username
-        password = password if password is not None else parsed.password
-        if user:
-            credentials = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
-            netloc = f"{credentials}@{netloc}"
-        return urlunparse(parsed._replace(netloc=netloc, path=f"/{database}"))
+        """A URL for `database` on this server: as the administrator, or as `user` with `password`."""
+        admin = Dsn.parse(self.admin_url)
+        address = admin.replace(database=database, host=admin.host or "127.0.0.1")
+        return (address if user is None else address.replace(user=user, password=password or "")).url()
 
 
 def database_name(tenant_key: str) -> str:
