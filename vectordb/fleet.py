@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import psycopg
-from django.db import DatabaseError
+from django.db import DatabaseError, connections
 
 from vectordb.connections import ConnectionCapacityExhausted, TenantTarget
 from vectordb.schema import BreakingMigrationRefused, tenant_database_migrate, tenant_database_plan
@@ -54,13 +54,22 @@ def _run_all(
 ) -> list[FleetOutcome]:
     outcomes = []
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="migrate-tenant") as pool:
-        futures = [pool.submit(work, member) for member in members]
+        futures = [pool.submit(_closing_main_database_connection, work, member) for member in members]
         for future in as_completed(futures):
             outcome = future.result()
             outcomes.append(outcome)
             if on_done:
                 on_done(outcome)
     return sorted(outcomes, key=lambda outcome: outcome.member.label)
+
+
+def _closing_main_database_connection(work: Callable[[FleetMember], FleetOutcome], member: FleetMember) -> FleetOutcome:
+    """The work, then this thread's main-database connection (the migration lock's) goes back to Django's pool: the
+    pool's threads end without closing what they hold."""
+    try:
+        return work(member)
+    finally:
+        connections.close_all()
 
 
 def _migrate_one(member: FleetMember, allow_breaking: bool) -> FleetOutcome:

@@ -30,7 +30,7 @@ def _state():
 
 def test_adding_a_nullable_column_or_a_default_is_not_breaking():
     migration = _migration(
-        migrations.AddField("embedding", "language", models.CharField(max_length=16, null=True)),
+        migrations.AddField("chunk", "language", models.CharField(max_length=16, null=True)),
         migrations.AlterField("conversation", "title", models.CharField(max_length=200, default="Untitled")),
     )
 
@@ -39,7 +39,7 @@ def test_adding_a_nullable_column_or_a_default_is_not_breaking():
 
 def test_drops_renames_and_type_changes_are_breaking():
     migration = _migration(
-        migrations.RemoveField("embedding", "metadata"),
+        migrations.RemoveField("chunk", "metadata"),
         migrations.RenameField("conversation", "title", "name"),
         migrations.AlterField("conversation", "title", models.CharField(max_length=50)),
         migrations.AlterField("message", "content", models.CharField(max_length=500)),
@@ -47,7 +47,7 @@ def test_drops_renames_and_type_changes_are_breaking():
     )
 
     assert breaking_operations(migration, _state()) == [
-        "9999_test: Remove field metadata from embedding",
+        "9999_test: Remove field metadata from chunk",
         "9999_test: Rename field title on conversation to name",
         "9999_test: Alter field title on conversation",
         "9999_test: Alter field content on message",
@@ -235,7 +235,7 @@ def _tables(dsn: str) -> list[str]:
 def test_the_hnsw_parameters_are_the_ones_the_migrations_declare():
     from vectordb.models import EMBEDDING_HNSW_INDEX_NAME, EMBEDDING_HNSW_PARAMETERS
 
-    state = _state().models["vectordb", "chunk" if ("vectordb", "chunk") in _state().models else "embedding"]
+    state = _state().models["vectordb", "chunk"]
     (index,) = [index for index in state.options["indexes"] if index.name == EMBEDDING_HNSW_INDEX_NAME]
 
     assert {"m": index.m, "ef_construction": index.ef_construction} == EMBEDDING_HNSW_PARAMETERS
