@@ -139,25 +139,25 @@ class PostgresProvisioner:
         password = secrets.token_urlsafe(32)
         exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
         verb = "ALTER" if exists else "CREATE"
-        admin.execute(
-            sql.SQL("{} ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {}").format(
-                sql.SQL(verb), sql.Identifier(role), sql.Literal(password)
-            )
+        login = sql.SQL("{} ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {}").format(
+            sql.SQL(verb), sql.Identifier(role), sql.Literal(password)
         )
-        if bounded:
-            self._bound_role(admin, role)
+        # The bounds ride in the same round trip (no parameters: one simple query).
+        admin.execute(sql.SQL("; ").join([login, *self._role_bounds(role)]) if bounded else login)
         return password
 
-    def _bound_role(self, admin: psycopg.Connection, role: str) -> None:
-        statements = [
+    def _role_bounds(self, role: str) -> list[sql.Composed]:
+        return [
             sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(
                 sql.Identifier(role), sql.Literal(settings.TENANT_ROLE_CONNECTION_LIMIT)
-            )
-        ] + [
-            sql.SQL("ALTER ROLE {} SET {} = {}").format(sql.Identifier(role), sql.Identifier(name), sql.Literal(value))
-            for name, value in tenant_role_settings().items()
+            ),
+            *(
+                sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                    sql.Identifier(role), sql.Identifier(name), sql.Literal(value)
+                )
+                for name, value in tenant_role_settings().items()
+            ),
         ]
-        admin.execute(sql.SQL("; ").join(statements))
 
     def _close_server_databases(self, admin: psycopg.Connection) -> None:
         admin.execute(
@@ -206,7 +206,7 @@ class PostgresProvisioner:
         """Bring an existing tenant's role and database under the bounds new tenants get (idempotent)."""
         administered = self._server(server)
         with self._admin(administered) as admin:
-            self._bound_role(admin, external_id)
+            admin.execute(sql.SQL("; ").join(self._role_bounds(external_id)))
             self._close_server_databases(admin)
         with self._admin(administered, external_id) as tenant_admin:
             tenant_admin.execute(_REVOKE_ADVISORY_LOCKS)
@@ -267,8 +267,10 @@ class PostgresProvisioner:
         with self._locate(database, region) as (server, admin):
             use_template = self._ensure_template(server)
             password = self._set_login(admin, role)
+            cloned = False
             if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
-                if not (use_template and self._clone_template(admin, database, role)):
+                cloned = use_template and self._clone_template(admin, database, role)
+                if not cloned:
                     admin.execute(
                         sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(role))
                     )
@@ -292,7 +294,8 @@ class PostgresProvisioner:
                     sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(relation), sql.Identifier(role))
                 )
             tenant_admin.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            tenant_admin.execute(_REVOKE_ADVISORY_LOCKS)
+            if not cloned:  # a clone has the template's revocations already
+                tenant_admin.execute(_REVOKE_ADVISORY_LOCKS)
         dsn = server.url_for(database, role, password)
         return ProvisionedDatabase(
             external_id=database,
