@@ -10,6 +10,7 @@ from django.views.decorators.http import require_GET, require_POST
 from documents import selectors, services
 from tenants import selectors as tenant_selectors
 from tenants.models import AuthenticatedHttpRequest
+from vectordb.connections import ConnectionCapacityExhausted
 
 
 @login_required
@@ -21,7 +22,7 @@ def dashboard(request: AuthenticatedHttpRequest) -> HttpResponse:
     if vector_database is not None and vector_database.is_ready:
         try:
             database["size_bytes"] = tenant_selectors.vector_database_size_bytes(vector_database)
-        except psycopg.OperationalError:
+        except (psycopg.OperationalError, ConnectionCapacityExhausted):
             database["size_bytes"] = None  # unreachable right now: the page still works without the figure
     return render(
         request,

@@ -48,11 +48,17 @@ def vector_database_status_payload(vector_database: VectorDatabase | None) -> di
     }
 
 
+SIZE_READ_TIMEOUT_SECONDS = 2.0
+
+
 def vector_database_size_bytes(vector_database: VectorDatabase) -> int | None:
     """On-disk size of a ready tenant database, asked over the registry with the tenant's own credentials."""
     if vector_database.status != VectorDatabase.Status.READY:
         return None
-    with get_registry().connection(vector_database_target(vector_database)) as connection:
+    # A figure on the dashboard: not worth waiting long for a connection when the tenant's are all busy.
+    with get_registry().connection(
+        vector_database_target(vector_database), timeout=SIZE_READ_TIMEOUT_SECONDS
+    ) as connection:
         return database_size_bytes(connection)
 
 
