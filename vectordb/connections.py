@@ -326,6 +326,16 @@ class TenantConnectionRegistry:
                 pool.idle.append(_IdleConnection(connection, time.monotonic()))
                 self._condition.notify_all()
                 return
+        if not keep:
+            # Used once by design (a migration): its caller need not wait for the server to hang up. The slot still
+            # comes back only after the hang-up, in the background.
+            threading.Thread(
+                target=self._close_and_give_back_slot, args=(pool, connection), name="tenant-connection-close"
+            ).start()
+            return
+        self._close_and_give_back_slot(pool, connection)
+
+    def _close_and_give_back_slot(self, pool: _TenantPool, connection: psycopg.Connection) -> None:
         # Closed before its slot is given back, so the server never sees more connections than the cap.
         _close_and_wait_for_server(connection)
         self._give_back_slot(pool)

@@ -84,12 +84,16 @@ def embedding_column_dimensions(connection: psycopg.Connection) -> int | None:
 def embedding_model_settle(connection: psycopg.Connection, model: EmbeddingModel) -> None:
     """For a database being provisioned: record `model` unless one is recorded, refuse a different one, and match
     the vector column to its dimension while it holds no chunks (a template migrated under another model)."""
-    connection.execute(
-        "INSERT INTO tenant_settings (key, value, updated_at) VALUES (%s, %s, now()), (%s, %s, now()) "
-        "ON CONFLICT (key) DO NOTHING",  # rather than a table lock: settles a race with another recorder
-        [EMBEDDING_MODEL_KEY, model.name, EMBEDDING_DIMENSIONS_KEY, str(model.dimensions)],
-    )
-    state = _state(connection)
+    record = sql.SQL(
+        "INSERT INTO tenant_settings (key, value, updated_at) VALUES ({}, {}, now()), ({}, {}, now()) "
+        "ON CONFLICT (key) DO NOTHING"  # rather than a table lock: settles a race with another recorder
+    ).format(EMBEDDING_MODEL_KEY, model.name, EMBEDDING_DIMENSIONS_KEY, str(model.dimensions))
+    with connection.cursor(row_factory=class_row(_EmbeddingState)) as cursor:
+        # Without parameters the two go as one simple query: one round trip, the state in the second result.
+        cursor.execute(sql.SQL("; ").join([record, _STATE_QUERY]))
+        cursor.nextset()
+        state = cursor.fetchone()
+    assert state is not None
     if state.recorded != model:
         raise EmbeddingModelMismatch(state.recorded or EmbeddingModel("", 0), model)
     if state.column_dimensions != model.dimensions and not state.has_chunks:
