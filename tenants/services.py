@@ -110,6 +110,7 @@ def vector_database_provision(vector_database_id: int) -> VectorDatabase:
                 schema_target(vector_database.tenant_key, placed.migration_dsn),
                 model=settings.EMBEDDING_MODEL,
                 dimensions=settings.EMBEDDING_DIMENSIONS,
+                new_database=placed.new_database,
             )
         except QuotaExceeded as error:
             logger.error("tenant database %s refused by the provider: %s", vector_database.tenant_key, error)

@@ -81,17 +81,21 @@ def embedding_column_dimensions(connection: psycopg.Connection) -> int | None:
     return dimensions if dimensions and dimensions > 0 else None
 
 
-def embedding_model_settle(connection: psycopg.Connection, model: EmbeddingModel) -> None:
+def embedding_model_settle(
+    connection: psycopg.Connection, model: EmbeddingModel, *, after: sql.Composable | None = None
+) -> None:
     """For a database being provisioned: record `model` unless one is recorded, refuse a different one, and match
-    the vector column to its dimension while it holds no chunks (a template migrated under another model)."""
+    the vector column to its dimension while it holds no chunks (a template migrated under another model).
+    `after`: statements (no parameters) sent first, in the same round trip (a new database's schema)."""
     record = sql.SQL(
         "INSERT INTO tenant_settings (key, value, updated_at) VALUES ({}, {}, now()), ({}, {}, now()) "
         "ON CONFLICT (key) DO NOTHING"  # rather than a table lock: settles a race with another recorder
     ).format(EMBEDDING_MODEL_KEY, model.name, EMBEDDING_DIMENSIONS_KEY, str(model.dimensions))
     with connection.cursor(row_factory=class_row(_EmbeddingState)) as cursor:
-        # Without parameters the two go as one simple query: one round trip, the state in the second result.
-        cursor.execute(sql.SQL("; ").join([record, _STATE_QUERY]))
-        cursor.nextset()
+        # Without parameters it all goes as one simple query: one round trip, the state in the last result.
+        cursor.execute(sql.SQL("; ").join([*([after] if after is not None else []), record, _STATE_QUERY]))
+        while cursor.nextset():
+            pass
         state = cursor.fetchone()
     assert state is not None
     if state.recorded != model:

@@ -23,6 +23,7 @@ class ProvisionedDatabase:
     server: str  # administered server's name, or "neon"
     dsn: str  # for application traffic (Neon: the pooled endpoint)
     migration_dsn: str  # direct connection, for schema migrations
+    new_database: bool = False  # made empty by this very call: no schema in it yet
 
     def __repr__(self) -> str:  # keep credentials out of logs and tracebacks
         return f"ProvisionedDatabase(external_id={self.external_id!r}, region={self.region!r}, server={self.server!r})"

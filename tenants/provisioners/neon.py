@@ -7,6 +7,7 @@ exponential back-off; every request has a timeout. Credentials (the API key, con
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -128,6 +129,7 @@ class NeonProvisioner:
         else:
             self._wait_for_operations(client, project["id"], started=created.get("operations", []))
             database = self._created_connection_details(project, created) or self._connection_details(client, project)
+            database = dataclasses.replace(database, new_database=True)  # a project we just made: empty
         logger.info("Neon project %s ready for tenant %s", project["id"], tenant_key)
         return database
 

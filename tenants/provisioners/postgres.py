@@ -267,13 +267,14 @@ class PostgresProvisioner:
         with self._locate(database, region) as (server, admin):
             use_template = self._ensure_template(server)
             password = self._set_login(admin, role)
-            cloned = False
+            cloned = made_empty = False
             if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
                 cloned = use_template and self._clone_template(admin, database, role)
                 if not cloned:
                     admin.execute(
                         sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database), sql.Identifier(role))
                     )
+                    made_empty = True
             admin.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(database)))
             admin.execute(
                 sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
@@ -303,6 +304,7 @@ class PostgresProvisioner:
             server=server.name,
             dsn=dsn,
             migration_dsn=dsn,
+            new_database=made_empty,
         )
 
     def _clone_template(self, admin: psycopg.Connection, database: str, role: str) -> bool:

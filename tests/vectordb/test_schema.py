@@ -239,3 +239,56 @@ def test_the_hnsw_parameters_are_the_ones_the_migrations_declare():
     (index,) = [index for index in state.options["indexes"] if index.name == EMBEDDING_HNSW_INDEX_NAME]
 
     assert {"m": index.m, "ef_construction": index.ef_construction} == EMBEDDING_HNSW_PARAMETERS
+
+
+def _counting_round_trips(monkeypatch, database: str) -> list[str]:
+    """Every query sent to `database` from now on: each execute is one round trip (psycopg's Connection.execute
+    goes through a Cursor's too)."""
+    sent: list[str] = []
+    cursor_execute = psycopg.Cursor.execute
+
+    def counted_cursor(self, query, *arguments, **options):
+        if self.connection.info.dbname == database:
+            sent.append(query if isinstance(query, str) else query.as_string(self.connection))
+        return cursor_execute(self, query, *arguments, **options)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", counted_cursor)
+    return sent
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_made_in_this_attempt_gets_schema_record_and_model_in_one_round_trip(admin_dsn, monkeypatch):
+    from vectordb.schema import tenant_database_prepare
+
+    with _scratch_databases(admin_dsn, "new", "general") as (new, general):
+        tenant_database_prepare(_target("general", general), model="all-MiniLM-L6-v2", dimensions=384)
+        sent = _counting_round_trips(monkeypatch, new.rsplit("/", 1)[1])
+
+        version = tenant_database_prepare(
+            _target("new", new), model="all-MiniLM-L6-v2", dimensions=384, new_database=True
+        )
+
+        assert len(sent) == 1
+        assert 'CREATE TABLE "django_migrations"' in sent[0] and "INSERT INTO tenant_settings" in sent[0]
+        assert version == tenant_migration_order()[-1]
+        assert _schema(new) == _schema(general)
+        assert embedding_model_of(new) == ("all-MiniLM-L6-v2", 384)
+        assert _recorded(new) == sorted(tenant_migration_order())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_database_said_to_be_new_that_has_the_schema_already_is_prepared_the_general_way(admin_dsn):
+    from vectordb.schema import tenant_database_prepare
+
+    with _scratch_databases(admin_dsn, "again") as (dsn,):
+        tenant_database_prepare(_target("again", dsn), model="all-MiniLM-L6-v2", dimensions=384)
+        before = _schema(dsn)
+
+        version = tenant_database_prepare(
+            _target("again", dsn), model="all-MiniLM-L6-v2", dimensions=384, new_database=True
+        )
+
+        assert version == tenant_migration_order()[-1]
+        assert _schema(dsn) == before
+        assert embedding_model_of(dsn) == ("all-MiniLM-L6-v2", 384)
+        assert _recorded(dsn) == sorted(tenant_migration_order())

@@ -23,6 +23,7 @@ import psycopg
 from django.db import connections
 from django.db.backends.postgresql.base import DatabaseWrapper
 from django.db.migrations.executor import MigrationExecutor
+from psycopg import sql
 
 from vectordb.advisory_locks import advisory_lock
 from vectordb.connections import TargetPurpose, TenantTarget, get_registry
@@ -62,13 +63,20 @@ def schema_target(key: str, dsn: str) -> TenantTarget:
     return TenantTarget(key=key, resolve_dsn=lambda _refresh: dsn, purpose=TargetPurpose.SCHEMA)
 
 
-def tenant_database_prepare(target: TenantTarget, *, model: str, dimensions: int) -> str:
+def tenant_database_prepare(target: TenantTarget, *, model: str, dimensions: int, new_database: bool = False) -> str:
     """Makes a newly provisioned database ready, in one transaction: the latest schema (pgvector with it), the
     embedding model recorded, and the vector column at its dimension. Returns the schema version. Idempotent: a
-    retried provisioning finds what an earlier attempt did and completes it."""
+    retried provisioning finds what an earlier attempt did and completes it.
+
+    `new_database`: the provider made the database empty in this very attempt. Then nothing needs reading first:
+    schema, its record and the model go in one round trip (on Neon the database may sit in another region; `make
+    bench`, section provisioning, measures what the round trips cost even on this machine)."""
+    embedding_model = EmbeddingModel(model, dimensions)
     with _migration_lock(target), get_registry().connection(target) as connection:
+        if new_database and (version := _prepare_new_database(connection, embedding_model)):
+            return version
         result = _migrate(connection, target, allow_breaking=False)
-        embedding_model_settle(connection, EmbeddingModel(model, dimensions))
+        embedding_model_settle(connection, embedding_model)
     return result.schema_version
 
 
@@ -116,6 +124,26 @@ def _migrate(connection: psycopg.Connection, target: TenantTarget, *, allow_brea
     # No parameters, so psycopg sends it all as one simple query: one round trip for the DDL and its records.
     connection.execute("\n".join([*compiled.statements, record_sql(pending).as_string(connection) + ";"]))
     return MigrationResult(applied=list(pending), schema_version=pending[-1])
+
+
+def _prepare_new_database(connection: psycopg.Connection, model: EmbeddingModel) -> str:
+    """The whole schema, its record and the embedding model in one round trip; the schema version, or "" with
+    nothing done when the database has a migration record after all, or its schema cannot go as compiled SQL (the
+    caller then takes the general path)."""
+    order = tenant_migration_order()
+    try:
+        compiled = compile_migrations(order, with_recorder=True)
+    except NotCompilable:
+        return ""
+    if not order or compiled.breaking:
+        return ""  # the general path says why
+    schema = sql.SQL("\n").join([sql.SQL(statement) for statement in compiled.statements] + [record_sql(order)])
+    try:
+        embedding_model_settle(connection, model, after=schema)
+    except psycopg.errors.DuplicateTable:  # it has a record table: not a new database after all
+        connection.rollback()
+        return ""
+    return order[-1]
 
 
 def _migrate_with_django_executor(target: TenantTarget, *, allow_breaking: bool) -> MigrationResult:
