@@ -8,7 +8,8 @@ Three entry points, one path:
 
 Each reads which tenant migrations the database has recorded in `django_migrations` and applies the rest, compiled
 to SQL once per process (`compiled.py`), in one transaction, with their records. Migrations that cannot be compiled
-(Python code, non-atomic steps) go through Django's executor instead. Destructive steps are refused unless allowed
+(Python code, non-atomic steps) go through Django's executor instead. A database the provider made empty in this
+very attempt skips the read: its whole schema, record and embedding model go in one round trip. Destructive steps are refused unless allowed
 (`breaking.py`). Two runs never migrate one database at once: they take a lock named after it in the main database
 (tenant roles have no access to advisory locks). Every connection goes through the connection registry.
 """
