@@ -51,8 +51,17 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.casefold())
 
 
+def _stem(word: str) -> str:
+    """A light English stem, so that "descaled", "descale" and "descaling" meet: common endings go."""
+    for ending in ("ing", "ed", "es", "s", "e"):
+        if len(word) > len(ending) + 3 and word.endswith(ending):
+            return word[: -len(ending)]
+    return word
+
+
 def content_words(text: str) -> set[str]:
-    return {word for word in words(text) if word not in _STOPWORDS}
+    """The stems of the words that carry meaning (no stopwords)."""
+    return {_stem(word) for word in words(text) if word not in _STOPWORDS}
 
 
 def is_navigation(text: str) -> bool:
@@ -91,14 +100,22 @@ def answer_units(text: str) -> list[tuple[int, int]]:
 
 
 def windows(text: str, limit: int = WINDOW_CHARS) -> list[tuple[int, int]]:
-    """From each unit, as many whole units as fit in `limit` characters (one unit longer than that is cut)."""
+    """Around each unit, its neighbours on both sides, taken in turn while the window stays within `limit`
+    characters (an answer often sits right before or after the sentence that echoes the question). A single unit
+    longer than that is cut."""
     units = answer_units(text)
     found = []
-    for first, (start, _) in enumerate(units):
-        last = first
-        while last + 1 < len(units) and units[last + 1][1] - start <= limit:
-            last += 1
-        found.append((start, min(units[last][1], start + limit) if last == first else units[last][1]))
+    for centre in range(len(units)):
+        first = last = centre
+        grew = True
+        while grew:
+            grew = False
+            if last + 1 < len(units) and units[last + 1][1] - units[first][0] <= limit:
+                last, grew = last + 1, True
+            if first > 0 and units[last][1] - units[first - 1][0] <= limit:
+                first, grew = first - 1, True
+        start, end = units[first][0], units[last][1]
+        found.append((start, min(end, start + limit)))
     return found
 
 
@@ -116,7 +133,7 @@ def _rarity(passages: Sequence[str]) -> dict[str, float]:
     count = len(passages) + 1
     frequency: dict[str, int] = {}
     for text in passages:
-        for word in set(words(text)):
+        for word in content_words(text):
             frequency[word] = frequency.get(word, 0) + 1
     return {word: math.log(1 + (count - seen + 0.5) / (seen + 0.5)) for word, seen in frequency.items()}
 
@@ -125,7 +142,7 @@ def _word_overlap(question_words: set[str], text: str, rarity: dict[str, float],
     """The share of the question's content words (weighted by rarity) that the text holds."""
     if not question_words:
         return 0.0
-    held = question_words & set(words(text))
+    held = question_words & content_words(text)
     total = sum(rarity.get(word, unseen) for word in question_words)
     return sum(rarity.get(word, unseen) for word in held) / total if total else 0.0
 

@@ -172,7 +172,7 @@ class RecordedRequest:
     input_count: int = 0
     stream: bool = False
     dropped: bool = False
-    messages: list = field(default_factory=list)  # a chat completion's messages, as sent
+    messages: list = field(default_factory=list, compare=False)  # a chat completion's messages, as sent
 
 
 # --- embeddings ------------------------------------------------------------------------------------------------------
