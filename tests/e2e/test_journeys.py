@@ -15,7 +15,7 @@ import pypdf
 import pytest
 from playwright.sync_api import Page, expect
 
-from chat.services import EXTRACTIVE_LABEL
+from chat.services import NOT_FOUND_ANSWER
 from documents.models import Document
 from documents.parsing import CorruptPdf
 from tenants.models import User, VectorDatabase
@@ -188,7 +188,6 @@ def test_sign_up_upload_and_chat_with_cited_pages(page, asgi_server, screenshots
     answer = page.locator("#transcript .turn-assistant").last
     expect(answer.locator("a.citation").first).to_be_visible(timeout=ANSWER_TIMEOUT_MS)
     expect(answer).not_to_have_class("turn turn-assistant streaming")
-    expect(answer.locator(".turn-text")).to_contain_text(EXTRACTIVE_LABEL)
     expect(answer.locator(".turn-text")).to_contain_text("Cork")
     expect(page.locator("#question")).to_have_value("")
     conversation = page.locator(".conversations .conversation-list li[aria-current=true]")
@@ -212,6 +211,42 @@ def test_sign_up_upload_and_chat_with_cited_pages(page, asgi_server, screenshots
     assert page.url.startswith(f"{base}/documents/{document.id}/")  # the click stayed on the chat page
     page.wait_for_timeout(1500)  # the viewer (another process) turns the page; let the screenshot show it
     screenshots.take(page, "chat-citation-opened")
+    assert_no_script_errors(page)
+
+
+def test_an_answer_quotes_its_source_and_a_question_the_documents_cannot_answer_is_not_found(
+    page, asgi_server, screenshots, encodings_pdf
+):
+    base = asgi_server.url
+    sign_up(page, base, "asker@example.com", screenshots)
+    wait_for_database_ready(page, screenshots)
+    upload(page, encodings_pdf)
+    wait_for_document(page, "font encodings", "Ready", screenshots)
+    document_item(page, "font encodings").get_by_role("link", name="Open and chat").click()
+
+    ask(page, "What did the TUG Annual General Meeting in Cork specify?")
+    quoted = page.locator("#transcript .turn-assistant").last
+    expect(quoted).to_contain_text("specified a uniform encoding", timeout=ANSWER_TIMEOUT_MS)
+    expect(quoted.locator("a.citation").first).to_be_visible()
+    # The answer is the quoted sentence, not pages of excerpts.
+    assert len(quoted.inner_text()) < 600, quoted.inner_text()
+    screenshots.take(page, "quoted-answer")
+
+    ask(page, "Who painted the Mona Lisa?")
+    not_found = page.locator("#transcript .turn-assistant").nth(1)
+    expect(not_found).to_contain_text(NOT_FOUND_ANSWER, timeout=ANSWER_TIMEOUT_MS)
+    expect(not_found.locator("a.citation")).to_have_count(0)
+    screenshots.take(page, "not-found-answer")
+    page.set_viewport_size({"width": 390, "height": 844})
+    screenshots.take(page, "not-found-answer-phone")
+
+    # Both answers are kept as they were shown: the conversation reopens with them.
+    page.set_viewport_size({"width": 1280, "height": 860})
+    page.goto(f"{base}/chat/")
+    page.locator(".conversations .conversation-list a", has_text="What did the TUG Annual General Meeting").click()
+    expect(page.locator("#transcript .turn-assistant").nth(0)).to_contain_text("specified a uniform encoding")
+    expect(page.locator("#transcript .turn-assistant").nth(1)).to_contain_text(NOT_FOUND_ANSWER)
+    expect(page.locator("#transcript .turn-assistant").nth(1).locator("a.citation")).to_have_count(0)
     assert_no_script_errors(page)
 
 
