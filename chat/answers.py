@@ -65,16 +65,18 @@ def content_words(text: str) -> set[str]:
 
 
 def is_navigation(text: str) -> bool:
-    """A table of contents, an index, a reference list or a code table: most lines are short and end with a page
-    number, carry dot leaders, or are not prose (few words of letters)."""
+    """A table of contents, an index, a reference list or a code table: most of its text is in short lines that end
+    with a page number or carry dot leaders, or it is not prose (few words of letters). A page of prose that also
+    holds a small table is not."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return True
-    navigation = sum(
-        bool(_DOT_LEADER.search(line)) or (len(line) <= 90 and bool(_ENDS_WITH_PAGE_REFERENCE.search(line)))
+    navigation = [
+        line
         for line in lines
-    )
-    if navigation >= max(2, 0.5 * len(lines)):
+        if _DOT_LEADER.search(line) or (len(line) <= 90 and _ENDS_WITH_PAGE_REFERENCE.search(line))
+    ]
+    if len(navigation) >= 2 and sum(map(len, navigation)) >= 0.6 * sum(map(len, lines)):
         return True
     tokens = text.split()
     prose = sum(1 for token in tokens if len(token) >= 3 and token.isalpha())

@@ -68,6 +68,9 @@ _REFERS_BACK = re.compile(
 )
 # A question of at most this many content words cannot stand alone ("Why?", "Examples?").
 _SHORT_QUESTION_WORDS = 1
+# Names a document defines: a TeX command, a word with digits (OT1, asn1Parser), snake_case. Found verbatim in a
+# passage, such a name makes it relevant whatever the embedding says (it ranks a bare name low: "T1 and OT1?").
+_IDENTIFIER = re.compile(r"\\[A-Za-z@]+|\b(?=\w*[A-Za-z])(?=\w*\d)\w+\b|\b[A-Za-z]\w*_\w+\b")
 # Earlier questions a follow-up's contextual search may take along. Earlier answers are left out: a quote from the
 # wrong passage would drag the search to it (on the dev set, adding them cost follow-ups 0.22 of recall@5).
 CONTEXT_QUESTIONS = 2
@@ -200,7 +203,10 @@ def _ready_titles(user, document_id: int | None) -> dict[int, str]:
 
 def _search(connection, embedding, query: str, document_ids: list[int], k: int, hybrid: bool) -> list[SearchHit]:
     if hybrid:
-        hits = hybrid_search(connection, embedding, query, document_ids, k + EXTRA_CANDIDATES)
+        # The fusion's candidate lists as for k alone (more candidates reorder the fused ranking), a few more kept.
+        hits = hybrid_search(
+            connection, embedding, query, document_ids, k + EXTRA_CANDIDATES, candidates=max(20, 4 * k)
+        )
     else:
         hits = vector_search(connection, embedding, document_ids, k + EXTRA_CANDIDATES)
     hits = distinct_passages(hits)
@@ -208,6 +214,16 @@ def _search(connection, embedding, query: str, document_ids: list[int], k: int, 
     return [hit for hit in hits if not answers.is_navigation(hit.content)] + [
         hit for hit in hits if answers.is_navigation(hit.content)
     ]
+
+
+def identifiers(text: str) -> set[str]:
+    """The names in a question that a document would define (see _IDENTIFIER)."""
+    return set(_IDENTIFIER.findall(text))
+
+
+def _names_found(question: str, hits: Sequence[SearchHit]) -> bool:
+    names = identifiers(question)
+    return any(re.search(rf"(?<![\w\\]){re.escape(name)}(?!\w)", hit.content) for name in names for hit in hits)
 
 
 def _relevance(hits: Sequence[SearchHit]) -> float | None:
@@ -304,7 +320,7 @@ def passages_for_turn(
             hits = reciprocal_rank_fusion(rankings, depth + EXTRA_CANDIDATES)
     relevance = _relevance(hits)
     relevance = None if relevance is None else round(relevance, 4)
-    found = relevance is not None and relevance >= settings.RETRIEVAL_RELEVANCE_FLOOR
+    found = relevance is not None and (relevance >= settings.RETRIEVAL_RELEVANCE_FLOOR or _names_found(question, hits))
     if not found:
         return Retrieval(query=query, strategy=strategy, found=False, relevance=relevance)
     quotes: dict[int, str] = {}

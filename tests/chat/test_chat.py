@@ -420,6 +420,25 @@ def test_the_relevance_floor_decides_found(owner, espresso, settings, without_mo
     assert (above.found, above.citations, above.relevance) == (False, [], relevance)
 
 
+def test_a_name_the_documents_define_makes_a_passage_relevant_whatever_the_floor(owner, espresso, settings):
+    ingest(owner, "controller.pdf", ["Controller. The ESP32 board reads the boiler temperature every second."])
+    settings.RETRIEVAL_RELEVANCE_FLOOR = 0.99  # no similarity reaches it
+
+    named = services.passages_for_turn(owner, "What does the ESP32 do?", with_model=False)
+    unnamed = services.passages_for_turn(owner, "What reads the temperature?", with_model=False)
+    absent = services.passages_for_turn(owner, "What does the ESP8266 do?", with_model=False)
+
+    assert named.found and "ESP32 board" in named.citations[0].text
+    assert (unnamed.found, absent.found) == (False, False)
+    assert services.identifiers("Why \\mbox and not \\hbox for T1, OT1 or asn1_get_length_der in 1989?") == {
+        "\\mbox",
+        "\\hbox",
+        "T1",
+        "OT1",
+        "asn1_get_length_der",
+    }
+
+
 def test_with_no_ready_document_the_answer_says_so(owner, tenants, without_model):
     tenants(owner)
 
