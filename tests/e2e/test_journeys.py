@@ -377,7 +377,7 @@ def test_a_model_answer_streams_token_by_token_while_the_box_stays_usable(
         if not typed and lengths[-1] > 0:
             # Mid-answer, the question box takes the next question.
             page.locator("#question").click()
-            page.keyboard.type("And what is T2A?")
+            page.keyboard.type("And who specified it?")
             expect(page.locator("#question")).to_be_editable()
             expect(page.locator("#question")).to_be_focused()
             expect(page.locator("#chat-state")).to_have_text("Answering…")
@@ -390,14 +390,16 @@ def test_a_model_answer_streams_token_by_token_while_the_box_stays_usable(
 
     expect(answer.locator(".turn-text")).to_have_text(openai_emulator.answer)
     expect(answer.locator("a.citation").first).to_be_visible()
-    expect(page.locator("#question")).to_have_value("And what is T2A?")
+    expect(page.locator("#question")).to_have_value("And who specified it?")
     expect(page.locator("#chat-state")).to_have_text("")
     assert openai_emulator.request_counts["chat.completions"] == chats_before + 1
     screenshots.take(page, "chat-streamed-answer")
 
-    # The typed follow-up goes out as the next turn of the same conversation.
+    # The typed follow-up goes out as the next turn of the same conversation; the model rewrites it as a question
+    # that stands alone before the search.
     openai_emulator.token_delay_seconds = 0
-    openai_emulator.answer = "T2A is one of the Cyrillic encodings [1]."
+    openai_emulator.answer = "A group at the TUG Annual General Meeting in Cork specified it [1]."
+    openai_emulator.rewrite = "Who specified the Cork encoding?"
     page.press("#question", "Enter")
     expect(page.locator("#transcript .turn-assistant")).to_have_count(2)
     expect(page.locator("#transcript .turn-assistant").last.locator(".turn-text")).to_have_text(
@@ -406,5 +408,6 @@ def test_a_model_answer_streams_token_by_token_while_the_box_stays_usable(
     assert "c=" in page.url
     expect(page.locator(".conversations .conversation-list li")).to_have_count(1)  # one conversation, two turns
     expect(page.locator("#transcript .turn-assistant").last.locator("a.citation").last).to_be_in_viewport()
+    openai_emulator.rewrite = None
     screenshots.take(page, "chat-follow-up")
     assert_no_script_errors(page)
