@@ -99,13 +99,17 @@ def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = T
         raise DocumentRejected(
             f"{uploaded_file.name}: this PDF has {pages:,} pages; Silo accepts up to {settings.UPLOAD_MAX_PAGES:,}."
         )
-    _count_upload(owner)  # only uploads that would be stored count against the hourly limit
     digest = hashlib.sha256()
     uploaded_file.seek(0)
     for block in uploaded_file.chunks():
         digest.update(block)
     uploaded_file.seek(0)
+    _refuse_duplicate(owner, uploaded_file.name, digest.hexdigest())
+    _count_upload(owner)  # only uploads that would be stored count against the hourly limit
     with transaction.atomic():
+        # The owner's row lock orders concurrent uploads of the same bytes: the second one sees the first.
+        User.objects.select_for_update().filter(id=owner.id).exists()
+        _refuse_duplicate(owner, uploaded_file.name, digest.hexdigest())
         document = Document.objects.create(
             owner=owner,
             title=_title_from_filename(uploaded_file.name),
@@ -117,6 +121,22 @@ def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = T
         if enqueue:
             _enqueue_ingest(document)
     return document
+
+
+def _refuse_duplicate(owner, filename: str, sha256: str) -> None:
+    """The same bytes twice would only repeat every passage in the answers: say where the first copy is."""
+    existing = Document.objects.filter(owner=owner, sha256=sha256).order_by("created_at").first()
+    if existing is None:
+        return
+    already = f"{Path(filename).name}: you already uploaded this file as “{existing.title}”"
+    if existing.status == Status.FAILED:
+        raise DocumentRejected(
+            f"{already}, which could not be processed ({existing.error_message or 'no reason recorded'}). "
+            "Delete it from your documents to upload it again."
+        )
+    if existing.is_busy:
+        raise DocumentRejected(f"{already}; it is being processed and will be ready shortly.")
+    raise DocumentRejected(f"{already}; it is in your documents, ready to chat with.")
 
 
 def _count_upload(owner) -> None:

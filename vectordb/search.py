@@ -6,6 +6,7 @@ documents that may be searched; callers pass only documents that are ready, so h
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -27,7 +28,10 @@ class SearchHit:
     first_page: int
     last_page: int
     metadata: dict
-    score: float
+    score: float  # the ranking's own score: cosine similarity, BM25, or the fused reciprocal rank
+    # Cosine similarity of the chunk to the query when the vector search found it (None when only the words did):
+    # unlike a fused rank it is comparable between queries, so a relevance floor can be set on it.
+    similarity: float | None = None
 
 
 _COLUMNS = "id, document_id, chunk_index, content, first_page, last_page, metadata"
@@ -73,7 +77,7 @@ def vector_search(
             "WHERE document_id = ANY(%(documents)s) ORDER BY embedding <=> %(query)s::vector LIMIT %(k)s",
             {"query": _vector_literal(query_embedding), "documents": list(document_ids), "k": k},
         ).fetchall()
-    return [_hit(row, row[7]) for row in rows]
+    return [replace(_hit(row, row[7]), similarity=float(row[7])) for row in rows]
 
 
 # Okapi BM25's constants, as Robertson and Lucene use them: term-frequency saturation and length normalisation.
@@ -162,6 +166,23 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[SearchHit]], k: int, rrf_
             hits.setdefault(hit.chunk_id, hit)
     ordered = sorted(scores, key=lambda chunk_id: (-scores[chunk_id], str(chunk_id)))
     return [replace(hits[chunk_id], score=scores[chunk_id]) for chunk_id in ordered[:k]]
+
+
+def _passage_key(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def distinct_passages(hits: Sequence[SearchHit]) -> list[SearchHit]:
+    """The hits in order without repeats of a passage already listed: the same text twice (a PDF uploaded twice, a
+    page repeated in two documents) would fill the top k with copies and say nothing more."""
+    seen: set[str] = set()
+    distinct = []
+    for hit in hits:
+        key = _passage_key(hit.content)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(hit)
+    return distinct
 
 
 def hybrid_search(

@@ -15,7 +15,7 @@ import pypdf
 import pytest
 from playwright.sync_api import Page, expect
 
-from chat.services import EXTRACTIVE_LABEL
+from chat.services import NOT_FOUND_ANSWER
 from documents.models import Document
 from documents.parsing import CorruptPdf
 from tenants.models import User, VectorDatabase
@@ -188,7 +188,6 @@ def test_sign_up_upload_and_chat_with_cited_pages(page, asgi_server, screenshots
     answer = page.locator("#transcript .turn-assistant").last
     expect(answer.locator("a.citation").first).to_be_visible(timeout=ANSWER_TIMEOUT_MS)
     expect(answer).not_to_have_class("turn turn-assistant streaming")
-    expect(answer.locator(".turn-text")).to_contain_text(EXTRACTIVE_LABEL)
     expect(answer.locator(".turn-text")).to_contain_text("Cork")
     expect(page.locator("#question")).to_have_value("")
     conversation = page.locator(".conversations .conversation-list li[aria-current=true]")
@@ -212,6 +211,42 @@ def test_sign_up_upload_and_chat_with_cited_pages(page, asgi_server, screenshots
     assert page.url.startswith(f"{base}/documents/{document.id}/")  # the click stayed on the chat page
     page.wait_for_timeout(1500)  # the viewer (another process) turns the page; let the screenshot show it
     screenshots.take(page, "chat-citation-opened")
+    assert_no_script_errors(page)
+
+
+def test_an_answer_quotes_its_source_and_a_question_the_documents_cannot_answer_is_not_found(
+    page, asgi_server, screenshots, encodings_pdf
+):
+    base = asgi_server.url
+    sign_up(page, base, "asker@example.com", screenshots)
+    wait_for_database_ready(page, screenshots)
+    upload(page, encodings_pdf)
+    wait_for_document(page, "font encodings", "Ready", screenshots)
+    document_item(page, "font encodings").get_by_role("link", name="Open and chat").click()
+
+    ask(page, "What did the TUG Annual General Meeting in Cork specify?")
+    quoted = page.locator("#transcript .turn-assistant").last
+    expect(quoted).to_contain_text("specified a uniform encoding", timeout=ANSWER_TIMEOUT_MS)
+    expect(quoted.locator("a.citation").first).to_be_visible()
+    # The answer is the quoted sentence, not pages of excerpts.
+    assert len(quoted.inner_text()) < 600, quoted.inner_text()
+    screenshots.take(page, "quoted-answer")
+
+    ask(page, "Who painted the Mona Lisa?")
+    not_found = page.locator("#transcript .turn-assistant").nth(1)
+    expect(not_found).to_contain_text(NOT_FOUND_ANSWER, timeout=ANSWER_TIMEOUT_MS)
+    expect(not_found.locator("a.citation")).to_have_count(0)
+    screenshots.take(page, "not-found-answer")
+    page.set_viewport_size({"width": 390, "height": 844})
+    screenshots.take(page, "not-found-answer-phone")
+
+    # Both answers are kept as they were shown: the conversation reopens with them.
+    page.set_viewport_size({"width": 1280, "height": 860})
+    page.goto(f"{base}/chat/")
+    page.locator(".conversations .conversation-list a", has_text="What did the TUG Annual General Meeting").click()
+    expect(page.locator("#transcript .turn-assistant").nth(0)).to_contain_text("specified a uniform encoding")
+    expect(page.locator("#transcript .turn-assistant").nth(1)).to_contain_text(NOT_FOUND_ANSWER)
+    expect(page.locator("#transcript .turn-assistant").nth(1).locator("a.citation")).to_have_count(0)
     assert_no_script_errors(page)
 
 
@@ -342,7 +377,7 @@ def test_a_model_answer_streams_token_by_token_while_the_box_stays_usable(
         if not typed and lengths[-1] > 0:
             # Mid-answer, the question box takes the next question.
             page.locator("#question").click()
-            page.keyboard.type("And what is T2A?")
+            page.keyboard.type("And who specified it?")
             expect(page.locator("#question")).to_be_editable()
             expect(page.locator("#question")).to_be_focused()
             expect(page.locator("#chat-state")).to_have_text("Answering…")
@@ -355,14 +390,16 @@ def test_a_model_answer_streams_token_by_token_while_the_box_stays_usable(
 
     expect(answer.locator(".turn-text")).to_have_text(openai_emulator.answer)
     expect(answer.locator("a.citation").first).to_be_visible()
-    expect(page.locator("#question")).to_have_value("And what is T2A?")
+    expect(page.locator("#question")).to_have_value("And who specified it?")
     expect(page.locator("#chat-state")).to_have_text("")
     assert openai_emulator.request_counts["chat.completions"] == chats_before + 1
     screenshots.take(page, "chat-streamed-answer")
 
-    # The typed follow-up goes out as the next turn of the same conversation.
+    # The typed follow-up goes out as the next turn of the same conversation; the model rewrites it as a question
+    # that stands alone before the search.
     openai_emulator.token_delay_seconds = 0
-    openai_emulator.answer = "T2A is one of the Cyrillic encodings [1]."
+    openai_emulator.answer = "A group at the TUG Annual General Meeting in Cork specified it [1]."
+    openai_emulator.rewrite = "Who specified the Cork encoding?"
     page.press("#question", "Enter")
     expect(page.locator("#transcript .turn-assistant")).to_have_count(2)
     expect(page.locator("#transcript .turn-assistant").last.locator(".turn-text")).to_have_text(
@@ -371,5 +408,6 @@ def test_a_model_answer_streams_token_by_token_while_the_box_stays_usable(
     assert "c=" in page.url
     expect(page.locator(".conversations .conversation-list li")).to_have_count(1)  # one conversation, two turns
     expect(page.locator("#transcript .turn-assistant").last.locator("a.citation").last).to_be_in_viewport()
+    openai_emulator.rewrite = None
     screenshots.take(page, "chat-follow-up")
     assert_no_script_errors(page)
