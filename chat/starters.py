@@ -57,9 +57,12 @@ _DANGLING_WORDS = {
     "to",
     "with",
 }
-# "known as the Cork encoding", "called T1": the document names something it will talk about.
+# "known as the Cork encoding", "called T1", "the so-called barn owl": the document names something it talks about.
+# Only "so-called" is trusted before a lower-case word ("is called by the parser" names nothing).
 _DEFINED_TERM = re.compile(
-    r"\b(?:(the)\s+so-called|known as|called|referred to as|termed)\s+((?:the\s+)?[A-Z][\w-]*(?:\s+[a-z]+)?)(?=[\s,.;:)])"
+    r"\b(?:[Tt]he\s+so-called\s+(?P<so_called>[\w-]+(?:\s+[a-z]+)?)"
+    r"|(?:known as|called|referred to as|termed)\s+(?P<named>(?:the\s+)?[A-Z][\w-]*(?:\s+[a-z]+)?))"
+    r"(?=[\s,.;:)])"
 )
 # Terms written with capitals or digits inside them (T2A, LaTeX, OT1, TUG): the document's own vocabulary.
 _TERM = re.compile(r"\b[A-Z][A-Za-z]*[A-Z0-9][A-Za-z0-9]*(?:\.\d+)?\b")
@@ -103,7 +106,7 @@ def _terms(chunks: list[LeadingChunk]) -> list[str]:
     counts: Counter[str] = Counter()
     for chunk in chunks:
         for match in _DEFINED_TERM.finditer(chunk.content):
-            term = re.sub(r"\s+", " ", " ".join(part for part in match.groups() if part))
+            term = re.sub(r"\s+", " ", f"the {match['so_called']}" if match["so_called"] else match["named"])
             if term not in defined:
                 defined.append(term)
         counts.update(

@@ -347,7 +347,9 @@
             finished = true;
           } else if (kind === "done") {
             finished = true;
-            found = data.found !== false;
+            // `found: false`: nothing relevant in the documents. Before servers sent the flag, no citations meant
+            // the same thing.
+            found = data.found === undefined ? turn.citations.length > 0 : data.found !== false;
           }
         });
       }

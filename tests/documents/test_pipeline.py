@@ -295,6 +295,28 @@ def test_ingest_ends_ready_with_every_chunk_in_the_tenant_database(owner, owner_
 
 
 @pytest.mark.django_db
+def test_embedding_progress_counts_the_chunks_embedded_out_of_the_total(
+    owner, owner_database, media_root, pdfs, settings
+):
+    settings.EMBEDDING_BATCH_SIZE = 2
+    document = _upload(owner, "guide.pdf", pdfs.small)
+    seen: list[tuple[str, int, int]] = []
+
+    services.document_ingest(
+        document.id, on_progress=lambda d: seen.append((d.status, d.chunks_embedded, d.chunks_total))
+    )
+
+    document.refresh_from_db()
+    total = document.chunk_count
+    assert total >= 3
+    # "Embedding 0/N chunks" as soon as the chunks are known, then one step a batch of two, up to N/N.
+    assert [(embedded, of) for status, embedded, of in seen if status == "embedding"] == [(0, total)] + [
+        (min(count, total), total) for count in range(2, total + 2, 2)
+    ]
+    assert (document.status, document.chunks_embedded, document.chunks_total) == (Document.Status.READY, total, total)
+
+
+@pytest.mark.django_db
 def test_running_ingest_again_never_duplicates_chunks(owner, owner_database, media_root, pdfs):
     document = _ingest(_upload(owner, "guide.pdf", pdfs.small))
     before = _chunk_rows(owner_database)
