@@ -105,3 +105,26 @@ def test_the_status_endpoint_carries_the_details_and_shows_only_ones_own_documen
     assert [(d["title"], d["label"], d["detail"], d["chunks_total"]) for d in payload["documents"]] == [
         ("mine", "Embedding", "Embedding 0/10 chunks", 10)
     ]
+
+
+def test_the_dashboard_leads_with_documents_and_mentions_the_database_only_while_it_is_not_ready(owner, client):
+    database = VectorDatabase.objects.create(
+        tenant=owner, provider="postgres", status=VectorDatabase.Status.PROVISIONING, embedding_model="all-MiniLM-L6-v2"
+    )
+    _document(owner, "atlas", Status.QUEUED)
+    client.force_login(owner)
+
+    provisioning = client.get("/dashboard/").content.decode()
+    account = client.get("/account/").content.decode()
+    VectorDatabase.objects.filter(id=database.id).update(status=VectorDatabase.Status.READY)
+    ready = client.get("/dashboard/").content.decode()
+
+    assert 'id="database-status" class="status status-provisioning"' in provisioning
+    assert "Your private database is being set up." in provisioning
+    assert 'id="database-card"' not in ready
+    for page in (provisioning, ready):
+        assert "all-MiniLM-L6-v2" not in page  # the database's facts are on the account page
+        assert '<th scope="col">Title</th><th scope="col">Pages</th><th scope="col">Added</th>' in page
+        assert 'class="document-title">atlas</span>' in page
+        assert 'id="upload-files" name="files"' in page
+    assert '<dd data-fact="embedding_model">all-MiniLM-L6-v2</dd>' in account
