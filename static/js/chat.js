@@ -360,8 +360,8 @@
     } finally {
       streaming = null;
       turn.classList.remove("streaming");
-      renderAnswer(turn);
       keepInView(() => {
+        renderAnswer(turn);
         finishTurn(turn);
         if (!found) markNotFound(turn);
       });

@@ -164,8 +164,24 @@ function closePanel() {
   for (const active of document.querySelectorAll(".chip.active, .source-item.active")) active.classList.remove("active");
 }
 
+// Whether the document's file is still there (it may have been deleted in another tab since it was loaded): the
+// answer's status is enough, the body is not read.
+async function stillThere(documentId) {
+  const controller = new AbortController();
+  try {
+    const response = await fetch(fileUrl(documentId), { signal: controller.signal, cache: "no-store" });
+    return response.status !== 404;
+  } catch (error) {
+    return true; // offline: keep showing what is loaded
+  } finally {
+    controller.abort();
+  }
+}
+
 async function loadDocument(documentId) {
-  if (loadedDocumentId === documentId && pdfViewer && pdfViewer.pdfDocument) return true;
+  if (loadedDocumentId === documentId && pdfViewer && pdfViewer.pdfDocument) {
+    return (await stillThere(documentId)) ? true : "deleted";
+  }
   const { pdfjs } = libraries;
   ensureViewer();
   if (loadingTask) loadingTask.destroy();
