@@ -41,7 +41,8 @@ function setStatus(text, kind) {
 }
 
 function showPassage(text) {
-  passageElement.textContent = text || "";
+  // The stored text keeps the PDF's line breaks: join the lines of a paragraph, keep the paragraphs.
+  passageElement.textContent = (text || "").replace(/([^\n])\n(?!\n)/g, "$1 ");
   passageElement.hidden = !text;
 }
 
@@ -225,6 +226,7 @@ async function open(citation) {
   panel.dataset.page = String(page);
   delete panel.dataset.highlightedPage;
   if (citation.deleted) return showDeleted(citation);
+  panel.classList.remove("without-document");
   setStatus("Opening the PDF…");
   try {
     await loadLibraries();
@@ -251,6 +253,7 @@ async function open(citation) {
 }
 
 function showDeleted(citation) {
+  panel.classList.add("without-document");
   if (pdfViewer) pdfViewer.setDocument(null);
   loadedDocumentId = null;
   viewerElement.hidden = true;
