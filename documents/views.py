@@ -46,9 +46,9 @@ def upload(request: HttpRequest) -> HttpResponse:
             rejected.append(str(error))
     if _wants_json(request):
         status = 400 if rejected and not accepted else 200
-        return JsonResponse(
-            {"documents": [selectors.document_status_payload(d) for d in accepted], "errors": rejected}, status=status
-        )
+        accepted_ids = {document.id for document in accepted}
+        payloads = [p for p in selectors.document_statuses_for_user(request.user) if p["id"] in accepted_ids]
+        return JsonResponse({"documents": payloads, "errors": rejected}, status=status)
     if not files:
         messages.error(request, "Choose one or more PDF files to upload.")
     for message in rejected:

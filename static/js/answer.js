@@ -58,11 +58,11 @@
   }
 
   function renderMarkdown(container, text, citations) {
-    const html = window.DOMPurify.sanitize(markdown.render(text || ""), {
-      ALLOWED_TAGS, ALLOWED_ATTR: ALLOWED_ATTRIBUTES, ALLOW_DATA_ATTR: false,
-    });
+    // DOMPurify parses and sanitizes in an inert document and hands back nodes: no HTML string reaches the page.
     const scratch = document.createElement("div");
-    scratch.innerHTML = html;
+    scratch.append(window.DOMPurify.sanitize(markdown.render(text || ""), {
+      ALLOWED_TAGS, ALLOWED_ATTR: ALLOWED_ATTRIBUTES, ALLOW_DATA_ATTR: false, RETURN_DOM_FRAGMENT: true,
+    }));
     for (const link of scratch.querySelectorAll("a")) {
       link.target = "_blank";
       link.rel = "noopener noreferrer nofollow";
