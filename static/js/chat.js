@@ -28,7 +28,8 @@
   function updateCounter() {
     const length = question.value.trim().length;
     const over = length - maxChars;
-    counter.textContent = numberFormat.format(question.value.length) + " / " + numberFormat.format(maxChars);
+    // Counted as the server counts: without the spaces around the question.
+    counter.textContent = numberFormat.format(length) + " / " + numberFormat.format(maxChars);
     counter.classList.toggle("over", over > 0);
     counter.classList.toggle("near", over <= 0 && length > maxChars * 0.9);
     if (over > 0) {
