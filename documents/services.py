@@ -220,7 +220,15 @@ def document_ingest(document_id: int, on_progress: Callable[[Document], None] | 
         if document.status == Status.READY:
             return report
         target = tenant_target(document.owner)  # TenantDatabaseNotReady propagates: the task waits for it
-        _update(document, status=Status.PARSING, progress=0.01, error_message="", attempts=F("attempts") + 1)
+        _update(
+            document,
+            status=Status.PARSING,
+            progress=0.01,
+            error_message="",
+            chunks_total=0,
+            chunks_embedded=0,
+            attempts=F("attempts") + 1,
+        )
         _notify(on_progress, document)
         try:
             _run_pipeline(document, target, report.timings, on_progress)
@@ -263,7 +271,8 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress) -> None:
     chunks = chunk_pages(pages, settings.CHUNK_SIZE, settings.CHUNK_OVERLAP)
     timings.chunk = time.perf_counter() - started
 
-    _update(document, status=Status.EMBEDDING)
+    _update(document, status=Status.EMBEDDING, chunks_total=len(chunks), chunks_embedded=0)
+    _notify(on_progress, document)
     vectors: list[list[float]] = []
     batch_size = settings.EMBEDDING_BATCH_SIZE or embedder.pipeline_batch_size
     started = time.perf_counter()
@@ -271,7 +280,11 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress) -> None:
         batch = chunks[start : start + batch_size]
         vectors += embedder.embed_documents([chunk.text for chunk in batch])
         done = len(vectors) / len(chunks)
-        _update(document, progress=PROGRESS_PARSED + (PROGRESS_EMBEDDED - PROGRESS_PARSED) * done)
+        _update(
+            document,
+            progress=PROGRESS_PARSED + (PROGRESS_EMBEDDED - PROGRESS_PARSED) * done,
+            chunks_embedded=len(vectors),
+        )
         _notify(on_progress, document)
     timings.embed = time.perf_counter() - started
 
@@ -322,7 +335,15 @@ def document_reingest(user, document_id: int | str) -> Document:
     if document.is_busy:
         return document
     with transaction.atomic():
-        _update(document, status=Status.QUEUED, progress=0.0, error_message="", chunk_count=0)
+        _update(
+            document,
+            status=Status.QUEUED,
+            progress=0.0,
+            error_message="",
+            chunk_count=0,
+            chunks_total=0,
+            chunks_embedded=0,
+        )
         _enqueue_ingest(document)
     return document
 

@@ -143,3 +143,14 @@ def embedding_dimension_change(connection: psycopg.Connection, dimensions: int) 
             ).format(psycopg.sql.Identifier(EMBEDDING_INDEX_NAME))
         )
     return deleted
+
+
+def chunks_leading(connection: psycopg.Connection, document_ids: Sequence[int], per_document: int) -> list[dict]:
+    """The first `per_document` chunks of each document (text and section), in document order: where headings and
+    the document's own vocabulary are, for starter questions."""
+    rows = connection.execute(
+        "SELECT document_id, chunk_index, metadata->>'section', content FROM embeddings "
+        "WHERE document_id = ANY(%s) AND chunk_index < %s ORDER BY document_id, chunk_index",
+        [list(document_ids), per_document],
+    ).fetchall()
+    return [{"document_id": row[0], "chunk_index": row[1], "section": row[2] or "", "content": row[3]} for row in rows]

@@ -536,7 +536,8 @@ def test_a_conversation_is_listed_resumable_and_deletable(owner, espresso, brows
     assert second[0] == ("conversation", {"id": conversation_id, "title": "How long is the warranty?"})
     listing = browser.get(reverse("chat"))
     assert listing.status_code == 200
-    assert f'<a href="?c={conversation_id}">How long is the warranty?</a>' in listing.text
+    assert f'<a class="conversation-link" href="?c={conversation_id}">' in listing.text
+    assert '<span class="conversation-title">How long is the warranty?</span>' in listing.text
     resumed = browser.get(f"{reverse('chat')}?c={conversation_id}")
     assert resumed.status_code == 200
     assert resumed.text.count('class="turn turn-user"') == 2

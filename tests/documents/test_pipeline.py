@@ -170,11 +170,16 @@ def test_upload_through_the_view_stores_the_file_and_queues_the_document(client,
                 "id": document.id,
                 "title": "LaTeX class guide",
                 "status": "queued",
+                "label": "Queued",
                 "progress": 0.0,
                 "pages": None,
                 "chunks": 0,
+                "chunks_total": 0,
+                "chunks_embedded": 0,
+                "detail": "Waiting for your database to be set up; it starts by itself once it is ready.",
                 "error": "",
                 "busy": True,
+                "created": document.created_at.isoformat(),
             }
         ],
         "errors": [],
@@ -369,6 +374,28 @@ def test_ingest_ends_ready_with_every_chunk_in_the_tenant_database(owner, owner_
 
 
 @pytest.mark.django_db
+def test_embedding_progress_counts_the_chunks_embedded_out_of_the_total(
+    owner, owner_database, media_root, pdfs, settings
+):
+    settings.EMBEDDING_BATCH_SIZE = 2
+    document = _upload(owner, "guide.pdf", pdfs.small)
+    seen: list[tuple[str, int, int]] = []
+
+    services.document_ingest(
+        document.id, on_progress=lambda d: seen.append((d.status, d.chunks_embedded, d.chunks_total))
+    )
+
+    document.refresh_from_db()
+    total = document.chunk_count
+    assert total >= 3
+    # "Embedding 0/N chunks" as soon as the chunks are known, then one step a batch of two, up to N/N.
+    assert [(embedded, of) for status, embedded, of in seen if status == "embedding"] == [(0, total)] + [
+        (min(count, total), total) for count in range(2, total + 2, 2)
+    ]
+    assert (document.status, document.chunks_embedded, document.chunks_total) == (Document.Status.READY, total, total)
+
+
+@pytest.mark.django_db
 def test_running_ingest_again_never_duplicates_chunks(owner, owner_database, media_root, pdfs):
     document = _ingest(_upload(owner, "guide.pdf", pdfs.small))
     before = _chunk_rows(owner_database)
@@ -554,11 +581,16 @@ def test_an_upload_is_ingested_by_a_celery_worker(client, celery_worker, owner, 
             "id": document_id,
             "title": "guide",
             "status": "ready",
+            "label": "Ready",
             "progress": 1.0,
             "pages": SMALL_PDF_PAGES,
             "chunks": len(rows),
+            "chunks_total": len(rows),
+            "chunks_embedded": len(rows),
+            "detail": "",
             "error": "",
             "busy": False,
+            "created": Document.objects.get(id=document_id).created_at.isoformat(),
         }
         assert len(rows) >= 3
     finally:  # the worker writes to the real MEDIA_ROOT: leave nothing behind
