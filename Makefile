@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test bench install clean-data lint
+.PHONY: run test bench install clean-data lint vendor-static
 
 # The app packages pass the linter, the formatter's check and the type checker (all configured in pyproject.toml).
 LINTED := config tenants documents chat vectordb
@@ -47,3 +47,8 @@ bench: $(STAMP)
 clean-data:
 	$(BIN)/python -m config.embedded_postgres stop || true
 	rm -rf .data
+
+# Re-vendor the browser libraries in static/vendor/ (PDF.js, markdown-it, DOMPurify) from the npm registry; versions
+# are pinned in the script and recorded in static/vendor/VERSIONS. Needs node and npm; the app never fetches them.
+vendor-static:
+	scripts/vendor_static.sh

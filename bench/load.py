@@ -304,6 +304,9 @@ def _server_environment(emulator: OpenAIEmulator, cap: int, application_name: st
             "EMBEDDING_MODEL": LOCAL_MODEL,
             "EMBEDDING_DIMENSIONS": str(settings.EMBEDDING_DIMENSIONS),
             "TENANT_POOL_MAX_TOTAL_CONNECTIONS": str(cap),
+            # Every turn reaches the model, as this load is meant: most questions are about another tenant's passages,
+            # which the relevance floor would answer "not found" without a model stream.
+            "RETRIEVAL_RELEVANCE_FLOOR": "-1",
             # libpq's application_name for every connection the server opens: how the sampler tells them apart.
             "PGAPPNAME": application_name,
         }

@@ -1,7 +1,7 @@
 """langchain-postgres PGVectorStore vs our SQL: search latency (vector, hybrid) and write throughput, same run.
 
 One tenant database (postgres provider), ~5,000 chunks of 384-dim random unit vectors over 10 documents. Both paths
-use connections from the same TenantConnectionRegistry (the store borrows them, see vectordb/vector_store.py), and
+use connections from the same TenantConnectionRegistry (the store borrows them, see bench/langchain_baseline.py), and
 each query runs through both paths back to back, alternating which goes first, so machine noise hits both alike.
 Writes: `chunks_replace` (delete + COPY, one transaction per document) vs `add_embeddings` (the library's INSERT ..
 ON CONFLICT per chunk, one connection checkout and commit each), the same chunks with the same ids.

@@ -12,7 +12,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, Stream
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import services
+from chat import selectors, services
 from documents.models import Document
 from documents.selectors import document_get_for_user, documents_for_user
 from tenants.services import TenantDatabaseNotReady
@@ -31,16 +31,28 @@ def _chat_page(request: HttpRequest, document: Document | None) -> HttpResponse:
     context: dict[str, Any] = {
         "document": document, "conversations": [], "conversation": None, "history": [], "unavailable": "",
     }  # fmt: skip
+    titles = selectors.document_titles_for_user(request.user)
     try:
-        context["conversations"] = services.conversations_for_user(request.user, document.id if document else None)
+        conversations = services.conversations_for_user(request.user, document.id if document else None)
+        context["conversations"] = [selectors.conversation_listing(item, titles) for item in conversations]
         if conversation_id:
             found = services.conversation_with_messages(request.user, conversation_id)
             if found is None or (document and found[0].document_id != document.id):
                 raise Http404("No such conversation")
-            context["conversation"], context["history"] = found
+            context["conversation"] = selectors.conversation_listing(found[0], titles)
+            context["history"] = [selectors.message_for_display(message, titles) for message in found[1]]
     except TenantDatabaseNotReady:
         context["unavailable"] = "Your database is still being set up. Chat opens as soon as it is ready."
-    context["has_ready_documents"] = documents_for_user(request.user).filter(status=Document.Status.READY).exists()
+    ready_documents = documents_for_user(request.user).filter(status=Document.Status.READY)
+    context["ready_document_count"] = ready_documents.count()
+    context["has_ready_documents"] = bool(context["ready_document_count"])
+    if document is not None:
+        context["has_ready_documents"] = document.status == Document.Status.READY
+    if not context["history"] and not context["unavailable"] and context["has_ready_documents"]:
+        context["starter_questions"] = selectors.starter_questions_for_user(
+            request.user, document.id if document else None
+        )
+    context["max_question_chars"] = settings.CHAT_MAX_QUESTION_CHARS
     return render(request, "chat/chat.html", context)
 
 

@@ -234,6 +234,18 @@ CHUNK_SIZE = env_int("CHUNK_SIZE", 1000, minimum=100)
 CHUNK_OVERLAP = env_int("CHUNK_OVERLAP", 200, minimum=0)
 RETRIEVAL_K = env_int("RETRIEVAL_K", 5, minimum=1)
 RETRIEVAL_HYBRID = env_bool("RETRIEVAL_HYBRID", True)
+# Below this cosine similarity between the question and its closest passage, the answer is "not found". Calibrated on
+# the dev set for all-MiniLM-L6-v2 (make bench, section conversation); other models' similarities run on other scales.
+_RELEVANCE_FLOORS = {"all-MiniLM-L6-v2": 0.30}
+RETRIEVAL_RELEVANCE_FLOOR = env_float(
+    "RETRIEVAL_RELEVANCE_FLOOR", _RELEVANCE_FLOORS.get(EMBEDDING_MODEL, 0.25), minimum=-1.0
+)
+if RETRIEVAL_RELEVANCE_FLOOR > 1:
+    raise ImproperEnvironment(f"RETRIEVAL_RELEVANCE_FLOOR={RETRIEVAL_RELEVANCE_FLOOR} must be at most 1")
+# Passages whose sentences are read to rerank them and to quote the answer, when there is no chat model. 0: off.
+RETRIEVAL_RERANK_CANDIDATES = env_int("RETRIEVAL_RERANK_CANDIDATES", 5, minimum=0)
+# Longest answer without a chat model (the quoted sentences with their markers), in characters.
+CHAT_EXTRACTIVE_ANSWER_CHARS = env_int("CHAT_EXTRACTIVE_ANSWER_CHARS", 400, minimum=100)
 CHAT_MAX_QUESTION_CHARS = env_int("CHAT_MAX_QUESTION_CHARS", 4000, minimum=1)
 CHAT_HISTORY_MESSAGES = env_int("CHAT_HISTORY_MESSAGES", 6, minimum=0)
 CHAT_STREAM_THREADS = env_int("CHAT_STREAM_THREADS", 64, minimum=1)

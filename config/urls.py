@@ -1,5 +1,7 @@
 from django.contrib import admin
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from chat import views as chat_views
 from documents import views as document_views
@@ -14,6 +16,7 @@ urlpatterns = [
     path("documents/<int:document_id>/", chat_views.document_chat, name="document_chat"),
     path("chat/", include("chat.urls")),
     path("healthz", tenant_views.health, name="health"),
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     path("accounts/", include("allauth.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -147,6 +147,11 @@ def _next_start(spans: list[tuple[int, int]], number: int, end: int) -> int:
     return spans[number + 1][0] if number + 1 < len(spans) else end
 
 
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each sentence or block of the text, as chunks are packed from them (answers quote them)."""
+    return _sentence_spans(text, 0, len(text))
+
+
 def _sentence_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
     """(start, end) of each sentence or block in text[start:end], without surrounding whitespace."""
     spans: list[tuple[int, int]] = []

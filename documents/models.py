@@ -31,6 +31,9 @@ class Document(models.Model):
     progress = models.FloatField(default=0.0)  # 0..1 within the whole pipeline
     page_count = models.PositiveIntegerField(null=True, blank=True)
     chunk_count = models.PositiveIntegerField(default=0)
+    # While embedding: how many chunks this run embeds, and how many it has embedded ("embedding 120/300 chunks").
+    chunks_total = models.PositiveIntegerField(default=0)
+    chunks_embedded = models.PositiveIntegerField(default=0)
     error_message = models.TextField(blank=True)
     embedding_model = models.CharField(max_length=100, blank=True)
     attempts = models.PositiveIntegerField(default=0)

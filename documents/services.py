@@ -100,13 +100,17 @@ def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = T
         raise DocumentRejected(
             f"{uploaded_file.name}: this PDF has {pages:,} pages; Silo accepts up to {settings.UPLOAD_MAX_PAGES:,}."
         )
-    _count_upload(owner)  # only uploads that would be stored count against the hourly limit
     digest = hashlib.sha256()
     uploaded_file.seek(0)
     for block in uploaded_file.chunks():
         digest.update(block)
     uploaded_file.seek(0)
+    _refuse_duplicate(owner, uploaded_file.name, digest.hexdigest())
+    _count_upload(owner)  # only uploads that would be stored count against the hourly limit
     with transaction.atomic():
+        # The owner's row lock orders concurrent uploads of the same bytes: the second one sees the first.
+        User.objects.select_for_update().filter(id=owner.id).exists()
+        _refuse_duplicate(owner, uploaded_file.name, digest.hexdigest())
         document = Document.objects.create(
             owner=owner,
             title=_title_from_filename(uploaded_file.name),
@@ -118,6 +122,22 @@ def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = T
         if enqueue:
             _enqueue_ingest(document)
     return document
+
+
+def _refuse_duplicate(owner, filename: str, sha256: str) -> None:
+    """The same bytes twice would only repeat every passage in the answers: say where the first copy is."""
+    existing = Document.objects.filter(owner=owner, sha256=sha256).order_by("created_at").first()
+    if existing is None:
+        return
+    already = f"{Path(filename).name}: you already uploaded this file as “{existing.title}”"
+    if existing.status == Status.FAILED:
+        raise DocumentRejected(
+            f"{already}, which could not be processed ({existing.error_message or 'no reason recorded'}). "
+            "Delete it from your documents to upload it again."
+        )
+    if existing.is_busy:
+        raise DocumentRejected(f"{already}; it is being processed and will be ready shortly.")
+    raise DocumentRejected(f"{already}; it is in your documents, ready to chat with.")
 
 
 def _count_upload(owner) -> None:
@@ -184,7 +204,15 @@ def document_ingest(document_id: int, on_progress: Callable[[Document], None] | 
         if document.status == Status.READY:
             return report
         target = tenant_target(document.owner)  # TenantDatabaseNotReady propagates: the task waits for it
-        _update(document, status=Status.PARSING, progress=0.01, error_message="", attempts=F("attempts") + 1)
+        _update(
+            document,
+            status=Status.PARSING,
+            progress=0.01,
+            error_message="",
+            chunks_total=0,
+            chunks_embedded=0,
+            attempts=F("attempts") + 1,
+        )
         _notify(on_progress, document)
         try:
             _run_pipeline(document, target, report.timings, on_progress)
@@ -227,7 +255,8 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress) -> None:
     chunks = chunk_pages(pages, settings.CHUNK_SIZE, settings.CHUNK_OVERLAP)
     timings.chunk = time.perf_counter() - started
 
-    _update(document, status=Status.EMBEDDING)
+    _update(document, status=Status.EMBEDDING, chunks_total=len(chunks), chunks_embedded=0)
+    _notify(on_progress, document)
     vectors: list[list[float]] = []
     batch_size = settings.EMBEDDING_BATCH_SIZE or embedder.pipeline_batch_size
     started = time.perf_counter()
@@ -235,7 +264,11 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress) -> None:
         batch = chunks[start : start + batch_size]
         vectors += embedder.embed_documents([chunk.text for chunk in batch])
         done = len(vectors) / len(chunks)
-        _update(document, progress=PROGRESS_PARSED + (PROGRESS_EMBEDDED - PROGRESS_PARSED) * done)
+        _update(
+            document,
+            progress=PROGRESS_PARSED + (PROGRESS_EMBEDDED - PROGRESS_PARSED) * done,
+            chunks_embedded=len(vectors),
+        )
         _notify(on_progress, document)
     timings.embed = time.perf_counter() - started
 
@@ -286,7 +319,15 @@ def document_reingest(user, document_id: int | str) -> Document:
     if document.is_busy:
         return document
     with transaction.atomic():
-        _update(document, status=Status.QUEUED, progress=0.0, error_message="", chunk_count=0)
+        _update(
+            document,
+            status=Status.QUEUED,
+            progress=0.0,
+            error_message="",
+            chunk_count=0,
+            chunks_total=0,
+            chunks_embedded=0,
+        )
         _enqueue_ingest(document)
     return document
 

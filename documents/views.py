@@ -1,4 +1,3 @@
-import psycopg
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -10,26 +9,23 @@ from django.views.decorators.http import require_GET, require_POST
 from documents import selectors, services
 from tenants import selectors as tenant_selectors
 from tenants.models import AuthenticatedHttpRequest
-from vectordb.connections import ConnectionCapacityExhausted
 
 
 @login_required
 @require_GET
 def dashboard(request: AuthenticatedHttpRequest) -> HttpResponse:
-    """The tenant's home: their database's state, their documents with live progress, the upload area."""
+    """The tenant's home: their documents with live progress and a compact upload control. The database is only
+    mentioned while it is not ready (its facts are on the account page)."""
     vector_database = tenant_selectors.vector_database_for_tenant(request.user)
-    database = tenant_selectors.vector_database_status_payload(vector_database)
-    if vector_database is not None and vector_database.is_ready:
-        try:
-            database["size_bytes"] = tenant_selectors.vector_database_size_bytes(vector_database)
-        except (psycopg.OperationalError, ConnectionCapacityExhausted):
-            database["size_bytes"] = None  # unreachable right now: the page still works without the figure
+    documents = selectors.documents_for_user(request.user)
+    statuses = {payload["id"]: payload for payload in selectors.document_statuses_for_user(request.user)}
     return render(
         request,
         "documents/dashboard.html",
         {
-            "database": database,
-            "documents": selectors.documents_for_user(request.user),
+            "database": tenant_selectors.vector_database_status_payload(vector_database),
+            "documents": [(document, statuses[document.id]) for document in documents],
+            "has_ready_documents": any(payload["status"] == "ready" for payload in statuses.values()),
             "upload_max_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024),
         },
     )
@@ -51,9 +47,9 @@ def upload(request: HttpRequest) -> HttpResponse:
             rejected.append(str(error))
     if _wants_json(request):
         status = 400 if rejected and not accepted else 200
-        return JsonResponse(
-            {"documents": [selectors.document_status_payload(d) for d in accepted], "errors": rejected}, status=status
-        )
+        accepted_ids = {document.id for document in accepted}
+        payloads = [p for p in selectors.document_statuses_for_user(request.user) if p["id"] in accepted_ids]
+        return JsonResponse({"documents": payloads, "errors": rejected}, status=status)
     if not files:
         messages.error(request, "Choose one or more PDF files to upload.")
     for message in rejected:
@@ -66,8 +62,7 @@ def upload(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def status(request: HttpRequest) -> JsonResponse:
-    documents = selectors.documents_for_user(request.user)
-    return JsonResponse({"documents": [selectors.document_status_payload(d) for d in documents]})
+    return JsonResponse({"documents": selectors.document_statuses_for_user(request.user)})
 
 
 @xframe_options_sameorigin

@@ -1,3 +1,4 @@
+import psycopg
 from django.contrib import messages
 from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
@@ -8,13 +9,15 @@ from django.views.decorators.http import require_GET, require_POST
 
 from tenants import selectors, services
 from tenants.models import AuthenticatedHttpRequest
+from vectordb.connections import ConnectionCapacityExhausted
 
 
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
+    """Signed in: your documents. Signed out: what Silo is, with the way in."""
     if request.user.is_authenticated:
         return redirect("dashboard")
-    return redirect("account_login")
+    return render(request, "landing.html")
 
 
 @login_required
@@ -37,8 +40,16 @@ def database_retry(request: AuthenticatedHttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
-def account(request: HttpRequest) -> HttpResponse:
-    return render(request, "tenants/account.html", {})
+def account(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """The account: who is signed in, the dedicated database's facts, export and deletion."""
+    vector_database = selectors.vector_database_for_tenant(request.user)
+    database = selectors.vector_database_status_payload(vector_database)
+    if vector_database is not None and vector_database.is_ready:
+        try:
+            database["size_bytes"] = selectors.vector_database_size_bytes(vector_database)
+        except (psycopg.OperationalError, ConnectionCapacityExhausted):
+            database["size_bytes"] = None  # unreachable right now: the page still works without the figure
+    return render(request, "tenants/account.html", {"database": database})
 
 
 @login_required

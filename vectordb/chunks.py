@@ -82,3 +82,14 @@ def chunks_export(connection: psycopg.Connection, document_ids: Sequence[int]) -
             "WHERE document_id = ANY(%s) ORDER BY document_id, chunk_index",
             [list(document_ids)],
         ).fetchall()
+
+
+def chunks_leading(connection: psycopg.Connection, document_ids: Sequence[int], per_document: int) -> list[dict]:
+    """The first `per_document` chunks of each document (text and section), in document order: where headings and
+    the document's own vocabulary are, for starter questions."""
+    with connection.cursor(row_factory=dict_row) as cursor:
+        return cursor.execute(
+            "SELECT document_id, chunk_index, coalesce(metadata->>'section', '') AS section, content FROM embeddings "
+            "WHERE document_id = ANY(%s) AND chunk_index < %s ORDER BY document_id, chunk_index",
+            [list(document_ids), per_document],
+        ).fetchall()

@@ -6,12 +6,12 @@ documents that may be searched; callers pass only documents that are ready, so h
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import psycopg
-from psycopg.rows import class_row
 
 from vectordb.models import TEXT_SEARCH_CONFIG
 
@@ -28,11 +28,26 @@ class SearchHit:
     first_page: int
     last_page: int
     metadata: dict
-    score: float
+    score: float  # the ranking's own score: cosine similarity, BM25, or the fused reciprocal rank
+    # Cosine similarity of the chunk to the query when the vector search found it (None when only the words did):
+    # unlike a fused rank it is comparable between queries, so a relevance floor can be set on it.
+    similarity: float | None = None
 
 
-# Named as SearchHit's fields: rows come back as SearchHits (psycopg's class_row), never by position.
-_COLUMNS = "id AS chunk_id, document_id, chunk_index, content, first_page, last_page, metadata"
+_COLUMNS = "id, document_id, chunk_index, content, first_page, last_page, metadata"
+
+
+def _hit(row, score: float) -> SearchHit:
+    return SearchHit(
+        chunk_id=row[0],
+        document_id=row[1],
+        chunk_index=row[2],
+        content=row[3],
+        first_page=row[4],
+        last_page=row[5],
+        metadata=row[6] or {},
+        score=float(score),
+    )
 
 
 def _vector_literal(values: Sequence[float]) -> str:
@@ -57,12 +72,12 @@ def vector_search(
             f"SET LOCAL hnsw.ef_search = {int(ef_search or max(64, 2 * k))}; "
             "SET LOCAL hnsw.iterative_scan = relaxed_order"
         )
-        with connection.cursor(row_factory=class_row(SearchHit)) as cursor:
-            return cursor.execute(
-                f"SELECT {_COLUMNS}, 1 - (embedding <=> %(query)s::vector) AS score FROM embeddings "
-                "WHERE document_id = ANY(%(documents)s) ORDER BY embedding <=> %(query)s::vector LIMIT %(k)s",
-                {"query": _vector_literal(query_embedding), "documents": list(document_ids), "k": k},
-            ).fetchall()
+        rows = connection.execute(
+            f"SELECT {_COLUMNS}, 1 - (embedding <=> %(query)s::vector) AS score FROM embeddings "
+            "WHERE document_id = ANY(%(documents)s) ORDER BY embedding <=> %(query)s::vector LIMIT %(k)s",
+            {"query": _vector_literal(query_embedding), "documents": list(document_ids), "k": k},
+        ).fetchall()
+    return [replace(_hit(row, row[7]), similarity=float(row[7])) for row in rows]
 
 
 # Okapi BM25's constants, as Robertson and Lucene use them: term-frequency saturation and length normalisation.
@@ -112,7 +127,7 @@ scored AS (
     FROM frequencies f JOIN rarity r ON r.lexeme = f.lexeme CROSS JOIN average
     GROUP BY f.id
 )
-SELECT {", ".join(f"e.{column}" for column in _COLUMNS.split(", "))}, scored.score::float8 AS score
+SELECT {", ".join(f"e.{column}" for column in _COLUMNS.split(", "))}, scored.score
 FROM scored JOIN embeddings e ON e.id = scored.id
 ORDER BY scored.score DESC, e.id
 LIMIT %(k)s
@@ -127,16 +142,18 @@ def fulltext_search(
     query_text = query_text.replace("\x00", "")  # PostgreSQL text cannot hold NUL
     if not document_ids or k < 1 or not query_text.strip():
         return []
-    parameters = {
-        "config": TEXT_SEARCH_CONFIG,
-        "text": query_text,
-        "documents": list(document_ids),
-        "k": k,
-        "k1": BM25_K1,
-        "b": BM25_B,
-    }
-    with connection.cursor(row_factory=class_row(SearchHit)) as cursor:
-        return cursor.execute(_BM25_SQL, parameters).fetchall()
+    rows = connection.execute(
+        _BM25_SQL,
+        {
+            "config": TEXT_SEARCH_CONFIG,
+            "text": query_text,
+            "documents": list(document_ids),
+            "k": k,
+            "k1": BM25_K1,
+            "b": BM25_B,
+        },
+    ).fetchall()
+    return [_hit(row, row[7]) for row in rows]
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[SearchHit]], k: int, rrf_k: int = RRF_K) -> list[SearchHit]:
@@ -149,6 +166,23 @@ def reciprocal_rank_fusion(rankings: Sequence[Sequence[SearchHit]], k: int, rrf_
             hits.setdefault(hit.chunk_id, hit)
     ordered = sorted(scores, key=lambda chunk_id: (-scores[chunk_id], str(chunk_id)))
     return [replace(hits[chunk_id], score=scores[chunk_id]) for chunk_id in ordered[:k]]
+
+
+def _passage_key(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def distinct_passages(hits: Sequence[SearchHit]) -> list[SearchHit]:
+    """The hits in order without repeats of a passage already listed: the same text twice (a PDF uploaded twice, a
+    page repeated in two documents) would fill the top k with copies and say nothing more."""
+    seen: set[str] = set()
+    distinct = []
+    for hit in hits:
+        key = _passage_key(hit.content)
+        if key not in seen:
+            seen.add(key)
+            distinct.append(hit)
+    return distinct
 
 
 def hybrid_search(

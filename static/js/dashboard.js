@@ -1,61 +1,22 @@
-// Keeps the database status on the dashboard live while it is being provisioned.
-(function () {
-  "use strict";
-  const card = document.getElementById("database-card");
-  if (!card) return;
-  const statusEl = document.getElementById("database-status");
-  const facts = document.getElementById("database-facts");
-  const errorEl = document.getElementById("database-error");
-  const retry = document.getElementById("database-retry");
-  let delay = 1000;
-
-  function render(data) {
-    statusEl.textContent = data.label;
-    statusEl.className = "status status-" + data.status;
-    facts.hidden = data.status !== "ready";
-    for (const el of facts.querySelectorAll("[data-fact]")) {
-      el.textContent = data[el.dataset.fact] || "";
-    }
-    errorEl.textContent = data.error || "";
-    errorEl.hidden = !data.error;
-    retry.hidden = !data.can_retry;
-  }
-
-  async function poll() {
-    try {
-      const response = await fetch(card.dataset.statusUrl, { headers: { Accept: "application/json" } });
-      if (response.ok) {
-        const data = await response.json();
-        render(data);
-        if (!data.busy) return;
-      }
-    } catch (error) {
-      // Network hiccup: keep polling, a little slower.
-    }
-    delay = Math.min(delay * 1.5, 10000);
-    setTimeout(poll, delay);
-  }
-
-  if (card.dataset.busy === "true") setTimeout(poll, delay);
-})();
-
-// Documents: drag-and-drop upload and live ingest progress without reloading the page.
+// Documents: upload (button or drop anywhere on the page) and live ingest progress without reloading the page.
 (function () {
   "use strict";
   const form = document.getElementById("upload-form");
-  const list = document.getElementById("documents");
-  if (!form || !list) return;
+  const table = document.getElementById("documents");
+  if (!form || !table) return;
   const input = document.getElementById("upload-files");
   const feedback = document.getElementById("upload-feedback");
+  const overlay = document.getElementById("dropzone-overlay");
   const csrf = form.querySelector("input[name=csrfmiddlewaretoken]").value;
-  const labels = { queued: "Queued", parsing: "Parsing", embedding: "Embedding", ready: "Ready", failed: "Failed" };
   let timer = null;
+  let dragDepth = 0;
 
   async function upload(files) {
-    if (!files.length) return;
+    const pdfs = Array.from(files || []);
+    if (!pdfs.length) return;
     const body = new FormData();
-    for (const file of files) body.append("files", file);
-    feedback.textContent = "Uploading " + files.length + " file(s)…";
+    for (const file of pdfs) body.append("files", file);
+    feedback.textContent = "Uploading " + (pdfs.length === 1 ? "“" + pdfs[0].name + "”" : pdfs.length + " files") + "…";
     try {
       const response = await fetch(form.action, {
         method: "POST", body, headers: { "X-CSRFToken": csrf, Accept: "application/json" },
@@ -69,46 +30,69 @@
     } catch (error) {
       feedback.textContent = "The upload failed; check your connection and try again.";
     }
+    input.value = "";
   }
 
   input.addEventListener("change", () => upload(input.files));
-  for (const type of ["dragenter", "dragover"]) {
-    form.addEventListener(type, (event) => { event.preventDefault(); form.classList.add("dragging"); });
-  }
-  for (const type of ["dragleave", "drop"]) {
-    form.addEventListener(type, () => form.classList.remove("dragging"));
-  }
-  form.addEventListener("drop", (event) => { event.preventDefault(); upload(event.dataTransfer.files); });
+  // The whole page is a drop target; the overlay says so while files are dragged over it.
+  const carriesFiles = (event) => Array.from(event.dataTransfer?.types || []).includes("Files");
+  document.addEventListener("dragenter", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    dragDepth += 1;
+    overlay.hidden = false;
+  });
+  document.addEventListener("dragover", (event) => { if (carriesFiles(event)) event.preventDefault(); });
+  document.addEventListener("dragleave", () => {
+    dragDepth = Math.max(0, dragDepth - 1);
+    if (!dragDepth) overlay.hidden = true;
+  });
+  document.addEventListener("drop", (event) => {
+    if (!carriesFiles(event)) return;
+    event.preventDefault();
+    dragDepth = 0;
+    overlay.hidden = true;
+    upload(event.dataTransfer.files);
+  });
 
   document.addEventListener("submit", (event) => {
     const message = event.target.dataset.confirm;
     if (message && !window.confirm(message)) event.preventDefault();
   });
 
-  function render(item, data) {
-    const status = item.querySelector("[data-field=status]");
-    status.textContent = labels[data.status] || data.status;
+  function render(row, data) {
+    const status = row.querySelector("[data-field=status]");
+    status.textContent = data.label;
     status.className = "status status-" + data.status;
-    const progress = item.querySelector("[data-field=progress]");
+    const detail = row.querySelector("[data-field=detail]");
+    detail.textContent = data.detail;
+    detail.hidden = !data.detail;
+    const progress = row.querySelector("[data-field=progress]");
     progress.value = data.progress;
     progress.hidden = !data.busy;
-    const error = item.querySelector("[data-field=error]");
+    const error = row.querySelector("[data-field=error]");
     error.textContent = data.error;
     error.hidden = !data.error;
-    const facts = [];
-    if (data.pages) facts.push(data.pages + (data.pages === 1 ? " page" : " pages"));
-    if (data.chunks) facts.push(data.chunks + " chunks");
-    item.querySelector("[data-field=facts]").textContent = facts.join(" · ");
-    item.dataset.busy = data.busy ? "true" : "false";
+    if (data.pages) row.querySelector("[data-field=facts]").textContent = data.pages + (data.pages === 1 ? " page" : " pages");
+    row.dataset.busy = data.busy ? "true" : "false";
     // A document that has just become ready can be opened at once, without reloading the page.
-    const actions = item.querySelector(".document-actions");
+    const actions = row.querySelector(".document-actions");
     const chat = actions.querySelector("[data-action=chat]");
+    const title = row.querySelector(".document-title");
     if (data.status === "ready" && !chat) {
       const link = document.createElement("a");
-      link.href = item.dataset.chatUrl;
+      link.href = row.dataset.chatUrl;
+      link.className = "button button-small";
       link.dataset.action = "chat";
       link.textContent = "Open and chat";
       actions.prepend(link);
+      if (title.tagName !== "A") {
+        const titleLink = document.createElement("a");
+        titleLink.className = "document-title";
+        titleLink.href = row.dataset.chatUrl;
+        titleLink.textContent = title.textContent;
+        title.replaceWith(titleLink);
+      }
     } else if (data.status !== "ready" && chat) {
       chat.remove();
     }
@@ -117,12 +101,12 @@
   async function poll() {
     timer = null;
     try {
-      const response = await fetch(list.dataset.statusUrl, { headers: { Accept: "application/json" } });
+      const response = await fetch(table.dataset.statusUrl, { headers: { Accept: "application/json" } });
       if (response.ok) {
         const data = await response.json();
         for (const doc of data.documents) {
-          const item = list.querySelector('[data-document-id="' + doc.id + '"]');
-          if (item) render(item, doc);
+          const row = table.querySelector('[data-document-id="' + doc.id + '"]');
+          if (row) render(row, doc);
         }
       }
     } catch (error) { /* keep polling */ }
@@ -130,7 +114,7 @@
   }
 
   function schedule() {
-    if (!timer && list.querySelector('[data-busy="true"]')) timer = setTimeout(poll, 1000);
+    if (!timer && table.querySelector('[data-busy="true"]')) timer = setTimeout(poll, 1000);
   }
   schedule();
 })();

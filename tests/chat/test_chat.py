@@ -290,7 +290,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_retrieval_searches_only_the_tenants_own_ready_documents(owner, stranger, tenants, espresso):
     failed = ingest(owner, "kettle_failed.pdf", KETTLE_PAGES, status=Document.Status.FAILED)
-    queued = ingest(owner, "kettle_queued.pdf", KETTLE_PAGES, status=Document.Status.QUEUED)
+    queued = ingest(owner, "kettle_queued.pdf", [*KETTLE_PAGES, "Spare parts."], status=Document.Status.QUEUED)
     tenants(stranger)
     strangers_copy = ingest(stranger, "espresso_manual.pdf", ESPRESSO_PAGES)
 
@@ -357,37 +357,103 @@ def test_a_question_of_stopwords_and_search_operators_still_finds_passages(owner
 # --- the streamed answer, over uvicorn -------------------------------------------------------------------------------
 
 
-def test_without_a_model_an_extractive_answer_streams_over_the_asgi_server(owner, espresso, browser_for, without_model):
+def test_without_a_model_the_answer_quotes_the_sentences_that_answer_over_the_asgi_server(
+    owner, espresso, browser_for, without_model
+):
     events = browser_for(owner).chat("How often should the espresso machine be descaled?")
 
     assert kinds(events)[:2] == ["conversation", "sources"]
     assert kinds(events)[-1] == "done"
-    assert set(kinds(events)[2:-1]) == {"token"} and len(events) > 10
-    assert events[-1][1] == {"extractive": True}
+    assert set(kinds(events)[2:-1]) == {"token"} and len(events) > 5
+    assert events[-1][1] == {"extractive": True, "found": True}
     answer = answer_of(events)
-    assert answer.startswith(services.EXTRACTIVE_LABEL)
-    assert "[1] espresso manual, p" in answer
     citations = events[1][1]["citations"]
     assert [citation["number"] for citation in citations] == list(range(1, len(citations) + 1))
-    assert citations[0]["document_id"] == espresso.id
-    assert "Hard water leaves limescale" in citations[0]["text"]
+    best = citations[0]
+    assert best["document_id"] == espresso.id
+    # The answer is the quoted sentences and their markers: short, and nothing of the other passages.
+    assert answer.startswith("> ") and answer.endswith("[1]")
+    assert len(answer) <= 400
+    assert "Descale the machine every three months" in answer
+    assert best["quote"] and best["quote"] in best["text"]  # verbatim, for the viewer to highlight
+    assert " ".join(best["quote"].split()) in answer
+    assert all(citation["quote"] == "" for citation in citations if f"[{citation['number']}]" not in answer)
+    assert set(best) == {"number", "document_id", "title", "page", "page_end", "score", "text", "quote"}
     conversation_id = events[0][1]["id"]
     assert events[0][1]["title"] == "How often should the espresso machine be descaled?"
-    # The conversation and both messages are in the tenant's own database.
+    # The conversation and both messages are in the tenant's own database, the citations with their quotes.
     assert tenant_rows(owner, "SELECT id::text, title, document_id FROM conversations") == [
         (conversation_id, "How often should the espresso machine be descaled?", None)
     ]
-    assert tenant_rows(owner, "SELECT role, content, jsonb_array_length(citations) FROM messages ORDER BY id") == [
-        ("user", "How often should the espresso machine be descaled?", 0),
-        ("assistant", answer, len(citations)),
+    assert tenant_rows(owner, "SELECT role, content, citations FROM messages ORDER BY id") == [
+        ("user", "How often should the espresso machine be descaled?", []),
+        ("assistant", answer, citations),
     ]
+
+
+def test_a_question_the_documents_do_not_answer_is_not_found_and_cites_nothing(
+    owner, espresso, browser_for, without_model
+):
+    events = browser_for(owner).chat("Who painted the Mona Lisa?")
+
+    assert kinds(events)[:2] == ["conversation", "sources"]
+    assert events[1][1] == {"citations": []}
+    assert answer_of(events) == services.NOT_FOUND_ANSWER
+    assert events[-1] == ("done", {"extractive": True, "found": False})
+    assert tenant_rows(owner, "SELECT role, content, citations FROM messages ORDER BY id") == [
+        ("user", "Who painted the Mona Lisa?", []),
+        ("assistant", services.NOT_FOUND_ANSWER, []),
+    ]
+
+
+def test_the_relevance_floor_decides_found(owner, espresso, settings, without_model):
+    question = "How often should the espresso machine be descaled?"
+    relevance = services.passages_for_turn(owner, question).relevance
+    assert 0.3 < relevance < 1
+
+    settings.RETRIEVAL_RELEVANCE_FLOOR = relevance
+    at_the_floor = services.passages_for_turn(owner, question)
+    settings.RETRIEVAL_RELEVANCE_FLOOR = relevance + 0.001
+    above = services.passages_for_turn(owner, question)
+
+    assert (at_the_floor.found, len(at_the_floor.citations)) == (True, min(5, espresso.chunk_count))
+    assert (above.found, above.citations, above.relevance) == (False, [], relevance)
+
+
+def test_a_name_the_documents_define_makes_a_passage_relevant_whatever_the_floor(owner, espresso, settings):
+    ingest(owner, "controller.pdf", ["Controller. The ESP32 board reads the boiler temperature every second."])
+    settings.RETRIEVAL_RELEVANCE_FLOOR = 0.99  # no similarity reaches it
+
+    named = services.passages_for_turn(owner, "What does the ESP32 do?", with_model=False)
+    unnamed = services.passages_for_turn(owner, "What reads the temperature?", with_model=False)
+    absent = services.passages_for_turn(owner, "What does the ESP8266 do?", with_model=False)
+
+    assert named.found and "ESP32 board" in named.citations[0].text
+    assert (unnamed.found, absent.found) == (False, False)
+    assert services.identifiers("Why \\mbox and not \\hbox for T1, OT1 or asn1_get_length_der in 1989?") == {
+        "\\mbox",
+        "\\hbox",
+        "T1",
+        "OT1",
+        "asn1_get_length_der",
+    }
+
+
+def test_with_no_ready_document_the_answer_says_so(owner, tenants, without_model):
+    tenants(owner)
+
+    events = list(services.chat_turn(owner, "How long is the warranty?"))
+
+    assert [event.kind for event in events] == ["conversation", "sources", *["token"] * (len(events) - 3), "done"]
+    assert "".join(event.data["text"] for event in events if event.kind == "token") == services.NO_DOCUMENTS_ANSWER
+    assert events[-1].data == {"extractive": True, "found": False}
 
 
 def test_with_the_model_the_answer_streams_token_by_token_and_cites_sources(owner, espresso, browser_for, emulator):
     events = browser_for(owner).chat("How long is the warranty?", document=espresso.id)
 
     assert kinds(events)[:2] == ["conversation", "sources"]
-    assert kinds(events)[-1] == "done" and events[-1][1] == {"extractive": False}
+    assert kinds(events)[-1] == "done" and events[-1][1] == {"extractive": False, "found": True}
     tokens = [data["text"] for kind, data in events if kind == "token"]
     assert len(tokens) > 5  # streamed, not sent in one piece
     answer = "".join(tokens)
@@ -470,7 +536,8 @@ def test_a_conversation_is_listed_resumable_and_deletable(owner, espresso, brows
     assert second[0] == ("conversation", {"id": conversation_id, "title": "How long is the warranty?"})
     listing = browser.get(reverse("chat"))
     assert listing.status_code == 200
-    assert f'<a href="?c={conversation_id}">How long is the warranty?</a>' in listing.text
+    assert f'<a class="conversation-link" href="?c={conversation_id}">' in listing.text
+    assert '<span class="conversation-title">How long is the warranty?</span>' in listing.text
     resumed = browser.get(f"{reverse('chat')}?c={conversation_id}")
     assert resumed.status_code == 200
     assert resumed.text.count('class="turn turn-user"') == 2
@@ -531,36 +598,183 @@ def test_model_output_and_pdf_text_are_shown_escaped_in_the_history(owner, espre
     assert "&lt;script&gt;alert(1)&lt;/script&gt; must stay text." in pdf_page
 
 
-def test_a_follow_up_retrieves_with_the_earlier_question(owner, espresso, monkeypatch, without_model):
-    queries = []
-    real_retrieve = services.chunks_retrieve
+# --- retrieval per turn ------------------------------------------------------------------------------------------------
 
-    def recording_retrieve(user, query, *args, **kwargs):
-        queries.append(query)
-        return real_retrieve(user, query, *args, **kwargs)
 
-    monkeypatch.setattr(services, "chunks_retrieve", recording_retrieve)
-    first = list(services.chat_turn(owner, "How long is the warranty?"))
+def _pages_of(citations, document: Document) -> list[int]:
+    return [citation["page"] for citation in citations if citation["document_id"] == document.id]
+
+
+def test_a_follow_up_searches_with_the_conversation_and_a_new_topic_does_not(owner, espresso, without_model):
+    garden = ingest(owner, "garden.pdf", GARDEN_PAGES)
+    descaling = page_of("Hard water leaves limescale", ESPRESSO_PAGES)
+    aphids = page_of("Aphids cluster under young leaves", GARDEN_PAGES)
+    first = list(services.chat_turn(owner, "How do I descale the espresso machine?"))
     conversation_id = first[0].data["id"]
-    follow_up = list(services.chat_turn(owner, "What does it not cover?", conversation_id=conversation_id))
+
+    follow_up = list(services.chat_turn(owner, "How often should I do that?", conversation_id=conversation_id))
+    switch = list(
+        services.chat_turn(owner, "How do I get rid of aphids on my plants?", conversation_id=conversation_id)
+    )
+
+    best = follow_up[1].data["citations"][0]
+    assert best["document_id"] == espresso.id and best["page"] <= descaling <= best["page_end"]
+    assert "every three months" in best["quote"]
+    assert follow_up[-1].data == {"extractive": True, "found": True}
+    best = switch[1].data["citations"][0]
+    assert best["document_id"] == garden.id and best["page"] <= aphids <= best["page_end"]
+    assert "Spray them off with a jet of water" in "".join(e.data["text"] for e in switch if e.kind == "token")
+
+
+def test_retrieval_per_turn_chooses_the_question_alone_or_with_its_context(owner, espresso, without_model):
+    garden = ingest(owner, "garden.pdf", GARDEN_PAGES)
+    history = [services.Exchange("How do I descale the espresso machine?", "> Descale the machine [1]")]
+
+    follow_up = services.passages_for_turn(owner, "How often should I do that?", history)
+    switch = services.passages_for_turn(owner, "How do I get rid of aphids on my plants?", history)
+    off_topic = services.passages_for_turn(owner, "Who painted the Mona Lisa?", history)
+
+    assert follow_up.strategy == "contextual"
+    assert follow_up.query == "How often should I do that?\nHow do I descale the espresso machine?"
+    assert follow_up.citations[0].document_id == espresso.id
+    assert (switch.strategy, switch.query) == ("question", "How do I get rid of aphids on my plants?")
+    assert switch.citations[0].document_id == garden.id
+    # No word of it points back, so the conversation cannot make it relevant.
+    assert (off_topic.strategy, off_topic.found, off_topic.citations) == ("question", False, [])
+
+
+def test_the_decision_between_the_question_and_its_context():
+    assert services.refers_back("Does it expect the tag to be part of its input?")
+    assert services.refers_back("Which file would such declarations have to go into?")
+    assert services.refers_back("Can I typeset anything from there?")
+    assert services.refers_back("And the second one?")
+    assert services.refers_back("Why?")
+    assert not services.refers_back("Who painted the Mona Lisa?")
+    assert not services.refers_back("How do I get rid of aphids on my plants?")
+
+    margin = services.CONTEXT_MARGIN
+    assert services.search_choice(0.30, 0.30 + margin + 0.01) == "contextual"
+    assert services.search_choice(0.60, 0.60 - margin - 0.01) == "question"
+    assert services.search_choice(0.60, 0.62) == "fused"
+    assert services.search_choice(0.60, None) == "question"
+    assert services.search_choice(None, 0.5) == "contextual"
+
+    history = [
+        services.Exchange("Which language is the OT4 encoding meant for?"),
+        services.Exchange("Who designed it?"),
+    ]
+    # The previous question refers back itself: the one before it comes along; never more than two.
+    assert services.contextual_query("Why was it needed?", history) == (
+        "Why was it needed?\nWho designed it?\nWhich language is the OT4 encoding meant for?"
+    )
+    assert services.contextual_query("Why was it needed?", history[:1]) == (
+        "Why was it needed?\nWhich language is the OT4 encoding meant for?"
+    )
+
+
+def test_history_pairs_each_question_with_its_answer():
+    from vectordb.conversations import MessageRecord
+
+    messages = [
+        MessageRecord(1, "user", "How long is the warranty?"),
+        MessageRecord(2, "assistant", "> Two years [1]", [{"number": 1}]),
+        MessageRecord(3, "user", "Who painted the Mona Lisa?"),
+        MessageRecord(4, "assistant", services.NOT_FOUND_ANSWER, []),
+        MessageRecord(5, "user", "Unanswered, the model failed"),
+    ]
+
+    assert services.history_from_messages(messages) == [
+        services.Exchange("How long is the warranty?", "> Two years [1]", True),
+        services.Exchange("Who painted the Mona Lisa?", services.NOT_FOUND_ANSWER, False),
+        services.Exchange("Unanswered, the model failed", "", True),
+    ]
+
+
+def test_with_a_model_a_follow_up_is_rewritten_as_a_standalone_question(owner, espresso, browser_for, emulator):
+    garden = ingest(owner, "garden.pdf", GARDEN_PAGES)
+    descaling = page_of("Hard water leaves limescale", ESPRESSO_PAGES)
+    browser = browser_for(owner)
+    conversation_id = browser.chat("How do I get rid of aphids?")[0][1]["id"]
+    emulator.rewrite = "How often should the espresso machine be descaled?"
+
+    events = browser.chat("And the machine, how often?", conversation=conversation_id)
+
+    rewrite_request, answer_request = emulator.requests_to("chat.completions")[-2:]
+    system, *history, latest = rewrite_request.messages
+    assert "standalone question" in system["content"]
+    assert [message["role"] for message in history] == ["user", "assistant"]
+    assert history[0]["content"] == "How do I get rid of aphids?"
+    assert latest == {"role": "user", "content": "And the machine, how often?"}
+    assert not rewrite_request.stream
+    sources = events[1][1]["citations"]
+    assert sources[0]["document_id"] == espresso.id and sources[0]["page"] <= descaling <= sources[0]["page_end"]
+    assert all(source["quote"] == "" for source in sources)  # a model's answer quotes nothing verbatim
+    assert garden.id not in {source["document_id"] for source in sources[:1]}
+    assert answer_request.stream
+    assert events[-1] == ("done", {"extractive": False, "found": True})
+    assert emulator.request_counts == {"chat.completions": 3}
+
+
+def test_a_failed_rewrite_falls_back_to_deciding_without_the_model(owner, espresso, emulator):
+    first = list(services.chat_turn(owner, "How do I descale the espresso machine?"))
+    emulator.fail_next(500, times=3)  # the rewrite's request and the client's two retries
+
+    follow_up = list(services.chat_turn(owner, "How often should I do that?", conversation_id=first[0].data["id"]))
 
     assert [event.kind for event in follow_up][-1] == "done"
-    assert queries == ["How long is the warranty?", "What does it not cover?\nHow long is the warranty?"]
-    assert services.retrieval_query("Second?", ["First?"]) == "Second?\nFirst?"
-    assert services.retrieval_query("Fourth?", ["First?", "Second?", "Third?"]) == "Fourth?\nThird?\nSecond?"
+    assert "Hard water leaves limescale" in follow_up[1].data["citations"][0]["text"]
+    assert follow_up[-1].data == {"extractive": False, "found": True}
+
+
+def test_the_model_prompt_asks_for_inline_markers_and_allows_not_knowing(owner, espresso, emulator):
+    list(services.chat_turn(owner, "How long is the warranty?"))
+
+    (request,) = emulator.requests_to("chat.completions")
+    system = request.messages[0]["content"]
+    assert "put that source's number in square brackets, like [1]" in system
+    assert "say in one sentence that you don't know" in system
+    assert "\n[1] espresso manual, page " in system
+    assert request.messages[-1] == {"role": "user", "content": "How long is the warranty?"}
+
+
+def test_a_question_without_relevant_passages_never_reaches_the_model(owner, espresso, emulator):
+    events = list(services.chat_turn(owner, "Who painted the Mona Lisa?"))
+
+    assert "".join(event.data["text"] for event in events if event.kind == "token") == services.NOT_FOUND_ANSWER
+    assert events[-1].data == {"extractive": False, "found": False}
+    assert emulator.request_counts == {}
+
+
+def test_identical_passages_are_cited_once(owner, espresso, without_model):
+    # A reprint that repeats the manual word for word, plus a page (different bytes, so the upload is accepted): its
+    # first passages are the manual's own.
+    reprint = ingest(owner, "espresso_reprint.pdf", [*ESPRESSO_PAGES, "Reprinted in 2024 without changes."])
+    original = [" ".join(text.split()) for (text,) in tenant_rows(owner, "SELECT content FROM embeddings")]
+    assert len(original) > len(set(original))  # the tenant holds copies
+
+    passages = services.chunks_retrieve(owner, "How often should I descale the machine?", k=10)
+
+    texts = [" ".join(citation.text.split()) for citation in passages]
+    assert len(texts) == len(set(texts)) == len(set(original))
+    assert sum("Hard water leaves limescale" in text for text in texts) == sum(
+        "Hard water leaves limescale" in text for text in set(original)
+    )
+    assert reprint.id in {citation.document_id for citation in passages}
 
 
 # --- the `ask` command -----------------------------------------------------------------------------------------------
 
 
-def test_ask_json_prints_the_answer_and_the_citations_in_rank_order(owner, espresso, capsys, without_model):
+def test_ask_json_prints_the_answer_alone_and_the_citations_in_rank_order(owner, espresso, capsys, without_model):
     call_command("ask", "--user", owner.email, "--json", "--k", "2", "How do I froth milk?")
 
     printed = json.loads(capsys.readouterr().out)
-    expected = services.chunks_retrieve(owner, "How do I froth milk?", k=2)
-    assert list(printed) == ["question", "answer", "citations"]
+    expected = services.passages_for_turn(owner, "How do I froth milk?", k=2)
+    assert list(printed) == ["question", "answer", "found", "relevance", "citations"]
     assert printed["question"] == "How do I froth milk?"
-    assert printed["answer"].startswith(services.EXTRACTIVE_LABEL)
+    assert printed["answer"] == services.extractive_answer(expected.citations)
+    assert printed["answer"].startswith("> ") and "[1]" in printed["answer"]
+    assert (printed["found"], printed["relevance"]) == (True, expected.relevance)
     assert printed["citations"] == [
         {
             "document_id": espresso.id,
@@ -569,8 +783,9 @@ def test_ask_json_prints_the_answer_and_the_citations_in_rank_order(owner, espre
             "page_end": citation.page_end,
             "score": citation.score,
             "text": citation.text,
+            "quote": citation.quote,
         }
-        for citation in expected
+        for citation in expected.citations
     ]
     assert len(printed["citations"]) == 2
     assert "steam wand" in printed["citations"][0]["text"]
@@ -582,7 +797,81 @@ def test_ask_batch_prints_one_json_line_per_question(owner, espresso, tmp_path, 
 
     call_command("ask", "--user", owner.email, "--batch", str(questions), "--retrieve-only", "--vector-only")
 
-    lines = capsys.readouterr().out.splitlines()
-    assert [json.loads(line)["question"] for line in lines] == ["How long is the warranty?", "How do I froth milk?"]
-    assert [json.loads(line)["answer"] for line in lines] == ["", ""]
-    assert [len(json.loads(line)["citations"]) for line in lines] == [min(5, espresso.chunk_count)] * 2
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["question"] for line in lines] == ["How long is the warranty?", "How do I froth milk?"]
+    assert [(line["conversation"], line["answer"], line["found"]) for line in lines] == [(None, "", True)] * 2
+    assert [len(line["citations"]) for line in lines] == [min(5, espresso.chunk_count)] * 2
+
+
+def test_ask_batch_asks_labelled_lines_as_conversations(owner, espresso, tmp_path, capsys, without_model):
+    garden = ingest(owner, "garden.pdf", GARDEN_PAGES)
+    questions = tmp_path / "conversations.jsonl"
+    questions.write_text(
+        "\n".join(
+            json.dumps(line)
+            for line in [
+                {"conversation": "coffee", "question": "How do I descale the espresso machine?"},
+                {"conversation": "garden", "question": "How do I get rid of aphids?"},
+                {"conversation": "coffee", "question": "How often should I do that?"},
+                {"conversation": "garden", "question": "Who painted the Mona Lisa?"},
+            ]
+        )
+    )
+
+    call_command("ask", "--user", owner.email, "--batch", str(questions))
+
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(line["conversation"], line["found"]) for line in lines] == [
+        ("coffee", True),
+        ("garden", True),
+        ("coffee", True),
+        ("garden", False),
+    ]
+    assert [line["citations"][0]["document_id"] for line in lines[:3]] == [espresso.id, garden.id, espresso.id]
+    assert "every three months" in lines[2]["answer"]  # the follow-up was asked in its own conversation
+    assert (lines[3]["answer"], lines[3]["citations"]) == (services.NOT_FOUND_ANSWER, [])
+
+
+def test_ask_applies_the_relevance_floor_with_retrieve_only(owner, espresso, capsys, without_model):
+    call_command("ask", "--user", owner.email, "--retrieve-only", "--json", "Who painted the Mona Lisa?")
+    printed = json.loads(capsys.readouterr().out)
+    call_command("ask", "--user", owner.email, "--retrieve-only", "Who painted the Mona Lisa?")
+    shown = capsys.readouterr().out
+
+    assert (printed["found"], printed["answer"], printed["citations"]) == (False, "", [])
+    assert printed["relevance"] < services.settings.RETRIEVAL_RELEVANCE_FLOOR
+    assert shown == services.NOT_FOUND_ANSWER + "\n"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--document", "9999", "Warranty?"], "owner@example.com has no document 9999"),
+        (["--k", "0", "Warranty?"], "--k 0: give at least 1 passage"),
+        ([], "give a QUESTION or --batch FILE"),
+        (["--batch", "/nonexistent/questions.txt"], "--batch /nonexistent/questions.txt: no such file"),
+        (["   "], "Type a question first."),
+    ],
+)
+def test_ask_refuses_bad_arguments_in_one_line(owner, espresso, arguments, message, without_model):
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError) as refused:
+        call_command("ask", "--user", owner.email, *arguments)
+
+    assert str(refused.value) == message
+
+
+def test_ask_refuses_a_batch_line_that_is_not_a_question(owner, espresso, tmp_path, capsys, without_model):
+    from django.core.management.base import CommandError
+
+    batch = tmp_path / "bad.jsonl"
+    batch.write_text(
+        '{"conversation": "a", "question": "How do I froth milk?"}\n{"conversation": "a", "question": ""}\n'
+    )
+
+    with pytest.raises(CommandError) as refused:
+        call_command("ask", "--user", owner.email, "--batch", str(batch))
+
+    assert str(refused.value) == f'--batch {batch}, line 2: "question" must be a non-empty string'
+    assert capsys.readouterr().out == ""  # checked before anything was asked

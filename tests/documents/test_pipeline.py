@@ -170,11 +170,16 @@ def test_upload_through_the_view_stores_the_file_and_queues_the_document(client,
                 "id": document.id,
                 "title": "LaTeX class guide",
                 "status": "queued",
+                "label": "Queued",
                 "progress": 0.0,
                 "pages": None,
                 "chunks": 0,
+                "chunks_total": 0,
+                "chunks_embedded": 0,
+                "detail": "Waiting for your database to be set up; it starts by itself once it is ready.",
                 "error": "",
                 "busy": True,
+                "created": document.created_at.isoformat(),
             }
         ],
         "errors": [],
@@ -256,6 +261,80 @@ def test_upload_of_several_files_keeps_the_good_ones_and_reports_the_others(clie
     assert len(stored_files(media_root)) == 1
 
 
+@pytest.mark.django_db
+def test_the_same_file_uploaded_again_is_refused_with_where_the_first_copy_is(
+    client, owner, stranger, media_root, pdfs
+):
+    client.force_login(owner)
+    first = _post_files(client, SimpleUploadedFile("class_guide.pdf", pdfs.small, "application/pdf"))
+    assert first.status_code == 200
+    files_before = stored_files(media_root)
+
+    again = _post_files(client, SimpleUploadedFile("renamed copy.pdf", pdfs.small, "application/pdf"))
+
+    assert again.status_code == 400
+    assert again.json() == {
+        "documents": [],
+        "errors": [
+            "renamed copy.pdf: you already uploaded this file as “class guide”; it is being processed and will be "
+            "ready shortly."
+        ],
+    }
+    assert list(Document.objects.filter(owner=owner).values_list("title", flat=True)) == ["class guide"]
+    assert stored_files(media_root) == files_before
+    # Another tenant's copy is their own business, and other bytes are another document.
+    assert _upload(stranger, "class_guide.pdf", pdfs.small).owner == stranger
+    assert _upload(owner, "other.pdf", pdfs.other).title == "other"
+
+
+@pytest.mark.django_db
+def test_a_duplicate_of_a_ready_or_failed_document_says_what_to_do(owner, media_root, pdfs):
+    ready = _upload(owner, "guide.pdf", pdfs.small)
+    Document.objects.filter(id=ready.id).update(status=Document.Status.READY)
+    failed = _upload(owner, "blank.pdf", pdfs.blank)
+    Document.objects.filter(id=failed.id).update(status=Document.Status.FAILED, error_message="This PDF is blank.")
+
+    with pytest.raises(services.DocumentRejected) as ready_copy:
+        _upload(owner, "guide (1).pdf", pdfs.small)
+    with pytest.raises(services.DocumentRejected) as failed_copy:
+        _upload(owner, "blank again.pdf", pdfs.blank)
+
+    assert str(ready_copy.value) == (
+        "guide (1).pdf: you already uploaded this file as “guide”; it is in your documents, ready to chat with."
+    )
+    assert str(failed_copy.value) == (
+        "blank again.pdf: you already uploaded this file as “blank”, which could not be processed (This PDF is "
+        "blank.). Delete it from your documents to upload it again."
+    )
+    assert Document.objects.filter(owner=owner).count() == 2
+    # Once the first copy is deleted, the same bytes are welcome again.
+    services.document_delete(owner, failed.id)
+    assert _upload(owner, "blank again.pdf", pdfs.blank).title == "blank again"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_uploads_of_the_same_file_store_one_document(owner, media_root, pdfs):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    def upload(name: str) -> str:
+        try:
+            return _upload(owner, name, pdfs.small).title
+        except services.DocumentRejected as error:
+            return str(error)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        outcomes = sorted(pool.map(upload, ["a.pdf", "b.pdf"]))
+
+    assert Document.objects.filter(owner=owner).count() == 1
+    stored = Document.objects.get(owner=owner).title
+    assert stored in outcomes
+    assert sum("you already uploaded this file" in outcome for outcome in outcomes) == 1
+
+
 # --- ingest -------------------------------------------------------------------------------------------------------
 
 
@@ -292,6 +371,28 @@ def test_ingest_ends_ready_with_every_chunk_in_the_tenant_database(owner, owner_
     assert progress == sorted(progress)
     assert report.document.id == document.id
     assert all(seconds > 0 for seconds in (report.timings.parse, report.timings.embed, report.timings.write))
+
+
+@pytest.mark.django_db
+def test_embedding_progress_counts_the_chunks_embedded_out_of_the_total(
+    owner, owner_database, media_root, pdfs, settings
+):
+    settings.EMBEDDING_BATCH_SIZE = 2
+    document = _upload(owner, "guide.pdf", pdfs.small)
+    seen: list[tuple[str, int, int]] = []
+
+    services.document_ingest(
+        document.id, on_progress=lambda d: seen.append((d.status, d.chunks_embedded, d.chunks_total))
+    )
+
+    document.refresh_from_db()
+    total = document.chunk_count
+    assert total >= 3
+    # "Embedding 0/N chunks" as soon as the chunks are known, then one step a batch of two, up to N/N.
+    assert [(embedded, of) for status, embedded, of in seen if status == "embedding"] == [(0, total)] + [
+        (min(count, total), total) for count in range(2, total + 2, 2)
+    ]
+    assert (document.status, document.chunks_embedded, document.chunks_total) == (Document.Status.READY, total, total)
 
 
 @pytest.mark.django_db
@@ -480,11 +581,16 @@ def test_an_upload_is_ingested_by_a_celery_worker(client, celery_worker, owner, 
             "id": document_id,
             "title": "guide",
             "status": "ready",
+            "label": "Ready",
             "progress": 1.0,
             "pages": SMALL_PDF_PAGES,
             "chunks": len(rows),
+            "chunks_total": len(rows),
+            "chunks_embedded": len(rows),
+            "detail": "",
             "error": "",
             "busy": False,
+            "created": Document.objects.get(id=document_id).created_at.isoformat(),
         }
         assert len(rows) >= 3
     finally:  # the worker writes to the real MEDIA_ROOT: leave nothing behind
@@ -570,6 +676,33 @@ def test_the_ingest_command_reports_a_file_it_cannot_store(owner, media_root, tm
     }
     assert Document.objects.count() == 0
     assert stored_files(media_root) == []
+
+
+@pytest.mark.django_db
+def test_the_ingest_command_prints_each_files_outcome_and_why_a_file_failed(
+    owner, owner_database, media_root, pdfs, tmp_path
+):
+    good = tmp_path / "class_guide.pdf"
+    good.write_bytes(pdfs.small)
+    blank = tmp_path / "blank.pdf"
+    blank.write_bytes(pdfs.blank)
+    copy = tmp_path / "copy.pdf"
+    copy.write_bytes(pdfs.small)
+    missing = tmp_path / "missing.pdf"
+    output = io.StringIO()
+
+    with pytest.raises(CommandError, match=r"^3 of 4 files not ready$"):
+        call_command("ingest", "--user", owner.email, str(good), str(blank), str(copy), str(missing), stdout=output)
+
+    document = Document.objects.get(owner=owner, title="class guide")
+    outcomes = [line.rsplit("\r", 1)[-1] for line in output.getvalue().splitlines() if line.strip()]
+    assert [line for line in outcomes if line.startswith(str(tmp_path))] == [
+        f"{good}: ready, {SMALL_PDF_PAGES} pages, {document.chunk_count} chunks (document {document.id})",
+        f"{blank}: failed: {BlankPdf.default_message}",
+        f"{copy}: failed: copy.pdf: you already uploaded this file as “class guide”; it is in your documents, "
+        "ready to chat with.",
+        f"{missing}: failed: No such file.",
+    ]
 
 
 @pytest.mark.django_db

@@ -128,7 +128,7 @@ def test_reembed_switches_the_tenant_database_to_the_configured_model(
     ready = _ingest(_upload(owner, "guide.pdf", pdfs.small))
     failed = _upload(owner, "other.pdf", pdfs.other)
     Document.objects.filter(id=failed.id).update(status="failed", error_message=services.TEMPORARY_FAILURE_MESSAGE)
-    busy = _upload(owner, "busy.pdf", pdfs.other)  # queued: its task will ingest it
+    busy = _upload(owner, "busy.pdf", pdfs.other + b"\n% a copy\n")  # queued: its task will ingest it
     old_chunks = len(_chunk_rows(owner_database))
     switch_to_openai()
 

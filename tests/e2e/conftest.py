@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 
+import pypdf
 import pytest
 from django.conf import settings
 
@@ -34,6 +35,7 @@ CHROMIUM_ARGS = [
 ]
 SERVER_READY_TIMEOUT_SECONDS = 60
 SCREENSHOTS = Path(__file__).parent / "screenshots"
+SOURCE_PDF = Path("/work/shared/eval/pdfs/encguide.pdf")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -112,15 +114,58 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 860}, locale="en-US")
+# The Content Security Policy every page is served with in production (config: issue 14). Pages are checked against
+# it here: every HTML document gets this header, and a violation fails the test.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; font-src 'self' data:; "
+    "connect-src 'self'; worker-src 'self' blob:; frame-src 'self' blob:; frame-ancestors 'self'; "
+    "object-src 'none'; base-uri 'self'; form-action 'self'"
+)
+DESKTOP = {"width": 1366, "height": 900}
+PHONE = {"width": 390, "height": 844}
+
+
+def _with_content_security_policy(route, request) -> None:
+    if request.resource_type != "document":
+        route.continue_()  # streams (the chat's server-sent events) pass untouched
+        return
+    response = route.fetch(max_redirects=0)
+    headers = {**response.headers, "content-security-policy": CONTENT_SECURITY_POLICY}
+    route.fulfill(response=response, headers=headers)
+
+
+def _open_page(browser, viewport: dict, **options):
+    context = browser.new_context(viewport=viewport, locale="en-US", **options)
     context.set_default_timeout(15_000)
     page = context.new_page()
-    page.on("pageerror", lambda error: page.errors.append(str(error)))
     page.errors = []
+    page.csp_violations = []
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
+    page.on(
+        "console",
+        lambda message: "Content Security Policy" in message.text and page.csp_violations.append(message.text),
+    )
+    page.route("**/*", _with_content_security_policy)
+    return context, page
+
+
+@pytest.fixture
+def page(browser):
+    context, page = _open_page(browser, DESKTOP)
     yield page
+    violations = list(page.csp_violations)
     context.close()
+    assert violations == [], violations
+
+
+@pytest.fixture
+def phone_page(browser):
+    """A phone's screen (390x844, touch) with the same policy checks."""
+    context, page = _open_page(browser, PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
+    yield page
+    violations = list(page.csp_violations)
+    context.close()
+    assert violations == [], violations
 
 
 class Screenshots:
@@ -154,3 +199,24 @@ def erase_tenant_databases(transactional_db):
 
     for vector_database in VectorDatabase.objects.exclude(status=VectorDatabase.Status.DELETED):
         services.vector_database_deprovision(vector_database.id)
+
+
+@pytest.fixture
+def encodings_pdf(tmp_path) -> Path:
+    """Three real pages (2-4) of the LaTeX font encodings guide; page 2 of the result tells of the Cork meeting."""
+    reader = pypdf.PdfReader(SOURCE_PDF)
+    writer = pypdf.PdfWriter()
+    for index in (1, 2, 3):
+        writer.add_page(reader.pages[index])
+    path = tmp_path / "font_encodings.pdf"
+    with path.open("wb") as output:
+        writer.write(output)
+    return path
+
+
+@pytest.fixture
+def broken_pdf(tmp_path) -> Path:
+    """Starts like a PDF, then nothing a reader can use."""
+    path = tmp_path / "broken.pdf"
+    path.write_bytes(b"%PDF-1.4\n" + b"this is not a real PDF body, only garbage \x00\x01\x02\xff\n" * 40)
+    return path

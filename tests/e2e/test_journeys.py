@@ -8,149 +8,37 @@ tests/e2e/screenshots/.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import psycopg
-import pypdf
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import expect
 
-from chat.services import EXTRACTIVE_LABEL
+from chat.services import NOT_FOUND_ANSWER
 from documents.models import Document
 from documents.parsing import CorruptPdf
 from tenants.models import User, VectorDatabase
+from tests.e2e.steps import (
+    ANSWER_TIMEOUT_MS,
+    BUSY_DATABASE_LABELS,
+    PASSWORD,
+    answer_citations,
+    ask,
+    assert_no_script_errors,
+    document_item,
+    expect_highlighted,
+    open_citation,
+    sign_up,
+    tenant_database_exists,
+    upload,
+    wait_for_answer,
+    wait_for_database_ready,
+    wait_for_document,
+)
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.django_db(transaction=True),
     pytest.mark.usefixtures("erase_tenant_databases"),
 ]
-
-SOURCE_PDF = Path("/work/shared/eval/pdfs/encguide.pdf")
-PASSWORD = "quiet lantern 4817 harbour"
-PROVISION_TIMEOUT_MS = 60_000
-INGEST_TIMEOUT_MS = 120_000
-ANSWER_TIMEOUT_MS = 60_000
-BUSY_DATABASE_LABELS = {"Queued", "Provisioning"}
-
-
-# --- helpers -----------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def encodings_pdf(tmp_path) -> Path:
-    """Three real pages (2-4) of the LaTeX font encodings guide; page 2 of the result tells of the Cork meeting."""
-    reader = pypdf.PdfReader(SOURCE_PDF)
-    writer = pypdf.PdfWriter()
-    for index in (1, 2, 3):
-        writer.add_page(reader.pages[index])
-    path = tmp_path / "font_encodings.pdf"
-    with path.open("wb") as output:
-        writer.write(output)
-    return path
-
-
-@pytest.fixture
-def broken_pdf(tmp_path) -> Path:
-    """Starts like a PDF, then nothing a reader can use."""
-    path = tmp_path / "broken.pdf"
-    path.write_bytes(b"%PDF-1.4\n" + b"this is not a real PDF body, only garbage \x00\x01\x02\xff\n" * 40)
-    return path
-
-
-def _mark_page(page: Page) -> None:
-    """A flag that survives only as long as this very document: gone after any reload or navigation."""
-    page.evaluate("window.__sameDocument = true")
-
-
-def _still_same_page(page: Page) -> bool:
-    return page.evaluate("window.__sameDocument === true")
-
-
-def sign_up(page: Page, base_url: str, email: str, screenshots) -> str:
-    """Signs up through the form and returns the database status the dashboard first showed."""
-    page.goto(f"{base_url}/accounts/signup/")
-    screenshots.take(page, "signup-form")
-    page.fill("#id_email", email)
-    page.fill("#id_password1", PASSWORD)
-    page.fill("#id_password2", PASSWORD)
-    page.locator("main form button[type=submit]").click()
-    page.wait_for_url(f"{base_url}/dashboard/")
-    # Read together, so that the status cannot change in between.
-    first_status, facts_shown = page.evaluate(
-        "[document.getElementById('database-status').textContent,"
-        " getComputedStyle(document.getElementById('database-facts')).display !== 'none']"
-    )
-    screenshots.take(page, "dashboard-database-" + first_status.lower())
-    if first_status in BUSY_DATABASE_LABELS:
-        assert not facts_shown, "the database facts (all blank) show while the database is being provisioned"
-    return first_status
-
-
-def wait_for_database_ready(page: Page, screenshots) -> None:
-    _mark_page(page)
-    expect(page.locator("#database-status")).to_have_text("Ready", timeout=PROVISION_TIMEOUT_MS)
-    assert _still_same_page(page), "the dashboard reloaded instead of updating the status in place"
-    expect(page.locator("#database-facts")).to_be_visible()
-    expect(page.locator("#database-facts [data-fact=embedding_model]")).to_have_text("all-MiniLM-L6-v2")
-    screenshots.take(page, "dashboard-database-ready")
-
-
-def upload(page: Page, path: Path) -> None:
-    """Chooses a file in the dropzone's file input; the page uploads it and reloads to list it."""
-    with page.expect_navigation():
-        page.set_input_files("#upload-files", str(path))
-    page.wait_for_load_state()
-
-
-def document_item(page: Page, title: str):
-    return page.locator("#documents li.document").filter(has=page.locator(".document-title", has_text=title))
-
-
-def watch_status(page: Page, title: str) -> None:
-    """Records every label the document's status badge shows from now on (window.__statuses)."""
-    page.evaluate(
-        """title => {
-            const item = [...document.querySelectorAll('#documents li.document')]
-              .find(li => li.querySelector('.document-title').textContent.trim() === title);
-            const badge = item.querySelector('[data-field=status]');
-            window.__statuses = [badge.textContent];
-            new MutationObserver(() => window.__statuses.push(badge.textContent))
-              .observe(badge, {childList: true, characterData: true, subtree: true});
-        }""",
-        title,
-    )
-
-
-def wait_for_document(page: Page, title: str, label: str, screenshots) -> list[str]:
-    """Waits on the dashboard, without reloading, for the document's status; returns the labels it went through."""
-    item = document_item(page, title)
-    expect(item).to_have_count(1)
-    _mark_page(page)
-    watch_status(page, title)
-    screenshots.take(page, "dashboard-document-" + item.locator("[data-field=status]").inner_text().lower())
-    try:
-        expect(item.locator("[data-field=status]")).to_have_text(label, timeout=INGEST_TIMEOUT_MS)
-    except AssertionError as error:
-        document = Document.objects.filter(title=title).values("status", "progress", "error_message", "owner_id")
-        raise AssertionError(f"{error}\ndocument rows: {list(document)}; see the Celery worker's log") from None
-    assert _still_same_page(page), "the dashboard reloaded instead of updating the progress in place"
-    screenshots.take(page, "dashboard-document-" + label.lower())
-    return page.evaluate("window.__statuses")
-
-
-def ask(page: Page, question: str) -> None:
-    page.fill("#question", question)
-    page.press("#question", "Enter")
-
-
-def tenant_database_exists(admin_dsn: str, name: str) -> bool:
-    with psycopg.connect(admin_dsn, autocommit=True) as admin:
-        return bool(admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone())
-
-
-def assert_no_script_errors(page: Page) -> None:
-    assert page.errors == [], page.errors
 
 
 # --- journeys --------------------------------------------------------------------------------------------------------
@@ -174,44 +62,96 @@ def test_sign_up_upload_and_chat_with_cited_pages(page, asgi_server, screenshots
     document = Document.objects.get(owner__email="reader@example.com")
     assert (document.status, document.page_count) == (Document.Status.READY, 3)
 
-    # The document became ready in place: it can be opened from the same page.
+    # The document became ready in place: it can be opened from the same page, the PDF beside the chat.
     item.get_by_role("link", name="Open and chat").click()
     page.wait_for_url(f"{base}/documents/{document.id}/")
-    viewer = page.locator("#pdf-viewer")
-    expect(viewer).to_have_attribute("src", f"/documents/{document.id}/file#page=1")
+    expect(page.locator("#source-panel")).to_be_visible()
+    expect(page.locator("#source-page")).to_have_text("Page 1 of 3", timeout=30_000)
+    expect(page.locator("#pdf-viewer .page")).to_have_count(3)
+    # An empty chat offers questions drawn from the document.
+    starters = page.locator("#starters button.starter")
+    expect(starters.first).to_be_visible()
+    assert all(text.startswith("What ") and text.endswith("?") for text in starters.all_inner_texts())
     screenshots.take(page, "chat-empty")
 
+    # The length limit is shown, not enforced by cutting: an over-long question stays whole and cannot be sent.
+    page.fill("#question", "x" * 4001)
+    expect(page.locator("#question-count")).to_have_text("4,001 / 4,000 · 1 character too long")
+    expect(page.locator("#ask-button")).to_be_disabled()
+    page.press("#question", "Enter")
+    expect(page.locator("#transcript .turn")).to_have_count(0)
+    assert len(page.input_value("#question")) == 4001
+    page.fill("#question", "")
+    expect(page.locator("#question-count")).to_have_text("0 / 4,000")
+
+    # A starter question is asked with one click.
+    first_starter = starters.first.inner_text()
+    starters.first.click()
+    expect(page.locator("#transcript .turn-user")).to_have_text(first_starter)
+    wait_for_answer(page)
+    expect(page.locator("#starters")).to_have_count(0)
+
     ask(page, "What did the TUG Annual General Meeting in Cork specify?")
-    expect(page.locator("#transcript .turn-user")).to_have_text(
+    expect(page.locator("#transcript .turn-user").last).to_have_text(
         "What did the TUG Annual General Meeting in Cork specify?"
     )
-    answer = page.locator("#transcript .turn-assistant").last
-    expect(answer.locator("a.citation").first).to_be_visible(timeout=ANSWER_TIMEOUT_MS)
-    expect(answer).not_to_have_class("turn turn-assistant streaming")
-    expect(answer.locator(".turn-text")).to_contain_text(EXTRACTIVE_LABEL)
+    answer = wait_for_answer(page)
     expect(answer.locator(".turn-text")).to_contain_text("Cork")
+    expect(answer.locator(".turn-text .chip").first).to_be_visible()
+    expect(answer.locator("details.sources")).not_to_have_attribute("open", "")  # the passages are folded
     expect(page.locator("#question")).to_have_value("")
     conversation = page.locator(".conversations .conversation-list li[aria-current=true]")
     expect(conversation).to_have_count(1)
-    expect(conversation.get_by_role("link")).to_have_text("What did the TUG Annual General Meeting in Cork specify?")
-    expect(page.locator(".conversations .empty")).to_have_count(0)
-    expect(answer.locator("a.citation").last).to_be_in_viewport()  # the transcript followed the answer down
+    expect(conversation.locator(".conversation-title")).to_have_text(first_starter)
+    expect(page.locator(".conversations-empty")).to_be_hidden()
+    expect(answer.locator(".copy-button")).to_be_in_viewport()  # the transcript followed the answer down
     screenshots.take(page, "chat-answer")
 
-    citations = answer.locator("a.citation")
-    pages = [int(citations.nth(index).get_attribute("data-page")) for index in range(citations.count())]
-    assert all(1 <= number <= 3 for number in pages), pages
-    # The passage about Cork is on page 2: it must be among the sources, and its citation opens the viewer there.
-    cork = citations.filter(has_text="p. 2").first
-    expect(cork).to_be_visible()
-    expect(cork).to_have_text("[" + cork.inner_text().split("]")[0].lstrip("[") + "] font encodings, p. 2")
-    # Chromium's viewer ignores a new fragment alone: the page must load the file again, at page 2.
-    with page.expect_response(f"{base}/documents/{document.id}/file"):
-        cork.click()
-    assert viewer.get_attribute("src").endswith("#page=2")
+    citations = answer_citations(page)
+    assert citations and all(1 <= citation["page"] <= 3 for citation in citations), citations
+    # The passage about Cork is on page 2: its citation opens the side panel there, the passage highlighted.
+    cork = next(c for c in citations if "Cork" in (c.get("quote") or c["text"]) and c["page"] == c["page_end"] == 2)
+    open_citation(page, cork["number"])
+    highlighted = expect_highlighted(page, cork, pages=3)
+    assert "Cork" in highlighted
     assert page.url.startswith(f"{base}/documents/{document.id}/")  # the click stayed on the chat page
-    page.wait_for_timeout(1500)  # the viewer (another process) turns the page; let the screenshot show it
-    screenshots.take(page, "chat-citation-opened")
+    screenshots.take(page, "chat-citation-highlighted")
+    assert_no_script_errors(page)
+
+
+def test_an_answer_quotes_its_source_and_a_question_the_documents_cannot_answer_is_not_found(
+    page, asgi_server, screenshots, encodings_pdf
+):
+    base = asgi_server.url
+    sign_up(page, base, "asker@example.com", screenshots)
+    wait_for_database_ready(page, screenshots)
+    upload(page, encodings_pdf)
+    wait_for_document(page, "font encodings", "Ready", screenshots)
+    document_item(page, "font encodings").get_by_role("link", name="Open and chat").click()
+
+    ask(page, "What did the TUG Annual General Meeting in Cork specify?")
+    quoted = page.locator("#transcript .turn-assistant").last
+    expect(quoted).to_contain_text("specified a uniform encoding", timeout=ANSWER_TIMEOUT_MS)
+    expect(quoted.locator(".turn-text .chip").first).to_be_visible()
+    # The answer is the quoted sentence, not pages of excerpts.
+    assert len(quoted.locator(".turn-text").inner_text()) < 600, quoted.inner_text()
+    screenshots.take(page, "quoted-answer")
+
+    ask(page, "Who painted the Mona Lisa?")
+    not_found = page.locator("#transcript .turn-assistant").nth(1)
+    expect(not_found).to_contain_text(NOT_FOUND_ANSWER, timeout=ANSWER_TIMEOUT_MS)
+    expect(not_found.locator(".turn-text .chip")).to_have_count(0)
+    screenshots.take(page, "not-found-answer")
+    page.set_viewport_size({"width": 390, "height": 844})
+    screenshots.take(page, "not-found-answer-phone")
+
+    # Both answers are kept as they were shown: the conversation reopens with them.
+    page.set_viewport_size({"width": 1280, "height": 860})
+    page.goto(f"{base}/chat/")
+    page.locator(".conversations .conversation-list a", has_text="What did the TUG Annual General Meeting").click()
+    expect(page.locator("#transcript .turn-assistant").nth(0)).to_contain_text("specified a uniform encoding")
+    expect(page.locator("#transcript .turn-assistant").nth(1)).to_contain_text(NOT_FOUND_ANSWER)
+    expect(page.locator("#transcript .turn-assistant").nth(1).locator(".turn-text .chip")).to_have_count(0)
     assert_no_script_errors(page)
 
 
@@ -261,7 +201,7 @@ def test_deleting_a_document_after_confirming_removes_it(page, asgi_server, scre
 
     assert dialogs == ["Delete “font encodings” and its chunks?"]
     expect(page.locator(".message-success")).to_have_text("Document deleted.")
-    expect(page.locator("#documents li.document")).to_have_count(0)
+    expect(page.locator("#documents tr.document")).to_have_count(0)
     expect(page.locator("#documents-empty")).to_be_visible()
     assert Document.objects.filter(owner__email="tidy@example.com").count() == 0
     screenshots.take(page, "dashboard-after-delete")
@@ -338,11 +278,12 @@ def test_a_model_answer_streams_token_by_token_while_the_box_stays_usable(
     lengths = []
     typed = False
     while "streaming" in (answer.get_attribute("class") or ""):
-        lengths.append(len(answer.locator(".turn-text").inner_text()))
+        # The streamed Markdown so far (the rendered text shrinks a little when "[1]" becomes a chip).
+        lengths.append(page.evaluate("[...document.querySelectorAll('.turn-assistant')].pop().answerText.length"))
         if not typed and lengths[-1] > 0:
             # Mid-answer, the question box takes the next question.
             page.locator("#question").click()
-            page.keyboard.type("And what is T2A?")
+            page.keyboard.type("And who specified it?")
             expect(page.locator("#question")).to_be_editable()
             expect(page.locator("#question")).to_be_focused()
             expect(page.locator("#chat-state")).to_have_text("Answering…")
@@ -353,23 +294,26 @@ def test_a_model_answer_streams_token_by_token_while_the_box_stays_usable(
     growth = [length for length in lengths if length > 0]
     assert len(set(growth)) >= 5 and growth == sorted(growth), lengths
 
-    expect(answer.locator(".turn-text")).to_have_text(openai_emulator.answer)
-    expect(answer.locator("a.citation").first).to_be_visible()
-    expect(page.locator("#question")).to_have_value("And what is T2A?")
+    expect(answer.locator(".turn-text")).to_have_text(openai_emulator.answer.replace("[1]", "1"))
+    expect(answer.locator(".turn-text .chip")).to_have_count(2)
+    expect(page.locator("#question")).to_have_value("And who specified it?")
     expect(page.locator("#chat-state")).to_have_text("")
     assert openai_emulator.request_counts["chat.completions"] == chats_before + 1
     screenshots.take(page, "chat-streamed-answer")
 
-    # The typed follow-up goes out as the next turn of the same conversation.
+    # The typed follow-up goes out as the next turn of the same conversation; the model rewrites it as a question
+    # that stands alone before the search.
     openai_emulator.token_delay_seconds = 0
-    openai_emulator.answer = "T2A is one of the Cyrillic encodings [1]."
+    openai_emulator.answer = "A group at the TUG Annual General Meeting in Cork specified it [1]."
+    openai_emulator.rewrite = "Who specified the Cork encoding?"
     page.press("#question", "Enter")
     expect(page.locator("#transcript .turn-assistant")).to_have_count(2)
     expect(page.locator("#transcript .turn-assistant").last.locator(".turn-text")).to_have_text(
-        openai_emulator.answer, timeout=ANSWER_TIMEOUT_MS
+        openai_emulator.answer.replace("[1]", "1"), timeout=ANSWER_TIMEOUT_MS
     )
     assert "c=" in page.url
     expect(page.locator(".conversations .conversation-list li")).to_have_count(1)  # one conversation, two turns
-    expect(page.locator("#transcript .turn-assistant").last.locator("a.citation").last).to_be_in_viewport()
+    expect(page.locator("#transcript .turn-assistant").last.locator(".copy-button")).to_be_in_viewport()
+    openai_emulator.rewrite = None
     screenshots.take(page, "chat-follow-up")
     assert_no_script_errors(page)

@@ -18,7 +18,10 @@ unit-normalised, so texts that share words get close vectors and retrieval tests
 
 The chat answer is `answer` when set (a string or a function of the messages), otherwise `grounded_answer()`: it
 quotes the first numbered source ("[1] ...") found in the system and last user messages, e.g.
-"According to [1], the warranty lasts two years." so tests can check that citations flow through.
+"According to [1], the warranty lasts two years." so tests can check that citations flow through. A request whose
+system message asks for a "standalone question" (a follow-up rewritten with its conversation) is answered by
+`rewrite` (a string or a function of the messages), by default the last user message unchanged, as a model does for a
+question that already stands alone.
 
 Switches (attributes, also CLI flags): `latency_seconds` before every response (and so before the first token),
 `token_delay_seconds` between streamed chunks, `fault_rate` (seeded, reproducible) answered with `fault_status`,
@@ -46,7 +49,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler
 
@@ -169,6 +172,7 @@ class RecordedRequest:
     input_count: int = 0
     stream: bool = False
     dropped: bool = False
+    messages: list = field(default_factory=list, compare=False)  # a chat completion's messages, as sent
 
 
 # --- embeddings ------------------------------------------------------------------------------------------------------
@@ -285,6 +289,12 @@ def message_text(message: dict) -> str:
     return ""
 
 
+def _asks_for_standalone_question(messages: list[dict]) -> bool:
+    system = [message_text(m) for m in messages if m.get("role") in ("system", "developer")]
+    users = [m for m in messages if m.get("role") == "user"]
+    return bool(users) and any("standalone question" in text for text in system)
+
+
 def grounded_answer(messages: list[dict]) -> str:
     """Quotes the first numbered source ("[n] ...") in the system messages and the last user message."""
     user_messages = [message for message in messages if message.get("role") == "user"]
@@ -332,6 +342,7 @@ class OpenAIEmulator(ServedEmulator):
         *,
         api_key: str | None = DEFAULT_API_KEY,
         answer: str | Callable[[list[dict]], str] | None = None,
+        rewrite: str | Callable[[list[dict]], str] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         seed: int = 0,
@@ -340,6 +351,7 @@ class OpenAIEmulator(ServedEmulator):
     ) -> None:
         self.api_key = api_key
         self.answer = answer
+        self.rewrite = rewrite
         self.seed = seed
         self.embedding_models = dict(embedding_models or EMBEDDING_MODELS)
         self.chat_models = tuple(chat_models)
@@ -531,7 +543,11 @@ class OpenAIEmulator(ServedEmulator):
             )
         if not all(isinstance(message, dict) and "role" in message for message in messages):
             raise ErrorAnswer(400, "Invalid 'messages': every message needs a 'role'.", param="messages")
-        if callable(self.answer):
+        if _asks_for_standalone_question(messages):
+            text = self.rewrite(messages) if callable(self.rewrite) else self.rewrite
+            if text is None:
+                text = message_text([message for message in messages if message.get("role") == "user"][-1])
+        elif callable(self.answer):
             text = self.answer(messages)
         elif self.answer is not None:
             text = self.answer
@@ -639,7 +655,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stream_chat(body, tokens, finish_reason, prompt_tokens, drop_after)
             else:
                 tokens, finish_reason, prompt_tokens = emulator.chat_answer(body)
-                emulator._record(RecordedRequest(endpoint, 200, model=body["model"]))
+                emulator._record(RecordedRequest(endpoint, 200, model=body["model"], messages=body["messages"]))
                 self._send_json(200, _completion(body["model"], tokens, finish_reason, prompt_tokens))
         except ErrorAnswer as error:
             body = body or {}
@@ -685,7 +701,11 @@ class _Handler(BaseHTTPRequestHandler):
             if not finished:
                 finished = True
                 emulator._stream_ended()
-                emulator._record(RecordedRequest(CHAT_COMPLETIONS, 200, model=model, stream=True, dropped=dropped))
+                emulator._record(
+                    RecordedRequest(
+                        CHAT_COMPLETIONS, 200, model=model, stream=True, dropped=dropped, messages=body["messages"]
+                    )
+                )
 
         try:
             try:

@@ -125,8 +125,9 @@ def test_uploads_over_the_hourly_rate_are_refused_per_user_with_the_limit_and_no
     settings.UPLOAD_RATE_LIMIT_PER_HOUR = 3
     client = signed_in(owner)
 
-    accepted = post_pdfs(client, *[(f"note{n}.pdf", ONE_PAGE) for n in range(3)])
-    refused = post_pdfs(client, ("one-more.pdf", ONE_PAGE))
+    # Other bytes each time: the same file twice is refused for another reason.
+    accepted = post_pdfs(client, *[(f"note{n}.pdf", ONE_PAGE + f"\n% copy {n}\n".encode()) for n in range(3)])
+    refused = post_pdfs(client, ("one-more.pdf", ONE_PAGE + b"\n% one more\n"))
     others = post_pdfs(signed_in(stranger), ("theirs.pdf", ONE_PAGE))  # the limit is per user
 
     assert (accepted.status_code, len(accepted.json()["documents"])) == (200, 3)
@@ -217,7 +218,10 @@ def test_a_flood_of_uploads_from_one_tenant_does_not_starve_another(
 ):
     databases(owner)
     databases(stranger)
-    flood = [document_services.document_upload(owner, ContentFile(ONE_PAGE, name=f"flood{n}.pdf")) for n in range(20)]
+    flood = [
+        document_services.document_upload(owner, ContentFile(ONE_PAGE + f"\n% {n}\n".encode(), name=f"flood{n}.pdf"))
+        for n in range(20)
+    ]
     single = document_services.document_upload(stranger, ContentFile(ONE_PAGE, name="single.pdf"))
     try:
         deadline = time.monotonic() + 180

@@ -347,8 +347,9 @@ def test_ingest_completes_when_redis_restarts_in_the_middle_of_it(
 
     assert settled["status"] == Status.READY, worker.log()
     assert_ingested_exactly_once(document, tenant_database)
-    # And the worker is still serving its queue on the restarted server: a second document goes through too.
-    second = upload(owner, pdf)
+    # And the worker is still serving its queue on the restarted server: a second document goes through too (other
+    # bytes: the same file twice is refused).
+    second = upload(owner, pdf + b"\n% a second copy\n")
     enqueue(private_redis["redis"].url, workers.queue, second.id)
     assert wait_for(second, lambda row: row["status"] == Status.READY, "ready", worker=worker)["attempts"] == 1
 

@@ -87,7 +87,7 @@ def test_no_log_line_carries_a_tenant_password(tenant, owner, caplog, celery_wor
     # And through a real worker, whose log file is read back.
     log_file = celery_worker.log_path
     offset = log_file.stat().st_size
-    queued = document_services.document_upload(owner, ContentFile(text_pdf(PAGES), name="worker.pdf"))
+    queued = document_services.document_upload(owner, ContentFile(text_pdf([*PAGES, "Logbook."]), name="worker.pdf"))
     deadline = time.monotonic() + 120
     while Document.objects.get(id=queued.id).is_busy:
         assert time.monotonic() < deadline, "the worker never ingested the document"

@@ -18,7 +18,8 @@ def test_sign_up_with_email_creates_the_user_and_lands_on_the_dashboard(client, 
     assert user.email == "new.person@example.com"
     dashboard = client.get(reverse("dashboard"))
     assert dashboard.status_code == 200
-    assert b"Your vector database" in dashboard.content
+    # The new database is being set up: the documents page says so until it is ready.
+    assert b"Your private database is being set up." in dashboard.content
 
 
 def test_sign_up_refuses_an_email_that_is_taken_whatever_its_case(client, owner, django_user_model):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 import pytest
 
@@ -91,3 +93,22 @@ def test_a_question_of_stop_words_only_finds_nothing_rather_than_everything(tena
 
     assert _found(tenant_connection, "what is the", [1]) == []
     assert _found(tenant_connection, "\x00", [1]) == []
+
+
+def test_distinct_passages_keeps_the_first_of_identical_texts_in_order():
+    def hit(number: int, text: str) -> search.SearchHit:
+        return search.SearchHit(
+            chunk_id=uuid.UUID(int=number),
+            document_id=number,
+            chunk_index=0,
+            content=text,
+            first_page=1,
+            last_page=1,
+            metadata={},
+            score=1.0 / number,
+        )
+
+    hits = [hit(1, "Descale every\nthree months."), hit(2, "Froth the milk."), hit(3, "descale every three  months.")]
+
+    assert [found.document_id for found in search.distinct_passages(hits)] == [1, 2]
+    assert search.distinct_passages([]) == []

@@ -1,17 +1,33 @@
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.http import Http404
 
 from chat import services
 from tenants.management.lookup import user_for_command
 from tenants.models import User
 from tenants.services import TenantDatabaseNotReady
 
+CITATION_FIELDS = ("document_id", "title", "page", "page_end", "score", "text", "quote")
+
+
+@dataclass(frozen=True)
+class _Question:
+    text: str
+    conversation: str | None  # batch label: questions with the same label are one conversation, asked in order
+    line: int | None = None  # in the batch file, for error messages
+
 
 class Command(BaseCommand):
-    help = "Ask a question of a user's documents (or one of them) and print the answer with its citations."
+    help = (
+        "Ask a question of a user's documents (or one of them) and print the answer with its citations. "
+        "--batch FILE asks many in one process (the embedding model loads once): one question per line, or JSON "
+        'lines {"conversation": "label", "question": "..."} where lines with the same label are one conversation.'
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--user", required=True, metavar="EMAIL")
@@ -20,34 +36,43 @@ class Command(BaseCommand):
         parser.add_argument("--retrieve-only", action="store_true", help="Print the passages; do not answer.")
         parser.add_argument("--vector-only", action="store_true", help="Vector similarity without full-text fusion.")
         parser.add_argument("--json", action="store_true", help="One JSON object per question.")
-        parser.add_argument("--batch", type=Path, metavar="FILE", help="One question per line; JSON lines out.")
+        parser.add_argument("--batch", type=Path, metavar="FILE", help="Questions from FILE; JSON lines out.")
         parser.add_argument("question", nargs="?", default=None)
 
     def handle(self, *args, **options) -> None:
         user = user_for_command(options["user"])
+        if options["k"] is not None and options["k"] < 1:
+            raise CommandError(f"--k {options['k']}: give at least 1 passage")
+        if options["batch"] and options["question"]:
+            raise CommandError("give a QUESTION or --batch FILE, not both")
         if options["batch"]:
-            questions = [line.strip() for line in options["batch"].read_text().splitlines() if line.strip()]
-            as_json = True
+            questions, as_json = _batch_questions(options["batch"]), True
         elif options["question"]:
-            questions, as_json = [options["question"]], options["json"]
+            questions, as_json = [_Question(options["question"], None)], options["json"]
         else:
             raise CommandError("give a QUESTION or --batch FILE")
-        for question in questions:
-            self._ask(user, question, options, as_json)
-
-    def _ask(self, user: User, question: str, options: dict, as_json: bool) -> None:
+        histories: dict[str, list[services.Exchange]] = {}
         try:
-            question = services.question_validate(question)
-            citations = services.chunks_retrieve(
-                user, question, options["document"], k=options["k"], hybrid=not options["vector_only"]
-            )
-        except services.QuestionRejected as error:
-            raise CommandError(str(error)) from None
+            for question in questions:
+                history = histories.setdefault(question.conversation, []) if question.conversation else []
+                self._ask(user, question, history, options, as_json)
+        except Http404:
+            raise CommandError(f"{user.email} has no document {options['document']}") from None
         except TenantDatabaseNotReady as error:
             raise CommandError(f"{user.email}'s database is {error.status}") from None
+
+    def _ask(self, user: User, question: _Question, history: list, options: dict, as_json: bool) -> None:
+        try:
+            text = services.question_validate(question.text)
+        except services.QuestionRejected as error:
+            where = f"line {question.line}: " if question.line else ""
+            raise CommandError(f"{where}{error}") from None
+        retrieval = services.passages_for_turn(
+            user, text, history, options["document"], k=options["k"], hybrid=not options["vector_only"]
+        )
         answer = ""
         if not options["retrieve_only"]:
-            pieces = services.answer_stream(question, citations, history=[])
+            pieces = services.answer_stream(text, retrieval, history)
             if as_json:
                 answer = "".join(pieces)
             else:
@@ -56,21 +81,60 @@ class Command(BaseCommand):
                     self.stdout.write(piece, ending="")
                     self.stdout.flush()
                 self.stdout.write("")
+        # The next question of the conversation may refer to this one's answer: without a model, the quotes.
+        remembered = answer or (services.extractive_answer(retrieval.citations) if not settings.OPENAI_API_KEY else "")
+        history.append(services.Exchange(text, remembered, retrieval.found))
         if as_json:
-            self.stdout.write(
-                json.dumps(
-                    {
-                        "question": question,
-                        "answer": answer,
-                        "citations": [
-                            {key: value for key, value in asdict(c).items() if key != "number"} for c in citations
-                        ],
-                    }
-                )
+            record: dict[str, Any] = {"conversation": question.conversation} if options["batch"] else {}
+            record.update(
+                {
+                    "question": text,
+                    "answer": answer,
+                    "found": retrieval.found,
+                    "relevance": retrieval.relevance,
+                    "citations": [
+                        {key: value for key, value in asdict(c).items() if key in CITATION_FIELDS}
+                        for c in retrieval.citations
+                    ],
+                }
             )
-        elif options["retrieve_only"]:
-            for citation in citations:
-                self.stdout.write(
-                    f"[{citation.number}] {citation.title} p.{citation.page}-{citation.page_end} "
-                    f"({citation.score:.3f}): {citation.text[:160]!r}"
-                )
+            self.stdout.write(json.dumps(record))
+            return
+        if options["retrieve_only"] and not retrieval.found:
+            self.stdout.write(services.NO_DOCUMENTS_ANSWER if retrieval.no_documents else services.NOT_FOUND_ANSWER)
+        for citation in retrieval.citations:
+            pages = str(citation.page) if citation.page == citation.page_end else f"{citation.page}-{citation.page_end}"
+            line = f"[{citation.number}] {citation.title}, p. {pages}"
+            if options["retrieve_only"]:
+                line += f" ({citation.score:.3f}): {citation.text[:160]!r}"
+            self.stdout.write(line)
+
+
+def _batch_questions(path: Path) -> list[_Question]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise CommandError(f"--batch {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise CommandError(f"--batch {path}: cannot be read ({error})") from None
+    questions = []
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line:
+            continue
+        if not line.startswith("{"):
+            questions.append(_Question(line, None, number))
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise CommandError(f"--batch {path}, line {number}: not valid JSON ({error.msg})") from None
+        question, label = entry.get("question"), entry.get("conversation")
+        if not isinstance(question, str) or not question.strip():
+            raise CommandError(f'--batch {path}, line {number}: "question" must be a non-empty string')
+        if label is not None and not isinstance(label, str | int):
+            raise CommandError(f'--batch {path}, line {number}: "conversation" must be a string')
+        questions.append(_Question(question, None if label is None else str(label), number))
+    if not questions:
+        raise CommandError(f"--batch {path}: no questions in it")
+    return questions

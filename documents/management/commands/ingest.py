@@ -24,11 +24,15 @@ class Command(BaseCommand):
         owner = user_for_command(user)
         results = []
         for path in files:
-            results.append(self._ingest_one(owner, path, quiet=json))
+            result = self._ingest_one(owner, path, quiet=json)
+            results.append(result)
+            if not json:
+                self.stdout.write(_summary(result))
         if json:
             self.stdout.write(_dumps({"documents": results}))
-        if any(result["status"] != Document.Status.READY for result in results):
-            raise CommandError(f"{sum(r['status'] != 'ready' for r in results)} of {len(results)} files not ready")
+        failed = [result for result in results if result["status"] != Document.Status.READY]
+        if failed:
+            raise CommandError(f"{len(failed)} of {len(results)} files not ready")
 
     def _ingest_one(self, owner: User, path: Path, quiet: bool) -> dict:
         result = {"id": None, "title": path.stem, "file": str(path), "status": "failed", "pages": None, "chunks": 0}
@@ -68,6 +72,13 @@ class Command(BaseCommand):
             "chunks": document.chunk_count,
             "error": document.error_message or None,
         }
+
+
+def _summary(result: dict) -> str:
+    """One line per file: what it became, or why it did not."""
+    if result["status"] == Document.Status.READY:
+        return f"{result['file']}: ready, {result['pages']} pages, {result['chunks']} chunks (document {result['id']})"
+    return f"{result['file']}: {result['status']}: {result.get('error') or 'no reason recorded'}"
 
 
 def _dumps(value) -> str:

@@ -1,0 +1,293 @@
+// The side panel: a cited PDF rendered by PDF.js (vendored in static/vendor/pdfjs), opened at the cited page with
+// the cited passage highlighted on the page's text layer. PDF.js loads on first use; its worker comes from our
+// static files and it never evaluates code from a PDF (isEvalSupported: false, no scripting).
+const layout = document.getElementById("chat-layout");
+const panel = document.getElementById("source-panel");
+const container = document.getElementById("pdf-container");
+const viewerElement = document.getElementById("pdf-viewer");
+const titleElement = document.getElementById("source-title");
+const metaElement = document.getElementById("source-meta");
+const statusElement = document.getElementById("source-status");
+const passageElement = document.getElementById("source-passage");
+const pageLabel = document.getElementById("source-page");
+const downloadLink = document.getElementById("source-download");
+const HIGHLIGHT_CLASS = "silo-passage";
+
+let libraries = null; // {pdfjs, viewer}
+let pdfViewer = null;
+let eventBus = null;
+let loadedDocumentId = null;
+let loadingTask = null;
+let target = null; // {documentId, page, passage} waiting for its page's text layer
+
+function fileUrl(documentId) {
+  return layout.dataset.fileUrlTemplate.replace("/0/", "/" + documentId + "/");
+}
+
+async function loadLibraries() {
+  if (libraries) return libraries;
+  const pdfjs = await import(layout.dataset.pdfjs);
+  globalThis.pdfjsLib = pdfjs; // pdf_viewer.mjs reads the library from here
+  pdfjs.GlobalWorkerOptions.workerSrc = layout.dataset.pdfjsWorker;
+  const viewer = await import(layout.dataset.pdfjsViewer);
+  libraries = { pdfjs, viewer };
+  return libraries;
+}
+
+function setStatus(text, kind) {
+  statusElement.textContent = text || "";
+  statusElement.hidden = !text;
+  statusElement.className = "source-status" + (kind ? " source-status-" + kind : "");
+}
+
+function showPassage(text) {
+  // The stored text keeps the PDF's line breaks: join the lines of a paragraph, keep the paragraphs.
+  passageElement.textContent = (text || "").replace(/([^\n])\n(?!\n)/g, "$1 ");
+  passageElement.hidden = !text;
+}
+
+function updatePageLabel() {
+  if (!pdfViewer || !pdfViewer.pagesCount) {
+    pageLabel.textContent = "";
+    return;
+  }
+  const narrow = window.matchMedia("(max-width: 40rem)").matches;
+  pageLabel.textContent = (narrow ? "" : "Page ") + pdfViewer.currentPageNumber + (narrow ? " / " : " of ") +
+    pdfViewer.pagesCount;
+}
+
+function ensureViewer() {
+  if (pdfViewer) return;
+  const { viewer } = libraries;
+  eventBus = new viewer.EventBus();
+  const linkService = new viewer.PDFLinkService({ eventBus });
+  pdfViewer = new viewer.PDFViewer({
+    container,
+    viewer: viewerElement,
+    eventBus,
+    linkService,
+    textLayerMode: 1,
+    annotationMode: 1, // links only: no forms, no scripting
+    removePageBorders: false,
+  });
+  linkService.setViewer(pdfViewer);
+  eventBus.on("pagesinit", () => {
+    pdfViewer.currentScaleValue = "page-width"; // the cited lines readable at once; zoom buttons for more
+    if (target) pdfViewer.currentPageNumber = target.page;
+    updatePageLabel();
+  });
+  eventBus.on("pagechanging", updatePageLabel);
+  eventBus.on("updateviewarea", updatePageLabel);
+  eventBus.on("textlayerrendered", ({ source, pageNumber }) => {
+    if (target && pageNumber === target.page) highlight(source, target);
+  });
+}
+
+// The text layer's text, as one string, with the text node and offset of each piece.
+function textLayerText(textLayerDiv) {
+  const walker = document.createTreeWalker(textLayerDiv, NodeFilter.SHOW_TEXT);
+  const pieces = [];
+  let text = "";
+  while (walker.nextNode()) {
+    const node = walker.currentNode;
+    if (node.parentElement.closest(".endOfContent")) continue;
+    pieces.push({ node, start: text.length, end: text.length + node.nodeValue.length });
+    text += node.nodeValue + " ";
+  }
+  return { text, pieces };
+}
+
+function clearHighlights(root) {
+  for (const mark of root.querySelectorAll("." + HIGHLIGHT_CLASS)) {
+    const parent = mark.parentNode;
+    mark.replaceWith(document.createTextNode(mark.textContent));
+    parent.normalize();
+  }
+}
+
+// Wraps the parts of the text layer's nodes that fall within `ranges` in highlight spans.
+function wrapRanges(pieces, ranges) {
+  const marks = [];
+  for (const piece of pieces) {
+    const inside = ranges
+      .map(([start, end]) => [Math.max(start, piece.start), Math.min(end, piece.end)])
+      .filter(([start, end]) => start < end);
+    if (!inside.length) continue;
+    const text = piece.node.nodeValue;
+    const fragment = document.createDocumentFragment();
+    let cursor = 0;
+    for (const [start, end] of inside) {
+      const from = start - piece.start, to = end - piece.start;
+      if (from > cursor) fragment.append(text.slice(cursor, from));
+      const mark = document.createElement("span");
+      mark.className = "highlight appended " + HIGHLIGHT_CLASS;
+      mark.textContent = text.slice(from, to);
+      fragment.append(mark);
+      marks.push(mark);
+      cursor = to;
+    }
+    if (cursor < text.length) fragment.append(text.slice(cursor));
+    piece.node.replaceWith(fragment);
+  }
+  return marks;
+}
+
+function highlight(pageView, wanted) {
+  const textLayerDiv = pageView.textLayer && pageView.textLayer.div;
+  if (!textLayerDiv) return;
+  clearHighlights(viewerElement);
+  const { text, pieces } = textLayerText(textLayerDiv);
+  const found = window.SiloPassage.find(text, wanted.passage);
+  const marks = wrapRanges(pieces, found.ranges);
+  panel.dataset.highlightedPage = String(wanted.page);
+  panel.dataset.highlightCoverage = found.coverage.toFixed(2);
+  if (!marks.length) {
+    setStatus("The passage could not be located exactly on page " + wanted.page + "; it is quoted above.", "warning");
+    showPassage(wanted.passage);
+  } else {
+    setStatus("");
+    // Bring the first highlighted line into view, a little below the panel's top edge.
+    const first = marks[0].getBoundingClientRect();
+    const box = container.getBoundingClientRect();
+    container.scrollTop += first.top - box.top - container.clientHeight * 0.25;
+  }
+  target = null;
+}
+
+function openPanel() {
+  panel.hidden = false;
+  layout.classList.add("source-open");
+}
+
+function closePanel() {
+  panel.hidden = true;
+  layout.classList.remove("source-open");
+  for (const active of document.querySelectorAll(".chip.active, .source-item.active")) active.classList.remove("active");
+}
+
+// Whether the document's file is still there (it may have been deleted in another tab since it was loaded): the
+// answer's status is enough, the body is not read.
+async function stillThere(documentId) {
+  const controller = new AbortController();
+  try {
+    const response = await fetch(fileUrl(documentId), { signal: controller.signal, cache: "no-store" });
+    return response.status !== 404;
+  } catch (error) {
+    return true; // offline: keep showing what is loaded
+  } finally {
+    controller.abort();
+  }
+}
+
+async function loadDocument(documentId) {
+  if (loadedDocumentId === documentId && pdfViewer && pdfViewer.pdfDocument) {
+    return (await stillThere(documentId)) ? true : "deleted";
+  }
+  const { pdfjs } = libraries;
+  ensureViewer();
+  if (loadingTask) loadingTask.destroy();
+  const assets = layout.dataset.pdfjsAssets;
+  loadingTask = pdfjs.getDocument({
+    url: fileUrl(documentId),
+    isEvalSupported: false,
+    enableXfa: false,
+    cMapUrl: assets + "cmaps/",
+    cMapPacked: true,
+    standardFontDataUrl: assets + "standard_fonts/",
+    wasmUrl: assets + "wasm/",
+    iccUrl: assets + "iccs/",
+  });
+  try {
+    const pdfDocument = await loadingTask.promise;
+    pdfViewer.setDocument(pdfDocument);
+    pdfViewer.linkService.setDocument(pdfDocument);
+    loadedDocumentId = documentId;
+    return true;
+  } catch (error) {
+    loadedDocumentId = null;
+    pdfViewer.setDocument(null);
+    if (error && error.status === 404) return "deleted";
+    throw error;
+  }
+}
+
+// Opens a citation ({document_id, title, page, quote, text, deleted}), or a whole document ({whole: true}).
+async function open(citation) {
+  const documentId = Number(citation.document_id);
+  const page = Math.max(1, Number(citation.page) || 1);
+  const passage = citation.whole ? "" : citation.quote || citation.text || "";
+  openPanel();
+  titleElement.textContent = citation.title || "Document";
+  metaElement.textContent = citation.whole ? "" : "Source " + citation.number + " · " + window.SiloAnswer.pagesLabel(citation);
+  downloadLink.href = fileUrl(documentId) + "#page=" + page;
+  downloadLink.hidden = Boolean(citation.deleted);
+  showPassage("");
+  panel.dataset.documentId = String(documentId);
+  panel.dataset.page = String(page);
+  delete panel.dataset.highlightedPage;
+  if (citation.deleted) return showDeleted(citation);
+  panel.classList.remove("without-document");
+  setStatus("Opening the PDF…");
+  try {
+    await loadLibraries();
+    target = passage ? { documentId, page, passage } : null;
+    const loaded = await loadDocument(documentId);
+    if (loaded === "deleted") return showDeleted(citation);
+    viewerElement.hidden = false;
+    if (!passage) setStatus("");
+    if (pdfViewer.pagesCount) {
+      pdfViewer.currentPageNumber = Math.min(page, pdfViewer.pagesCount);
+      // The page may already be rendered (same document, same page): highlight now rather than wait.
+      const pageView = pdfViewer.getPageView(page - 1);
+      if (target && pageView && pageView.textLayer && pageView.textLayer.div &&
+          pageView.textLayer.div.childElementCount) {
+        highlight(pageView, target);
+      }
+    }
+    updatePageLabel();
+  } catch (error) {
+    console.warn("PDF viewer:", error);
+    setStatus("This PDF could not be shown. The cited passage is quoted above.", "error");
+    showPassage(passage);
+  }
+}
+
+function showDeleted(citation) {
+  panel.classList.add("without-document");
+  if (pdfViewer) pdfViewer.setDocument(null);
+  loadedDocumentId = null;
+  viewerElement.hidden = true;
+  downloadLink.hidden = true;
+  pageLabel.textContent = "";
+  setStatus("“" + (citation.title || "This document") + "” has been deleted, so its PDF can no longer be shown. " +
+    "The passage this answer cited is quoted below.", "deleted");
+  showPassage(citation.quote || citation.text || "");
+}
+
+document.getElementById("source-close").addEventListener("click", closePanel);
+document.getElementById("source-prev").addEventListener("click", () => {
+  if (pdfViewer && pdfViewer.currentPageNumber > 1) pdfViewer.currentPageNumber -= 1;
+});
+document.getElementById("source-next").addEventListener("click", () => {
+  if (pdfViewer && pdfViewer.currentPageNumber < pdfViewer.pagesCount) pdfViewer.currentPageNumber += 1;
+});
+document.getElementById("source-zoom-in").addEventListener("click", () => {
+  if (pdfViewer && pdfViewer.pdfDocument) pdfViewer.currentScale = Math.min(pdfViewer.currentScale * 1.2, 4);
+});
+document.getElementById("source-zoom-out").addEventListener("click", () => {
+  if (pdfViewer && pdfViewer.pdfDocument) pdfViewer.currentScale = Math.max(pdfViewer.currentScale / 1.2, 0.3);
+});
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && !panel.hidden && window.matchMedia("(max-width: 64rem)").matches) closePanel();
+});
+
+window.SiloSources = { open, close: closePanel };
+if (window.__siloPendingSource) {
+  open(window.__siloPendingSource);
+  window.__siloPendingSource = null;
+} else if (layout.dataset.documentId && !window.matchMedia("(max-width: 64rem)").matches) {
+  // A document's own chat shows the document beside it from the start (on wide screens).
+  open({ document_id: layout.dataset.documentId, title: layout.dataset.documentTitle, page: 1, whole: true });
+} else {
+  closePanel();
+}

@@ -1,0 +1,136 @@
+"""Keyless answers: which passages can answer, how they are cut into windows, how windows are scored and quoted.
+
+Pure functions of texts, except where the real local embedder reads a passage (its token vectors)."""
+
+from __future__ import annotations
+
+import pytest
+
+from chat import answers
+from vectordb.embeddings import get_embedder
+
+TABLE_OF_CONTENTS = """Contents
+1 Introduction 2
+1.1 Writing classes and packages for LATEX 2ε . . . . . . . . . . . . . 2
+1.2 Overview . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . 3
+1.3 Further information . . . . . . . . . . . . . . . . . . . . . . . . . 3
+2 Writing classes and packages 4"""
+INDEX = """\\DeclareFontFamily, 9, 12
+\\DeclareFontShape, 10
+\\DeclareSymbolFont, 15–16
+\\fontencoding, 6
+\\fontfamily, 6, 7"""
+CODE_TABLE = """´00x ⁄ ˙ ˝ ˛ ˝0x ´01x fl fi ´02x ı ` ´ ˇ ˘ ¯ ˚ ˝1x ´03x ¸ ß æ œ ø Æ Œ Ø ´04x ! " # $ % & ’ ˝2x
+´05x ( ) * + , - . / ´06x 0 1 2 3 4 5 6 7 ˝3x ´07x 8 9 : ; < = > ?"""
+PROSE = (
+    "Descaling. Hard water leaves limescale in the boiler and the pipes, which slows the flow and spoils the taste. "
+    "Descale the machine every three months, or every month where the water is very hard. Dissolve one descaling "
+    "tablet in a litre of warm water, pour the solution into the tank and start the cleaning programme by holding "
+    "the two cup buttons for five seconds. The programme pumps the solution through the boiler in short bursts and "
+    "takes about twenty minutes. Never use vinegar: its acid attacks the seals of the boiler."
+)
+OPTIONS = (
+    "Usage: asn1Decoding [OPTION] DEFINITIONS ENCODED ASN1TYPE\n"
+    "Decodes DER data in ENCODED file, for the ASN1TYPE element described in ASN.1 DEFINITIONS file, and print\n"
+    "decoded structures.\n"
+    "-b, --benchmark perform a benchmark on decoding\n"
+    "-s, --strict use strict DER decoding\n"
+    "-t, --no-time-strict use strict DER decoding but not in time fields\n"
+    "-h, --help print this help and exit\n"
+    "-v, --version print version information and exit\n"
+    "Mandatory arguments to long options are mandatory for short options too, and the list goes on for a while so\n"
+    "that this one block of options is longer than any window of text an answer may quote in one piece."
+)
+
+
+@pytest.mark.parametrize("text", [TABLE_OF_CONTENTS, INDEX, CODE_TABLE, "", "   \n "])
+def test_tables_of_contents_indexes_and_code_tables_are_navigation(text):
+    assert answers.is_navigation(text)
+
+
+@pytest.mark.parametrize("text", [PROSE, OPTIONS, "Since: 1.6", "Returns: Return NULL on failure."])
+def test_prose_and_reference_entries_are_not_navigation(text):
+    assert not answers.is_navigation(text)
+
+
+def test_a_window_is_a_sentence_with_its_neighbours_on_both_sides_within_the_limit():
+    units = answers.answer_units(PROSE)
+    found = answers.windows(PROSE, limit=200)
+
+    assert len(found) == len(units)
+    for (start, end), (unit_start, unit_end) in zip(found, units, strict=True):
+        assert start <= unit_start and unit_end <= end  # around its own sentence
+        assert end - start <= 200
+        assert start in {unit[0] for unit in units} and end in {unit[1] for unit in units}  # whole sentences
+    # "Descale the machine every three months..." takes the sentences before it while they fit (the next is long).
+    assert PROSE[found[2][0] : found[2][1]] == " ".join(PROSE[units[i][0] : units[i][1]] for i in (0, 1, 2))
+
+
+def test_a_block_longer_than_a_window_is_cut_at_its_line_breaks():
+    units = [OPTIONS[start:end] for start, end in answers.answer_units(OPTIONS)]
+
+    assert "-b, --benchmark perform a benchmark on decoding" in units
+    assert all(len(unit) <= answers.WINDOW_CHARS for unit in units)
+
+
+def test_a_window_scores_its_meaning_and_the_questions_rarer_words():
+    embedder = get_embedder()
+    question = "How often should I descale the machine?"
+
+    scored = answers.windows_score(question, embedder.embed_query(question), [PROSE, TABLE_OF_CONTENTS], embedder)
+
+    assert {window.passage for window in scored} == {0}  # the table of contents has no window at all
+    best = scored[0]
+    assert "every three months" in PROSE[best.start : best.end]
+    assert [window.score for window in scored] == sorted((window.score for window in scored), reverse=True)
+    assert all(best.end - best.start >= answers.MIN_WINDOW_CHARS for best in scored)
+
+
+def test_without_token_vectors_only_the_words_count():
+    question = "Which switch performs a benchmark on decoding?"
+
+    scored = answers.windows_score(question, [0.0] * 384, [OPTIONS], embedder=object())
+
+    assert "-b, --benchmark perform a benchmark on decoding" in OPTIONS[scored[0].start : scored[0].end]
+
+
+def test_passages_are_reordered_by_their_best_window_and_navigation_goes_last():
+    scored = [
+        answers.ScoredWindow(passage=2, start=0, end=50, score=0.9),
+        answers.ScoredWindow(passage=0, start=0, end=50, score=0.7),
+        answers.ScoredWindow(passage=2, start=60, end=120, score=0.5),
+    ]
+
+    assert answers.passage_order(4, scored) == [2, 0, 1, 3]
+
+
+def test_quotes_are_the_best_window_and_close_ones_from_other_passages_within_the_limit():
+    scored = [
+        answers.ScoredWindow(passage=1, start=0, end=200, score=0.80),
+        answers.ScoredWindow(passage=1, start=100, end=300, score=0.79),  # same passage: one quote per citation
+        answers.ScoredWindow(passage=0, start=0, end=250, score=0.75),  # would not fit beside the first
+        answers.ScoredWindow(passage=3, start=0, end=150, score=0.72),
+        answers.ScoredWindow(passage=2, start=0, end=20, score=0.60),  # too far below the best
+    ]
+
+    chosen = answers.quotes_select(scored, limit=400)
+
+    assert [(window.passage, window.start) for window in chosen] == [(1, 0), (3, 0)]
+    assert sum(window.end - window.start + answers.QUOTE_OVERHEAD_CHARS for window in chosen) <= 400
+
+
+def test_a_quote_is_one_markdown_blockquote_line_with_its_marker():
+    assert answers.quote_markdown("Descale the machine\nevery three  months.", 2) == (
+        "> Descale the machine every three months. [2]"
+    )
+
+
+def test_words_drop_backslashes_and_punctuation_and_content_words_are_stems_without_stopwords():
+    assert answers.words("Use \\bfdefault, not \\bf!") == ["use", "bfdefault", "not", "bf"]
+    assert answers.content_words("How do I change the default of the bold series?") == {
+        "chang",
+        "default",
+        "bold",
+        "seri",
+    }
+    assert answers.content_words("descale descaled descaling descales") == {"descal"}
