@@ -391,7 +391,7 @@ def chat_model(streaming: bool = True, max_tokens: int | None = None):
         timeout=settings.CHAT_REQUEST_TIMEOUT_SECONDS,
         max_retries=2,
         streaming=streaming,
-        max_completion_tokens=max_tokens,  # the `max_tokens` field's name in the constructor's signature
+        max_tokens=max_tokens,  # type: ignore[call-arg]  # a field of ChatOpenAI the stubs know by its alias
     )
 
 
