@@ -8,11 +8,12 @@ CHROMIUM := /usr/bin/chromium
 
 .PHONY: run test bench install clean-data lint vendor-static
 
-# The app packages pass the linter and the formatter's check (configured in pyproject.toml).
+# The app packages pass the linter, the formatter's check and the type checker (all configured in pyproject.toml).
 LINTED := config tenants documents chat vectordb
 lint: $(STAMP)
 	$(BIN)/python -m ruff check $(LINTED)
 	$(BIN)/python -m ruff format --check $(LINTED) tests bench
+	$(BIN)/python -m mypy
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -30,9 +31,10 @@ $(CHROMIUM):
 run: $(STAMP)
 	$(BIN)/python -m config.run_local
 
-# Tests get their own data folder, Redis database and Celery queue, so they never touch `make run`'s.
+# Each test run gets its own data folder (and so its own embedded PostgreSQL), Redis key prefix and Celery queue, so
+# it never touches `make run`'s data nor another run's tenant databases (tests/run_folders.py).
 test: $(STAMP) $(CHROMIUM) lint
-	SILO_DATA_DIR=$(CURDIR)/.data/test SILO_EMBEDDED_FAST=true \
+	SILO_DATA_DIR=$(CURDIR)/.data/test-runs/$$$$ SILO_EMBEDDED_FAST=true \
 	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} CELERY_QUEUE=silo-test-$$$$ SILO_TEST_DATABASE=test_silo_$$$$ CACHE_KEY_PREFIX=silo-test-$$$$ \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -5,12 +5,16 @@ One fleet, provisioned untimed at the real schema. With the test migration packa
    one after another, as a hand-written script would;
 2. rolled back to 0002 per tenant, untimed;
 3. ours, timed: `tenants_migrate(fleet_members(), jobs=settings.TENANT_MIGRATION_JOBS)`, which includes bringing the
-   template up to date afterwards, as the `migrate_tenants` command does.
+   template up to date afterwards, as the `migrate_tenants` command does;
+4. rolled back, then the same with compiling switched off (every tenant through Django's executor, in the same
+   threads): what the compiled SQL is worth (`compiled_speedup`), the reason vectordb/schema/compiled.py exists.
 Both apply exactly the same migration to the same databases; steps 1-3 run REPETITIONS times, interleaved, and the
 best time of each is reported (the runs are kept too). The fleet and the template are dropped afterwards.
 """
 
 from __future__ import annotations
+
+from unittest import mock
 
 import psycopg
 from django.conf import settings
@@ -30,9 +34,10 @@ from tenants import services
 from tenants.models import VectorDatabase
 from tenants.provisioners import get_provisioner
 from tenants.provisioners.postgres import TEMPLATE_DATABASE
+from vectordb.dsn import Dsn
 from vectordb.fleet import FleetMember
 from vectordb.routers import TENANT_ALIAS_PREFIX
-from vectordb.schema import database_settings_from_dsn
+from vectordb.schema.compiled import NotCompilable
 
 TARGETS = [Target("speedup", at_least=3, unit="x", label="speedup vs sequential")]
 
@@ -52,7 +57,7 @@ def run(quick: bool) -> dict:
     try:
         members = _provision_fleet(count)
         jobs = settings.TENANT_MIGRATION_JOBS
-        sequential_runs, concurrent_runs = [], []
+        sequential_runs, concurrent_runs, executor_runs = [], [], []
         with override_settings(MIGRATION_MODULES=FLEET_MIGRATIONS):
             for repetition in range(1, REPETITIONS + 1):
                 # Interleaved and best-of: a load spike from elsewhere on the machine hits one run, not the figure.
@@ -72,6 +77,15 @@ def run(quick: bool) -> dict:
                 if failed:
                     raise RuntimeError(f"{len(failed)} tenants not migrated as expected, e.g. {failed[0]}")
                 _expect_column(members, present=True)
+                _naive_migrate(members, BASE_MIGRATION)
+                progress(f"[{repetition}/{REPETITIONS}] migrate_tenants with {jobs} jobs, Django's executor per tenant")
+                with mock.patch("vectordb.schema.compile_migrations", side_effect=_not_compilable):
+                    with stopwatch() as executor:
+                        executed = services.tenants_migrate(members, jobs=jobs)
+                executor_runs.append(executor.seconds)
+                if [outcome for outcome in executed if not outcome.ok or outcome.applied != [NEW_MIGRATION]]:
+                    raise RuntimeError("tenants not migrated as expected through Django's executor")
+                _expect_column(members, present=True)
                 if repetition < REPETITIONS:
                     _naive_migrate(members, BASE_MIGRATION)
     finally:
@@ -85,11 +99,17 @@ def run(quick: bool) -> dict:
         "seconds": round(min(concurrent_runs), 2),
         "sequential_seconds": round(min(sequential_runs), 2),
         "speedup": round(min(sequential_runs) / min(concurrent_runs), 2),
+        "executor_threads_seconds": round(min(executor_runs), 2),
+        "compiled_speedup": round(min(executor_runs) / min(concurrent_runs), 2),
         "runs_seconds": [round(value, 2) for value in concurrent_runs],
         "runs_sequential_seconds": [round(value, 2) for value in sequential_runs],
         "jobs": jobs,
         "per_tenant_p50_ms": round(per_tenant[len(per_tenant) // 2] * 1000, 1),
     }
+
+
+def _not_compilable(names: tuple[str, ...], with_recorder: bool) -> None:
+    raise NotCompilable(names[0])
 
 
 def _provision_fleet(count: int) -> list[FleetMember]:
@@ -115,7 +135,7 @@ def _naive_migrate(members: list[FleetMember], target: str | None = None) -> Non
     for member in members:
         alias = f"{TENANT_ALIAS_PREFIX}bench_{member.key}"
         connections.settings[alias] = connections.configure_settings(
-            {"default": connections.settings["default"], alias: database_settings_from_dsn(member.dsn)}
+            {"default": connections.settings["default"], alias: Dsn.parse(_dsn(member)).django_settings()}
         )[alias]
         try:
             call_command("migrate", *arguments, database=alias, verbosity=0, interactive=False)
@@ -128,7 +148,7 @@ def _naive_migrate(members: list[FleetMember], target: str | None = None) -> Non
 def _expect_column(members: list[FleetMember], present: bool) -> None:
     wrong = []
     for member in members:
-        with psycopg.connect(member.dsn) as connection:
+        with psycopg.connect(_dsn(member)) as connection:
             found = connection.execute(
                 "SELECT 1 FROM information_schema.columns WHERE table_name = 'embeddings' AND column_name = %s",
                 [NEW_COLUMN],
@@ -137,6 +157,10 @@ def _expect_column(members: list[FleetMember], present: bool) -> None:
             wrong.append(member.key)
     if wrong:
         raise RuntimeError(f"{len(wrong)} tenants {'lack' if present else 'still have'} the {NEW_COLUMN} column")
+
+
+def _dsn(member: FleetMember) -> str:
+    return member.target.resolve_dsn(False)
 
 
 def _drop_template() -> None:

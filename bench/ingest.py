@@ -47,7 +47,7 @@ if __name__ == "__main__":
 
     setup_django()
 
-import os  # noqa: E402
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -201,7 +201,7 @@ def _fix_column_dimensions(tenant, dimensions: int) -> None:
     """A tenant cloned from the template gets the template's vector(384) whatever the settings say: make it match."""
     from tenants.services import tenant_target
     from vectordb.connections import get_registry
-    from vectordb.store import embedding_column_dimensions, embedding_dimension_change
+    from vectordb.tenant_embedding_model import embedding_column_dimensions, embedding_dimension_change
 
     with get_registry().connection(tenant_target(tenant)) as connection:
         found = embedding_column_dimensions(connection)
@@ -384,8 +384,8 @@ def _rate(pages: int, seconds: float) -> float:
 def _cleanup() -> None:
     from documents.services import documents_erase_for_tenant
     from tenants.models import User
+    from tenants.services import TenantDatabaseNotReady, tenant_target
     from vectordb.connections import get_registry
-    from tenants.services import tenant_target, TenantDatabaseNotReady
 
     for user in User.objects.filter(email__startswith=f"{PREFIX}-"):
         try:

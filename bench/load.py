@@ -49,9 +49,9 @@ from tenants.models import VectorDatabase
 from tenants.provisioners.postgres import DATABASE_PREFIX, database_name
 from tests.asgi_server import AsgiServerProcess
 from tests.emulators.openai import OpenAIEmulator
+from vectordb.chunks import ChunkRecord, chunks_replace
 from vectordb.connections import get_registry
 from vectordb.embeddings import LOCAL_MODEL, get_embedder
-from vectordb.store import ChunkRecord, chunks_replace
 
 TARGETS = [
     Target("errors", at_most=0),

@@ -3,7 +3,7 @@
 Search: one tenant database (postgres provider) holding 100,000 chunks (quick: 20,000) of 384-dim vectors drawn
 around 1,000 gaussian cluster centres (point = centre + noise of varying spread, unit-normalised: random unit vectors
 have no neighbourhoods, so they make HNSW recall look worse and mean nothing), written as 100 documents by
-`vectordb.store.chunks_replace` (delete + COPY). The first 3 documents go in with the HNSW index maintained on insert
+`vectordb.chunks.chunks_replace` (delete + COPY). The first 3 documents go in with the HNSW index maintained on insert
 (the ingest rate); the rest are loaded with the index dropped, which is then built with the migration's definition. Queries are
 drawn like the data. Each query runs through the app's path (`registry.connection(target)` + `vector_search` with
 every document of the tenant in the filter, as chat does) and through exact k-NN (the same SQL with index scans off:
@@ -24,15 +24,16 @@ import time
 
 import numpy
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from django.conf import settings
+from psycopg.conninfo import conninfo_to_dict
 
 from bench.common import admin_dsn, create_tenants, milliseconds, percentile, progress, remove_tenants
 from bench.framework import Target, load_average
 from tenants import services
 from tenants.models import VectorDatabase
-from vectordb import search, store
+from vectordb import chunks, search
 from vectordb.connections import TenantConnectionRegistry, get_registry
+from vectordb.models import EMBEDDING_HNSW_INDEX_NAME
 
 TARGETS = [
     Target("p50_ms", at_most=5, unit=" ms", label="p50_ms (HNSW, app path)"),
@@ -96,14 +97,14 @@ def _load(registry, target, data, document_ids: list[int]) -> float:
         records = _records(document_id, data.draw(CHUNKS_PER_DOCUMENT))
         started = time.perf_counter()
         with registry.connection(target) as connection:
-            store.chunks_replace(connection, document_id, records)
+            chunks.chunks_replace(connection, document_id, records)
         seconds += time.perf_counter() - started
     return seconds
 
 
-def _records(document_id: int, vectors: numpy.ndarray) -> list[store.ChunkRecord]:
+def _records(document_id: int, vectors: numpy.ndarray) -> list[chunks.ChunkRecord]:
     return [
-        store.ChunkRecord(
+        chunks.ChunkRecord(
             document_id=document_id,
             chunk_index=index,
             content=f"chunk {index} of document {document_id}",
@@ -150,7 +151,7 @@ def _plan_uses_hnsw(connection: psycopg.Connection, query: numpy.ndarray, docume
             "ORDER BY embedding <=> %(query)s::vector LIMIT 10",
             {"query": search._vector_literal(query), "documents": document_ids},
         ).fetchall()
-    return any(store.EMBEDDING_INDEX_NAME in line[0] for line in plan)
+    return any(EMBEDDING_HNSW_INDEX_NAME in line[0] for line in plan)
 
 
 def _search_section(quick: bool) -> dict:
@@ -173,9 +174,9 @@ def _search_section(quick: bool) -> dict:
         load_seconds = _load(registry, target, data, with_index)
         with registry.connection(target) as connection:
             index_definition = connection.execute(
-                "SELECT indexdef FROM pg_indexes WHERE indexname = %s", [store.EMBEDDING_INDEX_NAME]
+                "SELECT indexdef FROM pg_indexes WHERE indexname = %s", [EMBEDDING_HNSW_INDEX_NAME]
             ).fetchone()[0]
-            connection.execute(f"DROP INDEX {store.EMBEDDING_INDEX_NAME}")
+            connection.execute(f"DROP INDEX {EMBEDDING_HNSW_INDEX_NAME}")
         rest = document_ids[INDEXED_LOAD_DOCUMENTS:]
         progress(f"search: loading {len(rest) * CHUNKS_PER_DOCUMENT:,} chunks with chunks_replace, index dropped")
         bulk_seconds = _load(registry, target, data, rest)
@@ -186,12 +187,12 @@ def _search_section(quick: bool) -> dict:
         build_seconds = time.perf_counter() - started
         with registry.connection(target) as connection:
             connection.execute("ANALYZE embeddings")
-            chunks = connection.execute("SELECT count(*) FROM embeddings").fetchone()[0]
+            chunk_total = connection.execute("SELECT count(*) FROM embeddings").fetchone()[0]
             index_bytes = connection.execute(
-                "SELECT pg_relation_size(%s::regclass)", [store.EMBEDDING_INDEX_NAME]
+                "SELECT pg_relation_size(%s::regclass)", [EMBEDDING_HNSW_INDEX_NAME]
             ).fetchone()[0]
         result: dict = {
-            "chunks": chunks,
+            "chunks": chunk_total,
             "dimensions": DIMENSIONS,
             "documents": documents,
             "clusters": CLUSTERS,
@@ -293,7 +294,7 @@ def _connection_section(quick: bool) -> dict:
             vectors = rng.standard_normal((POOL_CHUNKS_PER_TENANT, DIMENSIONS)).astype(numpy.float32)
             vectors /= numpy.linalg.norm(vectors, axis=1, keepdims=True)
             with registry.connection(target) as connection:
-                store.chunks_replace(connection, 1, _records(1, vectors))
+                chunks.chunks_replace(connection, 1, _records(1, vectors))
         registry.close_all()
 
         stop = threading.Event()
@@ -336,7 +337,7 @@ def _connection_section(quick: bool) -> dict:
                         hits = search.vector_search(connection, query, [1], 3)
                     if len(hits) != 3:
                         errors.append(f"{target.key}: {len(hits)} hits")
-                except Exception as error:  # noqa: BLE001 - counted and reported, the run goes on
+                except Exception as error:
                     errors.append(f"{type(error).__name__}: {error}")
                 latencies.append(time.perf_counter() - started)
 

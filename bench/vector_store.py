@@ -1,7 +1,7 @@
 """langchain-postgres PGVectorStore vs our SQL: search latency (vector, hybrid) and write throughput, same run.
 
 One tenant database (postgres provider), ~5,000 chunks of 384-dim random unit vectors over 10 documents. Both paths
-use connections from the same TenantConnectionRegistry (the store borrows them, see vectordb/vector_store.py), and
+use connections from the same TenantConnectionRegistry (the store borrows them, see bench/langchain_baseline.py), and
 each query runs through both paths back to back, alternating which goes first, so machine noise hits both alike.
 Writes: `chunks_replace` (delete + COPY, one transaction per document) vs `add_embeddings` (the library's INSERT ..
 ON CONFLICT per chunk, one connection checkout and commit each), the same chunks with the same ids.
@@ -16,7 +16,7 @@ if __name__ == "__main__":
 
     setup_django()
 
-import random  # noqa: E402
+import random
 import time
 
 import numpy
@@ -25,9 +25,9 @@ from bench.common import create_tenants, milliseconds, percentile, progress, rem
 from bench.framework import Target
 from tenants import services
 from tenants.models import VectorDatabase
-from vectordb import search, store
+from vectordb import chunks, search
 from vectordb.connections import get_registry
-from vectordb.vector_store import document_filter, hybrid_search_config, tenant_vector_store
+from bench.langchain_baseline import document_filter, hybrid_search_config, tenant_vector_store
 
 TARGETS: list[Target] = []  # a comparison, not a gate
 
@@ -59,14 +59,14 @@ def _unit_vectors(rng: numpy.random.Generator, count: int) -> numpy.ndarray:
     return vectors / numpy.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def _corpus(documents: int, per_document: int) -> dict[int, list[store.ChunkRecord]]:
+def _corpus(documents: int, per_document: int) -> dict[int, list[chunks.ChunkRecord]]:
     rng = numpy.random.default_rng(42)
     words = random.Random(42)
     corpus = {}
     for document_id in range(1, documents + 1):
         vectors = _unit_vectors(rng, per_document).tolist()
         corpus[document_id] = [
-            store.ChunkRecord(
+            chunks.ChunkRecord(
                 document_id=document_id,
                 chunk_index=index,
                 content=" ".join(words.choices(VOCABULARY, k=60)),
@@ -117,7 +117,7 @@ def _clear(registry, target) -> None:
         connection.execute("TRUNCATE embeddings")
 
 
-def _writes(target, registry, corpus: dict[int, list[store.ChunkRecord]]) -> dict:
+def _writes(target, registry, corpus: dict[int, list[chunks.ChunkRecord]]) -> dict:
     vector_store = tenant_vector_store(target, _NoEmbeddings())
     total = sum(len(records) for records in corpus.values())
     ours, theirs = [], []
@@ -140,7 +140,7 @@ def _writes(target, registry, corpus: dict[int, list[store.ChunkRecord]]) -> dic
                     }
                     for record in records
                 ],
-                [store.chunk_id(document_id, record.chunk_index) for record in records],
+                [chunks.chunk_id(document_id, record.chunk_index) for record in records],
             )
         theirs.append(time.perf_counter() - started)
         _clear(registry, target)
@@ -148,7 +148,7 @@ def _writes(target, registry, corpus: dict[int, list[store.ChunkRecord]]) -> dic
         started = time.perf_counter()
         for document_id, records in corpus.items():
             with registry.connection(target) as connection:
-                store.chunks_replace(connection, document_id, records)
+                chunks.chunks_replace(connection, document_id, records)
         ours.append(time.perf_counter() - started)
     with registry.connection(target) as connection:
         connection.execute("ANALYZE embeddings")
@@ -169,7 +169,7 @@ def _timed(call) -> tuple[float, object]:
     return time.perf_counter() - started, value
 
 
-def _searches(target, registry, corpus: dict[int, list[store.ChunkRecord]], queries: int) -> dict:
+def _searches(target, registry, corpus: dict[int, list[chunks.ChunkRecord]], queries: int) -> dict:
     vector_store = tenant_vector_store(target, _NoEmbeddings(), ef_search=max(40, 2 * K))
     # Our hybrid_search runs its vector half with ef_search = 2 * candidates: give the store the same.
     hybrid_store = tenant_vector_store(target, _NoEmbeddings(), ef_search=max(40, 2 * HYBRID_CANDIDATES))

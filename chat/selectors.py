@@ -12,8 +12,8 @@ from chat.starters import LeadingChunk, starter_questions
 from documents.models import Document
 from documents.selectors import documents_for_user
 from tenants.services import TenantDatabaseNotReady, tenant_target
+from vectordb.chunks import chunks_leading
 from vectordb.connections import ConnectionCapacityExhausted, get_registry
-from vectordb.store import chunks_leading
 
 logger = logging.getLogger(__name__)
 

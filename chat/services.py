@@ -26,7 +26,7 @@ from chat import answers
 from documents.models import Document
 from documents.selectors import document_get_for_user, documents_for_user
 from tenants.services import TenantDatabaseNotReady, tenant_target
-from vectordb import conversations as store
+from vectordb import conversations
 from vectordb.connections import ConnectionCapacityExhausted, TenantTarget, get_registry
 from vectordb.embeddings import get_embedder
 from vectordb.search import SearchHit, distinct_passages, hybrid_search, reciprocal_rank_fusion, vector_search
@@ -168,9 +168,9 @@ def search_choice(question_relevance: float | None, contextual_relevance: float 
 def standalone_question(question: str, history: Sequence[Exchange]) -> str | None:
     """The chat model's rewrite of a follow-up as a standalone question; None when the model fails or answers
     something that is not a question of sensible length (the caller then decides without it)."""
-    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-    messages = [SystemMessage(STANDALONE_QUESTION_PROMPT)]
+    messages: list[BaseMessage] = [SystemMessage(STANDALONE_QUESTION_PROMPT)]
     for exchange in _recent(history):
         messages += [HumanMessage(exchange.question), AIMessage(exchange.answer)]
     messages.append(HumanMessage(question))
@@ -366,13 +366,13 @@ def _pieces(text: str) -> Iterator[str]:
 
 
 def _prompt_messages(question: str, citations: Sequence[Citation], history: Sequence[Exchange]) -> list:
-    from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+    from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
     sources = "\n\n".join(
         f"[{c.number}] {c.title}, page {c.page}{'' if c.page == c.page_end else f'-{c.page_end}'}:\n{c.text}"
         for c in citations
     )
-    messages = [SystemMessage(SYSTEM_PROMPT.format(sources=sources or "(no passages found)"))]
+    messages: list[BaseMessage] = [SystemMessage(SYSTEM_PROMPT.format(sources=sources or "(no passages found)"))]
     for exchange in _recent(history):
         messages += [HumanMessage(exchange.question), AIMessage(exchange.answer)]
     messages.append(HumanMessage(question))
@@ -381,16 +381,17 @@ def _prompt_messages(question: str, citations: Sequence[Citation], history: Sequ
 
 def chat_model(streaming: bool = True, max_tokens: int | None = None):
     from langchain_openai import ChatOpenAI
+    from pydantic import SecretStr
 
     return ChatOpenAI(
         model=settings.CHAT_MODEL,
         temperature=0,
-        api_key=settings.OPENAI_API_KEY,
+        api_key=SecretStr(settings.OPENAI_API_KEY),
         base_url=settings.OPENAI_BASE_URL or None,
         timeout=settings.CHAT_REQUEST_TIMEOUT_SECONDS,
         max_retries=2,
         streaming=streaming,
-        max_tokens=max_tokens,
+        max_tokens=max_tokens,  # type: ignore[call-arg]  # a field of ChatOpenAI the stubs know by its alias
     )
 
 
@@ -411,7 +412,7 @@ def answer_stream(question: str, retrieval: Retrieval, history: Sequence[Exchang
     return _pieces(extractive_answer(retrieval.citations))
 
 
-def history_from_messages(messages: Sequence[store.MessageRecord]) -> list[Exchange]:
+def history_from_messages(messages: Sequence[conversations.MessageRecord]) -> list[Exchange]:
     """Stored messages as exchanges: each user message with the assistant message that answered it."""
     history: list[Exchange] = []
     for message in messages:
@@ -444,14 +445,14 @@ def chat_turn(
         target = tenant_target(user)
         registry = get_registry()
         with registry.connection(target) as connection:
-            conversation = store.conversation_get(connection, conversation_id) if conversation_id else None
+            conversation = conversations.conversation_get(connection, conversation_id) if conversation_id else None
             if conversation_id and conversation is None:
                 yield ChatEvent("error", {"message": "That conversation no longer exists."})
                 return
             if conversation is None:
-                conversation = store.conversation_create(connection, _title(question), document_id)
-            history = store.messages_list(connection, conversation.id)
-            store.message_add(connection, conversation.id, "user", question)
+                conversation = conversations.conversation_create(connection, _title(question), document_id)
+            history = conversations.messages_list(connection, conversation.id)
+            conversations.message_add(connection, conversation.id, "user", question)
         yield ChatEvent("conversation", {"id": str(conversation.id), "title": conversation.title})
         exchanges = history_from_messages(history)
         retrieval = passages_for_turn(user, question, exchanges, conversation.document_id, target=target)
@@ -467,11 +468,11 @@ def chat_turn(
             partial = "".join(answer)
             message = "The language model stopped responding before the answer was complete. Please try again."
             with registry.connection(target) as connection:
-                store.message_add(connection, conversation.id, "assistant", partial, citations)
+                conversations.message_add(connection, conversation.id, "assistant", partial, citations)
             yield ChatEvent("error", {"message": message})
             return
         with registry.connection(target) as connection:
-            store.message_add(connection, conversation.id, "assistant", "".join(answer), citations)
+            conversations.message_add(connection, conversation.id, "assistant", "".join(answer), citations)
         yield ChatEvent("done", {"extractive": not settings.OPENAI_API_KEY, "found": retrieval.found})
     except QuestionRejected as error:
         yield ChatEvent("error", {"message": str(error)})
@@ -495,22 +496,22 @@ def _title(question: str) -> str:
 # --- conversations -----------------------------------------------------------------------------------------------------
 
 
-def conversations_for_user(user, document_id: int | None = None) -> list[store.ConversationRecord]:
+def conversations_for_user(user, document_id: int | None = None) -> list[conversations.ConversationRecord]:
     with get_registry().connection(tenant_target(user)) as connection:
-        return store.conversations_list(connection, document_id)
+        return conversations.conversations_list(connection, document_id)
 
 
 def conversation_with_messages(
     user, conversation_id: str
-) -> tuple[store.ConversationRecord, list[store.MessageRecord]] | None:
+) -> tuple[conversations.ConversationRecord, list[conversations.MessageRecord]] | None:
     with get_registry().connection(tenant_target(user)) as connection:
-        conversation = store.conversation_get(connection, conversation_id)
+        conversation = conversations.conversation_get(connection, conversation_id)
         if conversation is None:
             return None
-        return conversation, store.messages_list(connection, conversation.id)
+        return conversation, conversations.messages_list(connection, conversation.id)
 
 
 def conversation_delete(user, conversation_id: str) -> bool:
     with get_registry().connection(tenant_target(user)) as connection:
-        conversation = store.conversation_get(connection, conversation_id)
-        return bool(conversation) and store.conversation_delete(connection, conversation.id)
+        conversation = conversations.conversation_get(connection, conversation_id)
+        return conversation is not None and conversations.conversation_delete(connection, conversation.id)

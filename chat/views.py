@@ -1,6 +1,7 @@
 import json
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -27,7 +28,9 @@ def _stream_executor() -> ThreadPoolExecutor:
 
 def _chat_page(request: HttpRequest, document: Document | None) -> HttpResponse:
     conversation_id = request.GET.get("c") or ""
-    context = {"document": document, "conversations": [], "conversation": None, "history": [], "unavailable": ""}
+    context: dict[str, Any] = {
+        "document": document, "conversations": [], "conversation": None, "history": [], "unavailable": "",
+    }  # fmt: skip
     titles = selectors.document_titles_for_user(request.user)
     try:
         conversations = services.conversations_for_user(request.user, document.id if document else None)

@@ -183,6 +183,10 @@ def _start(server: EmbeddedServer, fast_unsafe: bool) -> None:
         "-c max_connections=500",
         "-c shared_buffers=256MB",
         "-c maintenance_work_mem=256MB",
+        # For every session, ours included: a transaction left open cannot hold locks and snapshots for ever, and
+        # no query fills the disk with temporary files. (Tenant roles get tighter limits of their own.)
+        "-c idle_in_transaction_session_timeout=10min",
+        "-c temp_file_limit=4GB",
     ]
     if fast_unsafe:
         # Tests and benchmarks only: no crash safety, much faster CREATE DATABASE and bulk writes.
@@ -213,7 +217,9 @@ def ensure_running(data_root: Path, fast_unsafe: bool = False) -> EmbeddedServer
         if _postmaster_pid(server.pgdata) is None:
             _prepare_permissions(data_root)  # a parent folder's mode may have changed since initdb
             _start(server, fast_unsafe)
-            server = _load(data_root)
+            restarted = _load(data_root)
+            assert restarted is not None  # _start saved where it listens
+            server = restarted
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not _accepts_connections(server.port):
             if time.monotonic() > deadline:

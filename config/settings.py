@@ -11,7 +11,6 @@ import hashlib
 import json
 import secrets
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlparse
 
 from config.environment import (
     ImproperEnvironment,
@@ -22,6 +21,7 @@ from config.environment import (
     env_str,
 )
 from config.settings_paths import BASE_DIR, data_root_from_environment
+from vectordb.dsn import Dsn, InvalidDsn
 
 DATA_DIR: Path = data_root_from_environment()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
@@ -98,25 +98,17 @@ TEMPLATES = [
 
 
 def database_from_url(url: str) -> dict:
-    parsed = urlparse(url)
-    if parsed.scheme not in {"postgres", "postgresql"}:
-        raise ImproperEnvironment(f"DATABASE_URL must be a postgresql:// URL, got scheme {parsed.scheme!r}")
-    options = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
-    return {
-        "ENGINE": "django.db.backends.postgresql",
-        "NAME": unquote(parsed.path.lstrip("/")) or "postgres",
-        "USER": unquote(parsed.username or ""),
-        "PASSWORD": unquote(parsed.password or ""),
-        "HOST": parsed.hostname or "",
-        "PORT": str(parsed.port or ""),
-        # A pool per process (psycopg_pool, through Django): under ASGI, Django's persistent connections would
-        # pile up one per thread instead.
-        "OPTIONS": {
-            "pool": {"min_size": 1, "max_size": env_int("DATABASE_POOL_MAX_SIZE", 32, minimum=1), "timeout": 10}
-        }
-        | options,
-        "CONN_MAX_AGE": 0,
-    }
+    scheme = url.partition("://")[0]
+    if scheme not in {"postgres", "postgresql"}:
+        raise ImproperEnvironment(f"DATABASE_URL must be a postgresql:// URL, got scheme {scheme!r}")
+    try:
+        parsed = Dsn.parse(url)
+    except InvalidDsn as error:
+        raise ImproperEnvironment(f"DATABASE_URL is not valid: {error}") from None
+    pool = {"min_size": 1, "max_size": env_int("DATABASE_POOL_MAX_SIZE", 32, minimum=1), "timeout": 10}
+    # A pool per process (psycopg_pool, through Django): under ASGI, Django's persistent connections would pile up
+    # one per thread instead.
+    return parsed.django_settings(NAME=parsed.database or "postgres", OPTIONS={"pool": pool} | parsed.options)
 
 
 EMBEDDED_POSTGRES = not env_str("DATABASE_URL")
@@ -197,6 +189,26 @@ TENANT_POOL_MAX_TOTAL_CONNECTIONS = env_int("TENANT_POOL_MAX_TOTAL_CONNECTIONS",
 TENANT_POOL_MAX_PER_TENANT = env_int("TENANT_POOL_MAX_PER_TENANT", 4, minimum=1)
 TENANT_POOL_IDLE_SECONDS = env_float("TENANT_POOL_IDLE_SECONDS", 300.0, minimum=1)
 TENANT_MIGRATION_JOBS = env_int("TENANT_MIGRATION_JOBS", 8, minimum=1)
+
+# What one tenant role may take of a PostgreSQL server we administer, however it connects (a stolen password
+# included): every app process keeps up to TENANT_POOL_MAX_PER_TENANT connections of its own, so the role's limit
+# sits above that; idle sessions and transactions end; temporary files are bounded (only a superuser can lift that).
+TENANT_ROLE_CONNECTION_LIMIT = env_int("TENANT_ROLE_CONNECTION_LIMIT", 20, minimum=1)
+if not TENANT_POOL_MAX_PER_TENANT < TENANT_ROLE_CONNECTION_LIMIT <= 50:
+    raise ImproperEnvironment(
+        f"TENANT_ROLE_CONNECTION_LIMIT={TENANT_ROLE_CONNECTION_LIMIT} must be above TENANT_POOL_MAX_PER_TENANT "
+        f"({TENANT_POOL_MAX_PER_TENANT}) and at most 50"
+    )
+TENANT_ROLE_IDLE_SESSION_TIMEOUT_SECONDS = env_int("TENANT_ROLE_IDLE_SESSION_TIMEOUT_SECONDS", 900, minimum=1)
+if TENANT_ROLE_IDLE_SESSION_TIMEOUT_SECONDS <= TENANT_POOL_IDLE_SECONDS:
+    raise ImproperEnvironment(
+        f"TENANT_ROLE_IDLE_SESSION_TIMEOUT_SECONDS={TENANT_ROLE_IDLE_SESSION_TIMEOUT_SECONDS} must be above "
+        f"TENANT_POOL_IDLE_SECONDS ({TENANT_POOL_IDLE_SECONDS:g}): the pool closes idle connections first"
+    )
+TENANT_ROLE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS = env_int(
+    "TENANT_ROLE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS", 300, minimum=1
+)
+TENANT_ROLE_TEMP_FILE_LIMIT_MB = env_int("TENANT_ROLE_TEMP_FILE_LIMIT_MB", 1024, minimum=1)
 
 # --- embeddings, retrieval and chat --------------------------------------------------------------------------------
 

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.utils import timezone
 
 from documents.models import Document
 from tenants.selectors import vector_database_for_tenant
 from tenants.services import TenantDatabaseNotReady, tenant_target
 from vectordb import conversations
+from vectordb.chunks import chunks_export
 from vectordb.connections import get_registry
-from vectordb.store import chunks_export
 
 
 def tenant_export(user) -> dict:
     documents = list(Document.objects.filter(owner=user).order_by("id"))
     vector_database = vector_database_for_tenant(user)
-    export = {
+    export: dict[str, Any] = {
         "exported_at": timezone.now().isoformat(),
         "account": {"email": user.email, "name": user.name, "date_joined": user.date_joined.isoformat()},
         "database": {

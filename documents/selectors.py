@@ -92,7 +92,3 @@ def _queued_reasons(user, documents: list[Document]) -> dict[int, str]:
         else:
             reasons[document.id] = "Waiting for a free worker."
     return reasons
-
-
-def ready_document_ids(user) -> list[int]:
-    return list(Document.objects.filter(owner=user, status=Document.Status.READY).values_list("id", flat=True))

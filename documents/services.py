@@ -8,35 +8,32 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import psycopg
 from django.conf import settings
 from django.core.files import File
 from django.core.files.uploadedfile import UploadedFile
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from config.celery import enqueue
 from documents.chunking import Chunk, chunk_pages
 from documents.models import Document
 from documents.parsing import UnreadablePdf, extract_pages, inspect_pdf, page_count
 from documents.selectors import document_get_for_user
-from tenants.models import User, VectorDatabase
-from tenants.services import TenantDatabaseNotReady, tenant_target, vector_database_credentials
+from tenants.models import User
+from tenants.selectors import vector_database_embedding_model
+from tenants.services import TenantDatabaseNotReady, tenant_target, vector_database_embedding_model_switch
+from vectordb.advisory_locks import advisory_lock
+from vectordb.chunks import ChunkRecord, chunks_delete, chunks_replace
 from vectordb.connections import ConnectionCapacityExhausted, get_registry
 from vectordb.embeddings import get_embedder
-from vectordb.schema import embedding_model_of, embedding_model_record
-from vectordb.store import (
-    ChunkRecord,
-    chunks_delete,
-    chunks_replace,
-    embedding_column_dimensions,
-    embedding_dimension_change,
-)
+from vectordb.tenant_embedding_model import EmbeddingModel
 
 logger = logging.getLogger(__name__)
 Status = Document.Status
@@ -84,6 +81,8 @@ def _title_from_filename(filename: str) -> str:
 def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = True) -> Document:
     """Store an uploaded PDF and queue its ingestion (unless the caller ingests in-process). Refuses what is plainly
     not an acceptable PDF."""
+    # Django's uploads and the commands' files always have them (the types allow None).
+    assert uploaded_file.name is not None and uploaded_file.size is not None and uploaded_file.file is not None
     if uploaded_file.size == 0:
         raise DocumentRejected(f"{uploaded_file.name}: this file is empty.")
     if uploaded_file.size > settings.UPLOAD_MAX_BYTES:
@@ -94,7 +93,9 @@ def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = T
     head = uploaded_file.read(1024)
     if b"%PDF-" not in head:
         raise DocumentRejected(f"{uploaded_file.name}: this file is not a PDF.")
-    pages = page_count(uploaded_file.file)  # milliseconds, and the user hears now rather than after the queue
+    pages = page_count(
+        cast(BinaryIO, uploaded_file.file)
+    )  # milliseconds, and the user hears now rather than after the queue
     if pages is not None and pages > settings.UPLOAD_MAX_PAGES:
         raise DocumentRejected(
             f"{uploaded_file.name}: this PDF has {pages:,} pages; Silo accepts up to {settings.UPLOAD_MAX_PAGES:,}."
@@ -153,33 +154,16 @@ def _count_upload(owner) -> None:
 
 
 def _enqueue_ingest(document: Document) -> None:
-    from documents.tasks import ingest_document
-
     document_id = document.id
-    transaction.on_commit(lambda: ingest_document.delay(document_id))
+    transaction.on_commit(lambda: enqueue("documents.tasks.ingest_document", document_id))
 
 
 # --- ingest -------------------------------------------------------------------------------------------------------
 
 
-class _DocumentLock:
-    """Session-level advisory lock in the main database: one pipeline per document at a time. A worker that dies
-    loses its session and so its lock, and the re-delivered task takes over."""
-
-    def __init__(self, document_id: int):
-        self.key = zlib.crc32(f"silo-document-{document_id}".encode())
-        self.acquired = False
-
-    def __enter__(self) -> bool:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", [self.key])
-            self.acquired = cursor.fetchone()[0]
-        return self.acquired
-
-    def __exit__(self, *exc) -> None:
-        if self.acquired:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [self.key])
+def _document_lock(document_id: int):
+    """One pipeline per document at a time; a worker that dies loses the lock, and the re-delivered task takes over."""
+    return advisory_lock(f"document-ingest:{document_id}", wait=False)
 
 
 def _update(document: Document, **fields) -> None:
@@ -212,7 +196,7 @@ def document_ingest(document_id: int, on_progress: Callable[[Document], None] | 
     """
     report = IngestReport(document=Document.objects.select_related("owner").get(id=document_id))
     document = report.document
-    with _DocumentLock(document_id) as acquired:
+    with _document_lock(document_id) as acquired:
         if not acquired:
             logger.info("document %s is being ingested by another worker", document_id)
             return report
@@ -367,8 +351,7 @@ def _embedding_model_mismatch(tenant, embedder) -> str:
     so ingest stops rather than mixing them. An empty record (a row from before models were recorded) is no evidence
     of a mismatch.
     """
-    recorded = VectorDatabase.objects.filter(tenant=tenant).values_list("embedding_model", "embedding_dimensions")
-    model, dimensions = recorded.first() or ("", None)
+    model, dimensions = vector_database_embedding_model(tenant)
     if not model or (model == embedder.model_name and dimensions in (None, embedder.dimensions)):
         return ""
     return (
@@ -380,8 +363,8 @@ def _embedding_model_mismatch(tenant, embedder) -> str:
 @dataclass
 class ReembedReport:
     tenant: User
-    previous_model: tuple[str, int] | None  # what the tenant database recorded before the run
-    model: tuple[str, int]  # the configured model and dimension, recorded now
+    previous_model: EmbeddingModel | None  # what the tenant database recorded before the run
+    model: EmbeddingModel  # the configured model and dimension, recorded now
     model_changed: bool
     chunks_deleted: int = 0
     ready: list[int] = field(default_factory=list)  # document ids
@@ -398,29 +381,15 @@ def documents_reembed(tenant: User, on_document: Callable[[Document], None] | No
     finishes an interrupted run. Raises TenantDatabaseNotReady when the tenant has no ready database.
     """
     get_embedder()  # a model that cannot be loaded (no API key) fails here, before anything is changed
-    target = tenant_target(tenant)
-    vector_database = VectorDatabase.objects.get(tenant=tenant)
-    dsn = vector_database_credentials(vector_database)["dsn"]
-    configured = (settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSIONS)
-    recorded = embedding_model_of(dsn)
-    with get_registry().connection(target) as tenant_connection:
-        changed = recorded != configured or embedding_column_dimensions(tenant_connection) != configured[1]
-        deleted = embedding_dimension_change(tenant_connection, configured[1]) if changed else 0
-    if changed:
-        embedding_model_record(dsn, *configured, replace=True)
-        logger.info(
-            "tenant database %s switched from %s to %s (%d chunks deleted)",
-            vector_database.tenant_key,
-            recorded,
-            configured,
-            deleted,
-        )
-    # Only now may ingest use the new model (see _embedding_model_mismatch).
-    VectorDatabase.objects.filter(id=vector_database.id).update(
-        embedding_model=configured[0], embedding_dimensions=configured[1], updated_at=timezone.now()
-    )
+    # Only after this may ingest use the configured model (see _embedding_model_mismatch).
+    switch = vector_database_embedding_model_switch(tenant)
+    changed = switch.changed
     report = ReembedReport(
-        tenant=tenant, previous_model=recorded, model=configured, model_changed=changed, chunks_deleted=deleted
+        tenant=tenant,
+        previous_model=switch.previous,
+        model=EmbeddingModel(settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSIONS),
+        model_changed=changed,
+        chunks_deleted=switch.chunks_deleted,
     )
     settled = [Status.READY, Status.FAILED]
     reset = {"chunk_count": 0} if changed else {}  # after a change the old chunks are gone
@@ -443,7 +412,7 @@ def documents_reembed(tenant: User, on_document: Callable[[Document], None] | No
         if document is None:
             report.skipped.append(document_id)
             continue
-        {Status.READY: report.ready, Status.FAILED: report.failed}.get(document.status, report.skipped).append(
+        {Status.READY: report.ready, Status.FAILED: report.failed}.get(Status(document.status), report.skipped).append(
             document_id
         )
         _notify(on_document, document)

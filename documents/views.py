@@ -8,11 +8,12 @@ from django.views.decorators.http import require_GET, require_POST
 
 from documents import selectors, services
 from tenants import selectors as tenant_selectors
+from tenants.models import AuthenticatedHttpRequest
 
 
 @login_required
 @require_GET
-def dashboard(request: HttpRequest) -> HttpResponse:
+def dashboard(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The tenant's home: their documents with live progress and a compact upload control. The database is only
     mentioned while it is not ready (its facts are on the account page)."""
     vector_database = tenant_selectors.vector_database_for_tenant(request.user)

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models
 from django.db.models.functions import Lower
+from django.http import HttpRequest
 from django.utils import timezone
 
 
@@ -41,7 +44,7 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
-    REQUIRED_FIELDS: list[str] = []
+    REQUIRED_FIELDS: ClassVar[list[str]] = []
 
     class Meta:
         db_table = "users"
@@ -108,3 +111,9 @@ class VectorDatabase(models.Model):
     @property
     def is_busy(self) -> bool:
         return self.status in {self.Status.PENDING, self.Status.PROVISIONING, self.Status.DELETING}
+
+
+class AuthenticatedHttpRequest(HttpRequest):
+    """The request a `login_required` view gets: its user is signed in (for type checking)."""
+
+    user: User

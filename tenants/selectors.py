@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 from tenants.models import User, VectorDatabase
+from tenants.services import vector_database_target
+from vectordb.connections import database_size_bytes, get_registry
+
+
+def user_by_email(email: str) -> User | None:
+    """The user with this email, case and surrounding spaces ignored (emails are unique case-insensitively)."""
+    return User.objects.filter(email__iexact=email.strip()).first()
 
 
 def vector_database_for_tenant(tenant: User) -> VectorDatabase | None:
     return VectorDatabase.objects.filter(tenant=tenant).first()
+
+
+def vector_database_embedding_model(tenant: User) -> tuple[str, int | None]:
+    """The embedding model and dimension the registry records for the tenant's database ("", None: none yet)."""
+    recorded = VectorDatabase.objects.filter(tenant=tenant).values_list("embedding_model", "embedding_dimensions")
+    return recorded.first() or ("", None)
 
 
 def vector_database_status_payload(vector_database: VectorDatabase | None) -> dict:
@@ -24,7 +37,7 @@ def vector_database_status_payload(vector_database: VectorDatabase | None) -> di
     }
     return {
         "status": vector_database.status,
-        "label": labels[vector_database.status],
+        "label": labels[Status(vector_database.status)],
         "busy": vector_database.is_busy,
         "can_retry": vector_database.status == Status.FAILED,
         "provider": vector_database.provider,
@@ -35,17 +48,18 @@ def vector_database_status_payload(vector_database: VectorDatabase | None) -> di
     }
 
 
+SIZE_READ_TIMEOUT_SECONDS = 2.0
+
+
 def vector_database_size_bytes(vector_database: VectorDatabase) -> int | None:
-    """On-disk size of the tenant's database, asked with the tenant's own credentials."""
-    import psycopg
-
-    from tenants.crypto import decrypt_credentials
-
+    """On-disk size of a ready tenant database, asked over the registry with the tenant's own credentials."""
     if vector_database.status != VectorDatabase.Status.READY:
         return None
-    credentials = decrypt_credentials(vector_database.encrypted_credentials)
-    with psycopg.connect(credentials["dsn"], connect_timeout=10) as tenant_connection:
-        return tenant_connection.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    # A figure on the dashboard: not worth waiting long for a connection when the tenant's are all busy.
+    with get_registry().connection(
+        vector_database_target(vector_database), timeout=SIZE_READ_TIMEOUT_SECONDS
+    ) as connection:
+        return database_size_bytes(connection)
 
 
 def vector_database_summary(vector_database: VectorDatabase, with_size: bool = False) -> dict:

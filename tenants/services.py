@@ -6,25 +6,30 @@ Views, Celery tasks and the `tenants` command all call these functions; signals 
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
+from config.celery import enqueue
 from tenants.crypto import decrypt_credentials, encrypt_credentials
 from tenants.models import User, VectorDatabase
 from tenants.provisioners import ProvisionedDatabase, ProvisioningError, QuotaExceeded, get_provisioner
+from vectordb.advisory_locks import advisory_lock
 from vectordb.connections import TenantTarget, get_registry
 from vectordb.fleet import FleetMember, FleetOutcome, fleet_migrate
-from vectordb.schema import (
-    BreakingMigrationRefused,
+from vectordb.schema import BreakingMigrationRefused, schema_target, tenant_database_prepare
+from vectordb.tenant_embedding_model import (
+    EmbeddingModel,
     EmbeddingModelMismatch,
-    tenant_database_prepare,
+    embedding_column_dimensions,
+    embedding_dimension_change,
+    embedding_model_record,
+    embedding_model_recorded,
 )
 
 logger = logging.getLogger(__name__)
@@ -44,9 +49,7 @@ class ProvisioningFailed(Exception):
 
 
 def _enqueue_provisioning(vector_database_id: int) -> None:
-    from tenants.tasks import provision_vector_database
-
-    transaction.on_commit(lambda: provision_vector_database.delay(vector_database_id))
+    transaction.on_commit(lambda: enqueue("tenants.tasks.provision_vector_database", vector_database_id))
 
 
 def vector_database_request(tenant: User, region: str | None = None) -> VectorDatabase:
@@ -75,19 +78,9 @@ def _default_region() -> str:
     return settings.NEON_REGION if settings.TENANT_PROVIDER == "neon" else settings.TENANT_DEFAULT_REGION
 
 
-class _TenantLock:
-    """A session-level advisory lock in the main database: one lifecycle operation per tenant at a time."""
-
-    def __init__(self, vector_database_id: int):
-        self.key = zlib.crc32(f"silo-tenant-{vector_database_id}".encode())
-
-    def __enter__(self):
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_lock(%s)", [self.key])
-
-    def __exit__(self, *exc):
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [self.key])
+def _tenant_lifecycle_lock(vector_database_id: int):
+    """One lifecycle operation (provision, erase) per tenant database at a time."""
+    return advisory_lock(f"tenant-lifecycle:{vector_database_id}")
 
 
 def vector_database_provision(vector_database_id: int) -> VectorDatabase:
@@ -95,7 +88,7 @@ def vector_database_provision(vector_database_id: int) -> VectorDatabase:
 
     Idempotent: a retried or re-delivered task finds what an earlier attempt made and completes it.
     """
-    with _TenantLock(vector_database_id):
+    with _tenant_lifecycle_lock(vector_database_id):
         vector_database = VectorDatabase.objects.get(id=vector_database_id)
         if vector_database.status in {Status.READY, Status.DELETING, Status.DELETED}:
             return vector_database
@@ -114,11 +107,9 @@ def vector_database_provision(vector_database_id: int) -> VectorDatabase:
             _set_location(vector_database, placed)
             # Over the direct connection: DDL does not belong on a transaction-mode pooler.
             schema_version = tenant_database_prepare(
-                vector_database.tenant_key,
-                placed.migration_dsn,
+                schema_target(vector_database.tenant_key, placed.migration_dsn),
                 model=settings.EMBEDDING_MODEL,
                 dimensions=settings.EMBEDDING_DIMENSIONS,
-                known_version=placed.schema_version,
                 new_database=placed.new_database,
             )
         except QuotaExceeded as error:
@@ -180,14 +171,12 @@ def vector_database_credentials(vector_database: VectorDatabase, refresh: bool =
 
 def account_delete_request(tenant: User) -> None:
     """The user asked to delete their account: lock it now, erase everything in the background."""
-    from tenants.tasks import erase_tenant
-
     User.objects.filter(id=tenant.id).update(is_active=False)
     VectorDatabase.objects.filter(tenant=tenant).exclude(status=Status.DELETED).update(
         status=Status.DELETING, updated_at=timezone.now()
     )
     tenant_id = tenant.id
-    transaction.on_commit(lambda: erase_tenant.delay(tenant_id))
+    transaction.on_commit(lambda: enqueue("tenants.tasks.erase_tenant", tenant_id))
 
 
 def tenant_erase(tenant_id: int) -> bool:
@@ -205,7 +194,7 @@ def tenant_erase(tenant_id: int) -> bool:
 
 
 def vector_database_deprovision(vector_database_id: int) -> VectorDatabase:
-    with _TenantLock(vector_database_id):
+    with _tenant_lifecycle_lock(vector_database_id):
         vector_database = VectorDatabase.objects.get(id=vector_database_id)
         if vector_database.status == Status.DELETED:
             return vector_database
@@ -269,6 +258,35 @@ def tenants_reconcile(apply: bool = False, stuck_after_seconds: int = 600) -> Re
     return report
 
 
+@dataclass
+class BoundsReport:
+    outside: dict[str, list[str]] = field(default_factory=dict)  # tenant label -> what its role or database lacks
+    fixed: list[str] = field(default_factory=list)  # tenant labels
+
+
+def tenants_bound(apply: bool = False) -> BoundsReport:
+    """Check every ready tenant database on servers we administer against what one tenant may take of the server
+    (connection limit, session limits, no advisory locks, no way into the server's own databases); with `apply`,
+    bring those outside under the bounds. Databases made before the bounds existed are the ones found."""
+    report = BoundsReport()
+    if not settings.TENANT_POSTGRES_SERVERS:
+        return report  # Neon: every tenant has a server (a compute) of its own
+    from tenants.provisioners.postgres import PostgresProvisioner
+
+    provisioner = PostgresProvisioner.from_settings()
+    rows = VectorDatabase.objects.filter(status=Status.READY, provider="postgres").select_related("tenant")
+    for row in rows.order_by("id"):
+        label = row.tenant.email if row.tenant else row.tenant_key
+        missing = provisioner.bounds_missing(row.external_id, row.server)
+        if not missing:
+            continue
+        report.outside[label] = missing
+        if apply:
+            provisioner.bounds_apply(row.external_id, row.server)
+            report.fixed.append(label)
+    return report
+
+
 def fleet_members(tenant_email: str | None = None) -> list[FleetMember]:
     """Every ready tenant database (or one tenant's), with credentials that may change its schema."""
     rows = VectorDatabase.objects.filter(status=Status.READY).select_related("tenant").order_by("id")
@@ -276,9 +294,8 @@ def fleet_members(tenant_email: str | None = None) -> list[FleetMember]:
         rows = rows.filter(tenant__email__iexact=tenant_email.strip())
     return [
         FleetMember(
-            key=row.tenant_key,
             label=row.tenant.email if row.tenant else row.tenant_key,
-            dsn=decrypt_credentials(row.encrypted_credentials)["migration_dsn"],
+            target=schema_target(row.tenant_key, decrypt_credentials(row.encrypted_credentials)["migration_dsn"]),
         )
         for row in rows
     ]
@@ -323,6 +340,11 @@ def tenant_target(tenant: User) -> TenantTarget:
     vector_database = VectorDatabase.objects.filter(tenant=tenant).first()
     if vector_database is None or vector_database.status != Status.READY:
         raise TenantDatabaseNotReady(vector_database.status if vector_database else "missing")
+    return vector_database_target(vector_database)
+
+
+def vector_database_target(vector_database: VectorDatabase) -> TenantTarget:
+    """How `vectordb` reaches this (ready) database for the app's traffic."""
     vector_database_id = vector_database.id
 
     def resolve_dsn(refresh: bool) -> str:
@@ -330,3 +352,32 @@ def tenant_target(tenant: User) -> TenantTarget:
         return vector_database_credentials(row, refresh=refresh)["dsn"]
 
     return TenantTarget(key=vector_database.tenant_key, resolve_dsn=resolve_dsn)
+
+
+@dataclass(frozen=True)
+class EmbeddingModelSwitch:
+    previous: EmbeddingModel | None  # what the tenant database recorded before
+    changed: bool  # the chunks were deleted and the column set to the configured model's dimension
+    chunks_deleted: int
+
+
+def vector_database_embedding_model_switch(tenant: User) -> EmbeddingModelSwitch:
+    """Make the tenant database hold the configured embedding model: when it records another model (or its column
+    has another dimension) every chunk is deleted, the column changed and the new model recorded; then the registry
+    records it too, and only from then on may ingest use it. Raises TenantDatabaseNotReady."""
+    target = tenant_target(tenant)
+    configured = EmbeddingModel(settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSIONS)
+    with get_registry().connection(target) as connection:
+        previous = embedding_model_recorded(connection)
+        changed = previous != configured or embedding_column_dimensions(connection) != configured.dimensions
+        deleted = embedding_dimension_change(connection, configured.dimensions) if changed else 0
+        if changed:
+            embedding_model_record(connection, configured, replace=True)
+    if changed:
+        logger.info(
+            "tenant database %s switched from %s to %s (%d chunks deleted)", target.key, previous, configured, deleted
+        )
+    VectorDatabase.objects.filter(tenant=tenant).update(
+        embedding_model=configured.name, embedding_dimensions=configured.dimensions, updated_at=timezone.now()
+    )
+    return EmbeddingModelSwitch(previous=previous, changed=changed, chunks_deleted=deleted)

@@ -8,6 +8,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from tenants import selectors, services
+from tenants.models import AuthenticatedHttpRequest
+from vectordb.connections import ConnectionCapacityExhausted
 
 
 @require_GET
@@ -20,14 +22,14 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
-def database_status(request: HttpRequest) -> JsonResponse:
+def database_status(request: AuthenticatedHttpRequest) -> JsonResponse:
     vector_database = selectors.vector_database_for_tenant(request.user)
     return JsonResponse(selectors.vector_database_status_payload(vector_database))
 
 
 @login_required
 @require_POST
-def database_retry(request: HttpRequest) -> HttpResponse:
+def database_retry(request: AuthenticatedHttpRequest) -> HttpResponse:
     if selectors.vector_database_for_tenant(request.user) is None:
         services.vector_database_request(request.user)
     else:
@@ -38,21 +40,21 @@ def database_retry(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
-def account(request: HttpRequest) -> HttpResponse:
+def account(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The account: who is signed in, the dedicated database's facts, export and deletion."""
     vector_database = selectors.vector_database_for_tenant(request.user)
     database = selectors.vector_database_status_payload(vector_database)
     if vector_database is not None and vector_database.is_ready:
         try:
             database["size_bytes"] = selectors.vector_database_size_bytes(vector_database)
-        except psycopg.OperationalError:
+        except (psycopg.OperationalError, ConnectionCapacityExhausted):
             database["size_bytes"] = None  # unreachable right now: the page still works without the figure
     return render(request, "tenants/account.html", {"database": database})
 
 
 @login_required
 @require_POST
-def account_delete(request: HttpRequest) -> HttpResponse:
+def account_delete(request: AuthenticatedHttpRequest) -> HttpResponse:
     if request.POST.get("confirm_email", "").strip().lower() != request.user.email:
         messages.error(request, "Type your email address exactly to confirm deleting your account.")
         return redirect("account")

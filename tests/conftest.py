@@ -1,6 +1,7 @@
 """Shared fixtures: real services (embedded PostgreSQL, Redis, a Celery worker process) and the personas.
 
-`make test` points SILO_DATA_DIR at a test-only data folder, so the test server never touches `make run`'s data.
+`make test` points SILO_DATA_DIR at a data folder of this run's own (see tests/run_folders.py), so the test server
+never touches `make run`'s data nor another test run's.
 """
 
 from __future__ import annotations
@@ -16,8 +17,25 @@ from django.conf import settings
 
 from config.local_redis import redis_reachable, start_redis
 from config.settings_paths import BASE_DIR
+from tests.run_folders import is_run_folder, remove_run_folder, stale_run_folders
 
 WORKER_READY_TIMEOUT_SECONDS = 60
+
+
+def pytest_sessionstart(session) -> None:
+    """Folders that killed runs left behind go first (never a live run's)."""
+    if is_run_folder(settings.DATA_DIR):
+        for folder in stale_run_folders(settings.DATA_DIR.parent):
+            remove_run_folder(folder)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """This run's database server stops and its folder goes; after a failure its logs stay for reading."""
+    if is_run_folder(settings.DATA_DIR):
+        from django.db import connections
+
+        connections.close_all()
+        remove_run_folder(settings.DATA_DIR, keep_logs=exitstatus != 0)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -53,3 +53,21 @@ def neon_settings_for(neon, **overrides: object) -> dict[str, object]:
         "NEON_POLL_INTERVAL_SECONDS": 0.05,
         **overrides,
     }
+
+
+def embedding_model_of(dsn: str) -> tuple[str, int] | None:
+    """The embedding model and dimension recorded in the tenant database at `dsn`, read as an operator would."""
+    import psycopg
+
+    from vectordb.tenant_embedding_model import embedding_model_recorded
+
+    with psycopg.connect(dsn) as connection:
+        recorded = embedding_model_recorded(connection)
+    return (recorded.name, recorded.dimensions) if recorded else None
+
+
+def database_dsn(dsn: str, database: str) -> str:
+    """`dsn` pointed at another database on the same server, same credentials."""
+    from vectordb.dsn import Dsn
+
+    return Dsn.parse(dsn).replace(database=database).url()

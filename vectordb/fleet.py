@@ -8,25 +8,23 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import psycopg
-from django.db import DatabaseError
+from django.db import DatabaseError, connections
 
-from vectordb.schema import (
-    BreakingMigrationRefused,
-    NotCompilable,
-    migrate_tenant_database,
-    migrate_tenant_database_fast,
-    pending_migrations,
-)
+from vectordb.connections import ConnectionCapacityExhausted, TenantTarget
+from vectordb.schema import BreakingMigrationRefused, tenant_database_migrate, tenant_database_plan
 
 
 @dataclass(frozen=True)
 class FleetMember:
-    key: str  # tenant key
     label: str  # what operators recognise (an email)
-    dsn: str  # credentials allowed to change the schema
+    target: TenantTarget  # a schema target (vectordb.schema.schema_target): credentials that may change the schema
 
-    def __repr__(self) -> str:
-        return f"FleetMember(key={self.key!r}, label={self.label!r})"
+    @property
+    def key(self) -> str:
+        return self.target.key
+
+
+UNREACHABLE_OR_FAILING = (DatabaseError, psycopg.Error, OSError, ConnectionCapacityExhausted)
 
 
 @dataclass
@@ -56,7 +54,7 @@ def _run_all(
 ) -> list[FleetOutcome]:
     outcomes = []
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="migrate-tenant") as pool:
-        futures = [pool.submit(work, member) for member in members]
+        futures = [pool.submit(_closing_main_database_connection, work, member) for member in members]
         for future in as_completed(futures):
             outcome = future.result()
             outcomes.append(outcome)
@@ -65,18 +63,24 @@ def _run_all(
     return sorted(outcomes, key=lambda outcome: outcome.member.label)
 
 
+def _closing_main_database_connection(work: Callable[[FleetMember], FleetOutcome], member: FleetMember) -> FleetOutcome:
+    """The work, then this thread's main-database connection (the migration lock's) goes back to Django's pool: the
+    pool's threads end without closing what they hold."""
+    try:
+        return work(member)
+    finally:
+        connections.close_all()
+
+
 def _migrate_one(member: FleetMember, allow_breaking: bool) -> FleetOutcome:
     started = time.monotonic()
     outcome = FleetOutcome(member=member)
     try:
-        try:
-            result = migrate_tenant_database_fast(member.key, member.dsn, allow_breaking=allow_breaking)
-        except NotCompilable:
-            result = migrate_tenant_database(member.key, member.dsn, allow_breaking=allow_breaking)
+        result = tenant_database_migrate(member.target, allow_breaking=allow_breaking)
         outcome.applied, outcome.schema_version = result.applied, result.schema_version
     except BreakingMigrationRefused as error:
         outcome.error = str(error)
-    except (DatabaseError, psycopg.Error, OSError) as error:  # unreachable or failing: record it, go on
+    except UNREACHABLE_OR_FAILING as error:  # record it, go on
         outcome.error = _describe(error)
     outcome.seconds = time.monotonic() - started
     return outcome
@@ -95,8 +99,8 @@ def fleet_migrate(
 def _plan_one(member: FleetMember) -> FleetOutcome:
     outcome = FleetOutcome(member=member)
     try:
-        outcome.pending = pending_migrations(member.key, member.dsn)
-    except (DatabaseError, psycopg.Error, OSError) as error:
+        outcome.pending = tenant_database_plan(member.target)
+    except UNREACHABLE_OR_FAILING as error:
         outcome.error = _describe(error)
     return outcome
 

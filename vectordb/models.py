@@ -16,9 +16,13 @@ from pgvector.django import HnswIndex, VectorField
 
 # Full-text search configuration used by the generated tsvector column and by queries: they must match.
 TEXT_SEARCH_CONFIG = "english"
+# The HNSW index over chunk vectors: declared here, rebuilt with the same parameters when the dimension changes
+# (vectordb.tenant_embedding_model). Migration 0001 holds them as history; a test keeps the two equal.
+EMBEDDING_HNSW_INDEX_NAME = "embeddings_embedding_hnsw"
+EMBEDDING_HNSW_PARAMETERS = {"m": 16, "ef_construction": 64}
 
 
-class Embedding(models.Model):
+class Chunk(models.Model):
     """One chunk of a document: its text, page provenance and embedding."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4)  # deterministic per (document, chunk) on ingest
@@ -38,11 +42,10 @@ class Embedding(models.Model):
         db_table = "embeddings"
         indexes = [
             HnswIndex(
-                name="embeddings_embedding_hnsw",
+                name=EMBEDDING_HNSW_INDEX_NAME,
                 fields=["embedding"],
-                m=16,
-                ef_construction=64,
                 opclasses=["vector_cosine_ops"],  # we sort by cosine distance
+                **EMBEDDING_HNSW_PARAMETERS,
             ),
             GinIndex(name="embeddings_content_search_gin", fields=["content_search"]),
             models.Index(name="embeddings_document_id", fields=["document_id"]),

@@ -23,7 +23,6 @@ class ProvisionedDatabase:
     server: str  # administered server's name, or "neon"
     dsn: str  # for application traffic (Neon: the pooled endpoint)
     migration_dsn: str  # direct connection, for schema migrations
-    schema_version: str = ""  # known tenant schema version (a fresh clone of a current template), else ""
     new_database: bool = False  # made empty by this very call: no schema in it yet
 
     def __repr__(self) -> str:  # keep credentials out of logs and tracebacks
@@ -47,3 +46,6 @@ class Provisioner(Protocol):
 
     def dsn(self, external_id: str, server: str) -> ProvisionedDatabase:
         """Fresh connection details for an existing database (e.g. after a failed login)."""
+
+    def list_databases(self) -> list[tuple[str, str]]:
+        """(server, external_id) of every tenant database the provider has, for reconciliation."""

@@ -13,15 +13,17 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
 
 from tenants.provisioners.base import ProvisionedDatabase, ProvisioningError, QuotaExceeded
+from vectordb.dsn import Dsn
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ class NeonProvisioner:
 
     def create(self, tenant_key: str, region: str | None = None, *, first_attempt: bool = False) -> ProvisionedDatabase:
         """The tenant's project, created or found again, with its operations finished. pgvector comes with the
-        schema: `tenant_database_prepare` installs it in the same connection and transaction as the migration.
+        schema: `tenant_database_prepare` installs it in the same transaction as the migration.
 
         `first_attempt`: no earlier attempt for this tenant key exists (keys are random and never reused), so no
         project can carry its name yet and the search before the first POST is skipped.
@@ -171,8 +173,12 @@ class NeonProvisioner:
         """(project, the whole create answer when we just made it; None when a search found it)."""
         # The POST is never retried blindly: its answer may be lost after Neon created the project, so every new
         # attempt searches first.
-        for attempt in range(self.max_retries + 1):
-            existing = self._find_project(client, project_name) if attempt or search_first else None
+        attempts = 0
+
+        def attempt() -> tuple[dict, dict | None] | httpx.Response:
+            nonlocal attempts
+            attempts += 1
+            existing = self._find_project(client, project_name) if attempts > 1 or search_first else None
             if existing:
                 return existing, None
             response = self._send(client, "POST", "/projects", json=self._project_request(project_name, region))
@@ -180,8 +186,11 @@ class NeonProvisioner:
                 body = response.json()
                 return body["project"], body
             self._raise_unless_retryable(response, "POST", "/projects")
-            self._back_off(attempt, response, "POST", "/projects")
-        raise ProvisioningError(f"Neon did not create project {project_name} after {self.max_retries + 1} attempts")
+            return response  # retryable: tried again after a delay
+
+        found = self._retrying("POST", "/projects", lambda outcome: isinstance(outcome, httpx.Response))(attempt)
+        assert not isinstance(found, httpx.Response)  # _retrying raises once the attempts are spent
+        return found
 
     def _find_project(self, client: httpx.Client, project_name: str) -> dict | None:
         # `search` matches parts of names and ids, so keep only the exact name.
@@ -328,13 +337,34 @@ class NeonProvisioner:
         accept_not_found: bool = False,
     ) -> httpx.Response:
         """A request that is safe to repeat, retried on 423/429/5xx and network errors with bounded back-off."""
-        for attempt in range(self.max_retries + 1):
-            response = self._send(client, method, path, params=params, json=json)
+
+        def failed(response: httpx.Response) -> bool:
             if response.status_code < 400 or (accept_not_found and response.status_code == 404):
-                return response
+                return False
             self._raise_unless_retryable(response, method, path)
-            self._back_off(attempt, response, method, path)
-        raise AssertionError("unreachable: _back_off raises on the last attempt")
+            return True
+
+        return self._retrying(method, path, failed)(self._send, client, method, path, params=params, json=json)
+
+    def _retrying(self, method: str, path: str, should_retry: Callable[[Any], bool]) -> Retrying:
+        """Calls a function until `should_retry` says no to its result (an HTTP response that failed in a way a retry
+        may fix), at most max_retries times more, with bounded back-off; then raises ProvisioningError."""
+        return Retrying(
+            retry=retry_if_result(should_retry),
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=self._retry_delay,
+            before_sleep=lambda state: _log_retry(state, method, path, self.max_retries),
+            retry_error_callback=lambda state: _give_up(state, method, path),
+        )
+
+    def _retry_delay(self, state: RetryCallState) -> float:
+        """Neon's Retry-After when it sends one, else full jitter (many workers that failed together do not retry
+        together); never above retry_max_delay_seconds."""
+        response = state.outcome.result() if state.outcome else None
+        delay = _retry_after_seconds(response) if response is not None else None
+        if delay is None:
+            delay = random.uniform(0, self.retry_base_delay_seconds * 2 ** (state.attempt_number - 1))
+        return min(delay, self.retry_max_delay_seconds)
 
     def _send(self, client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request; a network error becomes a 503-like answer so that it is retried like one."""
@@ -357,23 +387,23 @@ class NeonProvisioner:
             )
         raise ProvisioningError(f"Neon API {method} {path} failed with HTTP {response.status_code}: {message}")
 
-    def _back_off(self, attempt: int, response: httpx.Response, method: str, path: str) -> None:
-        if attempt >= self.max_retries:
-            _, message = _error_details(response)
-            raise ProvisioningError(
-                f"Neon API {method} {path} still failing with HTTP {response.status_code} after "
-                f"{self.max_retries + 1} attempts: {message}"
-            )
-        delay = _retry_after_seconds(response)
-        if delay is None:
-            # Full jitter keeps many workers that failed together from retrying together.
-            delay = random.uniform(0, self.retry_base_delay_seconds * 2**attempt)
-        delay = min(delay, self.retry_max_delay_seconds)
-        logger.warning(
-            "Neon API %s %s answered HTTP %s; retry %d of %d in %.2fs",
-            method, path, response.status_code, attempt + 1, self.max_retries, delay,
-        )  # fmt: skip
-        time.sleep(delay)
+
+def _log_retry(state: RetryCallState, method: str, path: str, max_retries: int) -> None:
+    response = state.outcome.result() if state.outcome else None
+    delay = state.next_action.sleep if state.next_action else 0.0
+    logger.warning(
+        "Neon API %s %s answered HTTP %s; retry %d of %d in %.2fs",
+        method, path, getattr(response, "status_code", "?"), state.attempt_number, max_retries, delay,
+    )  # fmt: skip
+
+
+def _give_up(state: RetryCallState, method: str, path: str) -> httpx.Response:
+    response = state.outcome.result() if state.outcome else None
+    _, message = _error_details(response) if response is not None else ("", "")
+    raise ProvisioningError(
+        f"Neon API {method} {path} still failing with HTTP {getattr(response, 'status_code', '?')} after "
+        f"{state.attempt_number} attempts: {message}"
+    )
 
 
 @lru_cache(maxsize=8)
@@ -385,15 +415,8 @@ def _with_host(uri: str, host: str | None, new_host: str | None) -> str | None:
     """`uri` with its host `host` replaced by `new_host` (credentials, port, database and options kept)."""
     if not (uri and host and new_host):
         return None
-    parts = urlsplit(uri)
-    if parts.hostname != host:
-        return None
-    credentials = parts.netloc.rpartition("@")[0]
-    if ":" in new_host:  # an IPv6 address
-        new_host = f"[{new_host}]"
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{credentials}@{new_host}{port}" if credentials else f"{new_host}{port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    parsed = Dsn.parse(uri)
+    return parsed.replace(host=new_host).url() if parsed.host == host else None
 
 
 def _error_details(response: httpx.Response) -> tuple[str, str]:

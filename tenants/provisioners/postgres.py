@@ -13,7 +13,6 @@ import secrets
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
-from urllib.parse import quote, urlparse, urlunparse
 
 import psycopg
 from django.conf import settings
@@ -21,14 +20,15 @@ from django.db import DatabaseError
 from psycopg import sql
 
 from tenants.provisioners.base import ProvisionedDatabase, ProvisioningError
+from vectordb.advisory_locks import advisory_lock
+from vectordb.dsn import Dsn
+from vectordb.schema import schema_target, tenant_database_migrate
 
 logger = logging.getLogger(__name__)
 
 DATABASE_PREFIX = "silo_t_"
 TEMPLATE_DATABASE = "silo_tenant_template"
 TEMPLATE_OWNER = "silo_template_owner"
-# Serialises template creation across processes (taken in the server's `postgres` database).
-TEMPLATE_LOCK_KEY = 7_316_221_002
 
 
 @dataclass(frozen=True)
@@ -41,20 +41,36 @@ class AdministeredServer:
         return f"AdministeredServer(name={self.name!r}, region={self.region!r})"
 
     def url_for(self, database: str, user: str | None = None, password: str | None = None) -> str:
-        parsed = urlparse(self.admin_url)
-        netloc = parsed.hostname or "127.0.0.1"
-        if parsed.port:
-            netloc = f"{netloc}:{parsed.port}"
-        user = user if user is not None else parsed.username
-        password = password if password is not None else parsed.password
-        if user:
-            credentials = quote(user, safe="") + (f":{quote(password, safe='')}" if password else "")
-            netloc = f"{credentials}@{netloc}"
-        return urlunparse(parsed._replace(netloc=netloc, path=f"/{database}"))
+        """A URL for `database` on this server: as the administrator, or as `user` with `password`."""
+        admin = Dsn.parse(self.admin_url)
+        address = admin.replace(database=database, host=admin.host or "127.0.0.1")
+        return (address if user is None else address.replace(user=user, password=password or "")).url()
 
 
 def database_name(tenant_key: str) -> str:
     return f"{DATABASE_PREFIX}{tenant_key}"
+
+
+# Taking advisory locks is the one thing every role may do that fills a table shared by the whole server: 57,231 of
+# them in 0.2 s left every tenant with "out of shared memory". Our own locks live in the main database.
+_ADVISORY_LOCK_FUNCTIONS = "SELECT oid::regprocedure FROM pg_proc WHERE proname ~ '^pg_(try_)?advisory_'"
+_REVOKE_ADVISORY_LOCKS = f"""
+DO $$ DECLARE function regprocedure; BEGIN
+    FOR function IN {_ADVISORY_LOCK_FUNCTIONS} LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', function);
+    END LOOP;
+END $$"""
+# Databases every server has that a tenant role must not even connect to.
+_SERVER_DATABASES_CLOSED_TO_TENANTS = ("template1", "postgres")
+
+
+def tenant_role_settings() -> dict[str, str]:
+    """Session settings every tenant role logs in with (temp_file_limit only a superuser can change)."""
+    return {
+        "idle_session_timeout": f"{settings.TENANT_ROLE_IDLE_SESSION_TIMEOUT_SECONDS}s",
+        "idle_in_transaction_session_timeout": f"{settings.TENANT_ROLE_IDLE_IN_TRANSACTION_TIMEOUT_SECONDS}s",
+        "temp_file_limit": f"{settings.TENANT_ROLE_TEMP_FILE_LIMIT_MB}MB",
+    }
 
 
 class PostgresProvisioner:
@@ -65,7 +81,6 @@ class PostgresProvisioner:
             raise ProvisioningError("no PostgreSQL server is configured for tenant databases (TENANT_POSTGRES_SERVERS)")
         self.servers = {server.name: server for server in servers}
         self._templates_ready: set[str] = set()
-        self._template_versions: dict[str, str] = {}
         self._template_lock = threading.Lock()
 
     @classmethod
@@ -119,56 +134,115 @@ class PostgresProvisioner:
             chosen = min(candidates, key=lambda server: (counts[server.name], server.name))
             yield chosen, admins[chosen.name]
 
-    def _set_login(self, admin: psycopg.Connection, role: str) -> str:
+    def _set_login(self, admin: psycopg.Connection, role: str, bounded: bool = True) -> str:
+        """A new password for the role (created if missing); `bounded`: with a tenant role's limits."""
         password = secrets.token_urlsafe(32)
         exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role]).fetchone()
         verb = "ALTER" if exists else "CREATE"
+        login = sql.SQL("{} ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {}").format(
+            sql.SQL(verb), sql.Identifier(role), sql.Literal(password)
+        )
+        # The bounds ride in the same round trip (no parameters: one simple query).
+        admin.execute(sql.SQL("; ").join([login, *self._role_bounds(role)]) if bounded else login)
+        return password
+
+    def _role_bounds(self, role: str) -> list[sql.Composed]:
+        return [
+            sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(
+                sql.Identifier(role), sql.Literal(settings.TENANT_ROLE_CONNECTION_LIMIT)
+            ),
+            *(
+                sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                    sql.Identifier(role), sql.Identifier(name), sql.Literal(value)
+                )
+                for name, value in tenant_role_settings().items()
+            ),
+        ]
+
+    def _close_server_databases(self, admin: psycopg.Connection) -> None:
         admin.execute(
-            sql.SQL("{} ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {}").format(
-                sql.SQL(verb), sql.Identifier(role), sql.Literal(password)
+            sql.SQL("; ").join(
+                sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name))
+                for name in _SERVER_DATABASES_CLOSED_TO_TENANTS
             )
         )
-        return password
+
+    # --- bounds on what one tenant may take of the server ------------------------------------------------------------
+
+    def bounds_missing(self, external_id: str, server: str) -> list[str]:
+        """What of a tenant's bounds its role and database lack (databases made before the bounds existed)."""
+        administered = self._server(server)
+        with self._admin(administered) as admin:
+            row = admin.execute(
+                "SELECT rolconnlimit, coalesce(rolconfig, '{}'), "
+                "array(SELECT datname FROM pg_database WHERE datname = ANY(%s) "
+                "AND has_database_privilege(%s, datname, 'CONNECT') ORDER BY 1) "
+                "FROM pg_roles WHERE rolname = %s",
+                [list(_SERVER_DATABASES_CLOSED_TO_TENANTS), external_id, external_id],
+            ).fetchone()
+        if row is None:
+            return [f"role {external_id} does not exist"]
+        connection_limit, role_settings, open_databases = row
+        missing = []
+        if connection_limit != settings.TENANT_ROLE_CONNECTION_LIMIT:
+            missing.append(f"connection limit {connection_limit} instead of {settings.TENANT_ROLE_CONNECTION_LIMIT}")
+        missing += [
+            f"{name} is not {value}"
+            for name, value in tenant_role_settings().items()
+            if f"{name}={value}" not in role_settings
+        ]
+        missing += [f"may connect to {name}" for name in open_databases]
+        with self._admin(administered, external_id) as tenant_admin:
+            (allowed,) = tenant_admin.execute(
+                f"SELECT count(*) FROM ({_ADVISORY_LOCK_FUNCTIONS}) AS functions (oid) "
+                "WHERE has_function_privilege(%s, oid, 'EXECUTE')",
+                [external_id],
+            ).fetchone()
+        if allowed:
+            missing.append(f"may call {allowed} advisory-lock functions")
+        return missing
+
+    def bounds_apply(self, external_id: str, server: str) -> None:
+        """Bring an existing tenant's role and database under the bounds new tenants get (idempotent)."""
+        administered = self._server(server)
+        with self._admin(administered) as admin:
+            admin.execute(sql.SQL("; ").join(self._role_bounds(external_id)))
+            self._close_server_databases(admin)
+        with self._admin(administered, external_id) as tenant_admin:
+            tenant_admin.execute(_REVOKE_ADVISORY_LOCKS)
 
     # --- template ------------------------------------------------------------------------------------------------
 
     def template_refresh(self, server_name: str | None = None, allow_breaking: bool = False) -> None:
         """Create the template database if missing and bring it to the latest tenant schema."""
-        from vectordb.schema import migrate_tenant_database
-
         for server in [self._server(server_name)] if server_name else self.servers.values():
-            with self._admin(server) as admin:
-                admin.execute("SELECT pg_advisory_lock(%s)", [TEMPLATE_LOCK_KEY])
-                try:
-                    password = self._set_login(admin, TEMPLATE_OWNER)
-                    if not admin.execute(
-                        "SELECT 1 FROM pg_database WHERE datname = %s", [TEMPLATE_DATABASE]
-                    ).fetchone():
-                        admin.execute(
-                            sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                                sql.Identifier(TEMPLATE_DATABASE), sql.Identifier(TEMPLATE_OWNER)
-                            )
-                        )
-                        admin.execute(
-                            sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(TEMPLATE_DATABASE))
-                        )
+            # One process at a time builds a server's template.
+            with advisory_lock(f"tenant-template:{server.name}"), self._admin(server) as admin:
+                self._close_server_databases(admin)
+                password = self._set_login(admin, TEMPLATE_OWNER, bounded=False)
+                if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [TEMPLATE_DATABASE]).fetchone():
                     admin.execute(
-                        sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                        sql.SQL("CREATE DATABASE {} OWNER {}").format(
                             sql.Identifier(TEMPLATE_DATABASE), sql.Identifier(TEMPLATE_OWNER)
                         )
                     )
-                    with self._admin(server, TEMPLATE_DATABASE) as template:
-                        template.execute("CREATE EXTENSION IF NOT EXISTS vector")
-                    result = migrate_tenant_database(
-                        f"template_{server.name}",
-                        server.url_for(TEMPLATE_DATABASE, TEMPLATE_OWNER, password),
-                        allow_breaking=allow_breaking,
+                    admin.execute(
+                        sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(TEMPLATE_DATABASE))
                     )
-                    # The migration's connection is closed: nothing may stay connected to a template we clone.
-                    admin.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(sql.Identifier(TEMPLATE_OWNER)))
-                    self._template_versions[server.name] = result.schema_version
-                finally:
-                    admin.execute("SELECT pg_advisory_unlock(%s)", [TEMPLATE_LOCK_KEY])
+                admin.execute(
+                    sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                        sql.Identifier(TEMPLATE_DATABASE), sql.Identifier(TEMPLATE_OWNER)
+                    )
+                )
+                with self._admin(server, TEMPLATE_DATABASE) as template:
+                    template.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                    template.execute(_REVOKE_ADVISORY_LOCKS)  # clones inherit it
+                template_dsn = server.url_for(TEMPLATE_DATABASE, TEMPLATE_OWNER, password)
+                # Schema connections are closed after use: nothing may stay connected to a template we clone.
+                tenant_database_migrate(
+                    schema_target(f"template-{server.name}", template_dsn), allow_breaking=allow_breaking
+                )
+                admin.execute(sql.SQL("ALTER ROLE {} WITH NOLOGIN").format(sql.Identifier(TEMPLATE_OWNER)))
             self._templates_ready.add(server.name)
 
     def _ensure_template(self, server: AdministeredServer) -> bool:
@@ -190,10 +264,10 @@ class PostgresProvisioner:
         # `first_attempt` changes nothing here: looking for the database by name is part of placing it anyway.
         database = database_name(tenant_key)
         role = database
-        cloned = made_empty = False
         with self._locate(database, region) as (server, admin):
             use_template = self._ensure_template(server)
             password = self._set_login(admin, role)
+            cloned = made_empty = False
             if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database]).fetchone():
                 cloned = use_template and self._clone_template(admin, database, role)
                 if not cloned:
@@ -221,6 +295,8 @@ class PostgresProvisioner:
                     sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(relation), sql.Identifier(role))
                 )
             tenant_admin.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            if not cloned:  # a clone has the template's revocations already
+                tenant_admin.execute(_REVOKE_ADVISORY_LOCKS)
         dsn = server.url_for(database, role, password)
         return ProvisionedDatabase(
             external_id=database,
@@ -228,8 +304,6 @@ class PostgresProvisioner:
             server=server.name,
             dsn=dsn,
             migration_dsn=dsn,
-            # A fresh clone is exactly at the template's version; a retry may find anything: let it be checked.
-            schema_version=self._template_versions.get(server.name, "") if cloned else "",
             new_database=made_empty,
         )
 
@@ -245,7 +319,6 @@ class PostgresProvisioner:
             # Someone is connected to the template (a fleet migration refreshing it), or it was dropped: take the
             # slow path now and check the template again next time.
             self._templates_ready.clear()
-            self._template_versions.clear()
             return False
 
     def locate(self, tenant_key: str) -> tuple[str, str] | None:
@@ -283,13 +356,6 @@ class PostgresProvisioner:
                 ).fetchall()
             found += [(server.name, row[0]) for row in rows]
         return found
-
-    def size_bytes(self, external_id: str, server: str) -> int | None:
-        with self._admin(self._server(server)) as admin:
-            row = admin.execute(
-                "SELECT pg_database_size(datname) FROM pg_database WHERE datname = %s", [external_id]
-            ).fetchone()
-        return row[0] if row else None
 
 
 @lru_cache(maxsize=8)

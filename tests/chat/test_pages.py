@@ -17,7 +17,7 @@ from tenants import services
 from tenants.models import VectorDatabase
 from vectordb import conversations
 from vectordb.connections import get_registry
-from vectordb.store import ChunkRecord, chunks_replace
+from vectordb.chunks import ChunkRecord, chunks_replace
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,5 +1,6 @@
 """`make run`'s moving parts: the embedded PostgreSQL, a local Redis, and the whole stack started and stopped."""
 
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import time
 import httpx
 import psycopg
 import pytest
+from django.conf import settings
 
 from config import embedded_postgres
 from config.local_redis import redis_reachable, redis_server_binary, start_redis
@@ -109,3 +111,43 @@ def test_make_run_starts_the_whole_stack_and_ctrl_c_stops_it(tmp_path):
     assert "stopping Silo" in output
     # The worker really ran: Celery prints its banner, then a warm shutdown on Ctrl-C.
     assert "celery@" in output and "Warm shutdown" in output
+
+
+def test_every_command_works_on_a_fresh_data_folder(tmp_path):
+    """A newcomer's first command on the embedded default sets up the main database itself (no traceback)."""
+    import redis
+
+    queue = f"silo-fresh-{os.getpid()}"
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"SILO_MAIN_DATABASE", "SILO_TEST_DATABASE", "DATABASE_URL"}
+    }
+    environment.update(SILO_DATA_DIR=str(tmp_path / "data"), SILO_EMBEDDED_FAST="true", CELERY_QUEUE=queue)
+
+    def manage(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "manage.py", *arguments],
+            cwd=BASE_DIR,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+
+    try:
+        added = manage("tenants", "add", "newcomer@example.com")
+        shown = manage("tenants", "show", "newcomer@example.com", "--json")
+        listed = manage("tenants", "list")
+    finally:
+        embedded_postgres.stop(tmp_path / "data")
+        redis.Redis.from_url(settings.REDIS_URL).delete(queue)  # the provisioning task the command also enqueued
+
+    assert added.returncode == 0, added.stderr
+    assert "Traceback" not in added.stderr
+    assert "setting up the embedded main database" in added.stderr
+    assert "newcomer@example.com: ready (postgres, silo_t_" in added.stdout
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["status"] == "ready"
+    assert "setting up" not in shown.stderr  # once only
+    assert listed.stdout.strip().endswith("1 tenant database(s)")

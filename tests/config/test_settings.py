@@ -86,3 +86,24 @@ def test_unknown_local_embedding_precision_is_refused():
 
     assert result.returncode != 0
     assert "EMBEDDING_LOCAL_PRECISION='float16' must be 'auto', 'float32' or 'bfloat16'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("limit", "pool"),
+    [("51", "4"), ("4", "4"), ("10", "12")],
+)
+def test_a_tenant_role_connection_limit_outside_its_bounds_is_refused(limit, pool):
+    result = _manage("check", TENANT_ROLE_CONNECTION_LIMIT=limit, TENANT_POOL_MAX_PER_TENANT=pool)
+
+    assert result.returncode != 0
+    assert (
+        f"TENANT_ROLE_CONNECTION_LIMIT={limit} must be above TENANT_POOL_MAX_PER_TENANT ({pool}) and at most 50"
+        in result.stderr
+    )
+
+
+def test_tenant_sessions_may_not_idle_out_before_the_pool_closes_them():
+    result = _manage("check", TENANT_ROLE_IDLE_SESSION_TIMEOUT_SECONDS="200", TENANT_POOL_IDLE_SECONDS="300")
+
+    assert result.returncode != 0
+    assert "TENANT_ROLE_IDLE_SESSION_TIMEOUT_SECONDS=200 must be above TENANT_POOL_IDLE_SECONDS (300)" in result.stderr

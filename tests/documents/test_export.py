@@ -10,8 +10,8 @@ from documents.models import Document
 from tenants import services
 from tenants.models import VectorDatabase
 from vectordb import conversations
+from vectordb.chunks import ChunkRecord, chunks_replace
 from vectordb.connections import get_registry
-from vectordb.store import ChunkRecord, chunks_replace
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from tenants.crypto import decrypt_credentials
 from tenants.models import User, VectorDatabase
 from tests.helpers import stored_files
 from tests.pdf_factory import image_only_pdf, text_pdf
-from vectordb.store import chunk_id
+from vectordb.chunks import chunk_id
 
 EVAL_PDF = Path("/work/shared/eval/pdfs/clsguide.pdf")
 SMALL_PDF_PAGES = 2

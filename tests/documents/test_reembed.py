@@ -28,8 +28,9 @@ from tests.documents.test_pipeline import (  # noqa: F401  (fixtures are used by
     pdfs,
 )
 from tests.emulators.openai import OpenAIEmulator
-from vectordb.schema import embedding_model_of
-from vectordb.store import chunk_id, embedding_dimension_change
+from tests.helpers import embedding_model_of
+from vectordb.chunks import chunk_id
+from vectordb.tenant_embedding_model import embedding_dimension_change
 
 API_KEY = "sk-test-reembed"
 LOCAL_MODEL = ("all-MiniLM-L6-v2", 384)

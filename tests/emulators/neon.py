@@ -375,6 +375,8 @@ class NeonEmulator(ServedEmulator):
                 },
                 "branch_logical_size_limit": 512,
                 "branch_logical_size_limit_bytes": 536870912,
+                # Neon always sends it, in every project object (it starts at 0 for an empty project).
+                "synthetic_storage_size": 0,
                 "store_passwords": True,
                 "creation_source": "console",
                 "history_retention_seconds": spec.get("history_retention_seconds", 86400),
@@ -463,10 +465,10 @@ class NeonEmulator(ServedEmulator):
                 :limit
             ]
             items = [_list_item(project) for project in matching]
-        pagination = {"cursor": items[-1]["id"]} if items else {}
         return {
             "projects": items,
-            "pagination": pagination,
+            # Neon's Pagination requires a non-empty cursor and the limit: an empty page has no pagination at all.
+            **({"pagination": {"cursor": items[-1]["id"], "limit": limit}} if items else {}),
             "applications": {},
             "integrations": {},
             "unavailable_project_ids": [],
@@ -475,7 +477,8 @@ class NeonEmulator(ServedEmulator):
     def get_project(self, project_id: str) -> dict:
         with self._lock:
             project = self._project(project_id)
-            return {"project": {**project.data, "synthetic_storage_size": 0, "compute_last_active_at": None}}
+            # compute_last_active_at is omitted, as Neon omits it, while no endpoint of the project has been active.
+            return {"project": dict(project.data)}
 
     def update_project(self, project_id: str, request: dict) -> dict:
         changes = request.get("project")
@@ -509,7 +512,10 @@ class NeonEmulator(ServedEmulator):
             if cursor:
                 operations = [op for op in operations if op["created_at"] < cursor]
             page = [dict(op) for op in operations[:limit]]
-        return {"operations": page, "pagination": {"cursor": page[-1]["created_at"]} if page else {}}
+        return {
+            "operations": page,
+            **({"pagination": {"cursor": page[-1]["created_at"], "limit": limit}} if page else {}),
+        }
 
     def get_operation(self, project_id: str, operation_id: str) -> dict:
         with self._lock:
@@ -766,10 +772,11 @@ def _list_item(project: _Project) -> dict:
         "id", "platform_id", "region_id", "name", "provisioner", "pg_version", "proxy_host",
         "default_endpoint_settings", "settings", "branch_logical_size_limit", "branch_logical_size_limit_bytes",
         "store_passwords", "cpu_used_sec", "creation_source", "history_retention_seconds", "created_at",
+        "synthetic_storage_size",
         "updated_at", "owner_id", "org_id",
     )  # fmt: skip
     item = {key: data[key] for key in keys if key in data}
-    item.update(active_time=data["active_time_seconds"], quota_reset_at=None)
+    item.update(active_time=data["active_time_seconds"])  # quota_reset_at (deprecated) is omitted, as Neon does
     return item
 
 

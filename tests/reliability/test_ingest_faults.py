@@ -42,7 +42,7 @@ from documents.tasks import ingest_document
 from tenants import services as tenant_services
 from tenants.models import User, VectorDatabase
 from tests.conftest import CeleryWorker, _worker_environment
-from vectordb.store import chunk_id
+from vectordb.chunks import chunk_id
 
 EVAL_PDF = Path("/work/shared/eval/pdfs/clsguide.pdf")
 PAGES = 10  # about 30 chunks: long enough to be caught while embedding, short enough to keep the suite fast
@@ -215,7 +215,7 @@ def advance_past_visibility_timeout_and_slot_lease(redis_url: str, owner: User) 
     client = redis.Redis.from_url(redis_url)
     unacked = client.zrange("unacked_index", 0, -1)
     if unacked:
-        client.zadd("unacked_index", {tag: 0 for tag in unacked})
+        client.zadd("unacked_index", dict.fromkeys(unacked, 0))
     for key in client.scan_iter(f"{SLOT_PREFIX}:ingest:{owner.id}:*"):
         client.delete(key)
     return len(unacked)

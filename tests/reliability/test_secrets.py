@@ -28,6 +28,7 @@ from tenants.provisioners import ProvisionedDatabase
 from tests.reliability.test_isolation import text_pdf
 from vectordb.connections import TenantTarget, get_registry
 from vectordb.fleet import FleetMember
+from vectordb.schema import schema_target
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
@@ -169,10 +170,10 @@ def test_the_objects_that_carry_credentials_keep_them_out_of_their_repr(tenant, 
     members = tenant_services.fleet_members()
 
     assert target.resolve_dsn(False) == credentials["dsn"]
-    assert any(member.dsn == credentials["migration_dsn"] for member in members)
+    assert any(member.target.resolve_dsn(False) == credentials["migration_dsn"] for member in members)
     for thing in (
         placed, target, TenantTarget(key="k", resolve_dsn=lambda refresh: credentials["dsn"]), *members,
-        FleetMember(key="k", label="l", dsn=credentials["migration_dsn"]), database, VectorDatabase.objects.get(id=database.id),
+        FleetMember(label="l", target=schema_target("k", credentials["migration_dsn"])), database, VectorDatabase.objects.get(id=database.id),
     ):  # fmt: skip
         assert_free_of(repr(thing), secrets, f"repr of {type(thing).__name__}")
         assert_free_of(str(thing), secrets, f"str of {type(thing).__name__}")

@@ -18,8 +18,8 @@ from tenants.provisioners import get_provisioner
 from tenants.tasks import provision_vector_database
 from tests.conftest import WORKER_READY_TIMEOUT_SECONDS, CeleryWorker
 from tests.emulators.neon import NeonEmulator
-from tests.helpers import neon_settings_for, wait_for_database_status
-from vectordb.schema import embedding_model_of, latest_schema_version
+from tests.helpers import embedding_model_of, neon_settings_for, wait_for_database_status
+from vectordb.schema import latest_schema_version
 
 Status = VectorDatabase.Status
 REGION = "aws-us-east-2"  # not the NEON_REGION default, so the test sees the setting reach the registry

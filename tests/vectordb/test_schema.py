@@ -1,17 +1,20 @@
 """The tenant schema: what counts as a breaking migration (the running app must keep working during a fleet
-migration), and the compiled SQL that builds a new tenant database in one round trip."""
+migration), and the one path that gives a tenant database its schema (compiled SQL, or Django's executor)."""
 
 import contextlib
+import threading
 import uuid
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 from django.db import migrations, models
-from psycopg import sql
 from django.db.migrations.loader import MigrationLoader
+from psycopg import sql
 
-from vectordb.schema import breaking_operations, breaking_operations_in_plan, tenant_migration_order
+from tests.helpers import embedding_model_of
+from vectordb.schema import tenant_migration_order
+from vectordb.schema.breaking import breaking_operations, breaking_operations_in_plan
 
 
 def _migration(*operations):
@@ -27,7 +30,7 @@ def _state():
 
 def test_adding_a_nullable_column_or_a_default_is_not_breaking():
     migration = _migration(
-        migrations.AddField("embedding", "language", models.CharField(max_length=16, null=True)),
+        migrations.AddField("chunk", "language", models.CharField(max_length=16, null=True)),
         migrations.AlterField("conversation", "title", models.CharField(max_length=200, default="Untitled")),
     )
 
@@ -36,7 +39,7 @@ def test_adding_a_nullable_column_or_a_default_is_not_breaking():
 
 def test_drops_renames_and_type_changes_are_breaking():
     migration = _migration(
-        migrations.RemoveField("embedding", "metadata"),
+        migrations.RemoveField("chunk", "metadata"),
         migrations.RenameField("conversation", "title", "name"),
         migrations.AlterField("conversation", "title", models.CharField(max_length=50)),
         migrations.AlterField("message", "content", models.CharField(max_length=500)),
@@ -44,7 +47,7 @@ def test_drops_renames_and_type_changes_are_breaking():
     )
 
     assert breaking_operations(migration, _state()) == [
-        "9999_test: Remove field metadata from embedding",
+        "9999_test: Remove field metadata from chunk",
         "9999_test: Rename field title on conversation to name",
         "9999_test: Alter field title on conversation",
         "9999_test: Alter field content on message",
@@ -111,89 +114,181 @@ def _schema(dsn: str) -> dict[str, list[tuple]]:
         return {name: connection.execute(query).fetchall() for name, query in _SCHEMA_QUERIES.items()}
 
 
-@pytest.mark.django_db(transaction=True)  # the compiled path compiles over a Django connection to the tenant
-def test_compiled_sql_creates_pgvector_even_when_compiled_against_a_database_that_has_it(admin_dsn, monkeypatch):
-    from vectordb import schema
-    from vectordb.schema import compile_migrations, tenant_migration_order
+def _target(key: str, dsn: str):
+    from vectordb.schema import schema_target
 
-    monkeypatch.setattr(schema, "_compiled", {})  # compile now, not from an earlier test's cache
-
-    with _scratch_databases(admin_dsn, "with_vector") as (sample,):
-        with psycopg.connect(sample, autocommit=True) as connection:
-            connection.execute("CREATE EXTENSION vector")  # Django's CreateExtension then writes no SQL
-
-        compiled = compile_migrations(tenant_migration_order(), sample, with_recorder=True)
-
-        assert compiled.statements[0] == 'CREATE EXTENSION IF NOT EXISTS "vector";'
-        assert sum("CREATE EXTENSION" in statement for statement in compiled.statements) == 1
+    return schema_target(f"{key}-{uuid.uuid4().hex[:6]}", dsn)
 
 
-@pytest.mark.django_db(transaction=True)  # the compiled path compiles over a Django connection to the tenant
-def test_a_new_database_gets_the_same_schema_from_compiled_sql_as_from_django_migrate(admin_dsn):
-    from vectordb.schema import migrate_tenant_database, tenant_database_prepare
+@pytest.mark.django_db(transaction=True)
+def test_compiled_sql_creates_pgvector_first_and_once(monkeypatch):
+    from vectordb.schema import compiled
 
-    with _scratch_databases(admin_dsn, "fast", "django") as (fast, django):
-        tenant_database_prepare("schema-fast", fast, model="all-MiniLM-L6-v2", dimensions=384)
-        migrate_tenant_database("schema-django", django)
+    monkeypatch.setattr(compiled, "_compiled", {})  # compile now, not from an earlier test's cache
+
+    result = compiled.compile_migrations(tenant_migration_order(), with_recorder=True)
+
+    assert result.statements[0] == 'CREATE EXTENSION IF NOT EXISTS "vector";'
+    assert sum("CREATE EXTENSION" in statement for statement in result.statements) == 1
+    assert result.statements[1].startswith('CREATE TABLE "django_migrations"')
+    assert result.breaking == ()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_new_database_gets_the_same_schema_from_compiled_sql_as_from_djangos_executor(admin_dsn, monkeypatch):
+    from vectordb.schema import compiled, tenant_database_prepare
+
+    with _scratch_databases(admin_dsn, "compiled", "django") as (fast, django):
+        version = tenant_database_prepare(_target("compiled", fast), model="all-MiniLM-L6-v2", dimensions=384)
+
+        def not_compilable(names, with_recorder):
+            raise compiled.NotCompilable(names[0])
+
+        monkeypatch.setattr("vectordb.schema.compile_migrations", not_compilable)
+        tenant_database_prepare(_target("django", django), model="all-MiniLM-L6-v2", dimensions=384)
 
         built_fast, built_django = _schema(fast), _schema(django)
-
+        assert version == tenant_migration_order()[-1]
         assert built_fast == built_django
         generated = [row for row in built_fast["columns"] if row[:2] == ("embeddings", "content_search")]
         assert generated == [
             ("embeddings", "content_search", "tsvector", False, "s", "to_tsvector('english'::regconfig, content)")
         ]
         assert ("vector",) in built_fast["extensions"]
+        for dsn in (fast, django):
+            assert embedding_model_of(dsn) == ("all-MiniLM-L6-v2", 384)
+            assert _recorded(dsn) == sorted(tenant_migration_order())
 
 
-def _counting_queries(monkeypatch) -> list[str]:
-    """Every query a psycopg connection sends through `execute` from now on (each is one round trip)."""
+def _recorded(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as connection:
+        rows = connection.execute("SELECT name FROM django_migrations WHERE app = 'vectordb'").fetchall()
+    return sorted(name for (name,) in rows)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_preparing_a_database_again_changes_nothing_and_plans_nothing(admin_dsn):
+    from vectordb.schema import tenant_database_migrate, tenant_database_plan, tenant_database_prepare
+
+    with _scratch_databases(admin_dsn, "again") as (dsn,):
+        target = _target("again", dsn)
+        tenant_database_prepare(target, model="all-MiniLM-L6-v2", dimensions=384)
+        before = _schema(dsn)
+
+        version = tenant_database_prepare(target, model="all-MiniLM-L6-v2", dimensions=384)
+
+        assert version == tenant_migration_order()[-1]
+        assert _schema(dsn) == before
+        assert _recorded(dsn) == sorted(tenant_migration_order())
+        assert tenant_database_plan(target) == []
+        assert tenant_database_migrate(target).applied == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_different_embedding_model_is_refused_and_nothing_changes(admin_dsn):
+    from vectordb.schema import tenant_database_prepare
+    from vectordb.tenant_embedding_model import EmbeddingModelMismatch
+
+    with _scratch_databases(admin_dsn, "model") as (dsn,):
+        target = _target("model", dsn)
+        tenant_database_prepare(target, model="all-MiniLM-L6-v2", dimensions=384)
+        before = _schema(dsn)
+
+        with pytest.raises(EmbeddingModelMismatch, match=r"holds all-MiniLM-L6-v2 \(384 dims\) embeddings"):
+            tenant_database_prepare(target, model="text-embedding-3-small", dimensions=1536)
+
+        assert _schema(dsn) == before
+        assert embedding_model_of(dsn) == ("all-MiniLM-L6-v2", 384)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_migrations_of_one_database_wait_for_each_other_on_a_lock_in_the_main_database(admin_dsn, settings):
+    """The migration lock lives in the main database (tenant roles may not take advisory locks)."""
+    from vectordb.advisory_locks import advisory_lock_key
+    from vectordb.schema import tenant_database_migrate
+
+    main = settings.DATABASES["default"]
+    main_dsn = f"postgresql://{main['USER']}:{main['PASSWORD']}@{main['HOST']}:{main['PORT']}/{main['NAME']}"
+    with _scratch_databases(admin_dsn, "locked") as (dsn,):
+        target = _target("locked", dsn)
+        outcome: list = []
+        with psycopg.connect(main_dsn, autocommit=True) as holder:
+            holder.execute("SELECT pg_advisory_lock(%s)", [advisory_lock_key(f"tenant-schema:{target.key}")])
+            migrating = threading.Thread(target=lambda: outcome.append(tenant_database_migrate(target)))
+            migrating.start()
+            migrating.join(timeout=1.5)
+            assert migrating.is_alive() and outcome == []  # waiting for the holder
+            assert _tables(dsn) == []
+            holder.execute("SELECT pg_advisory_unlock_all()")
+            migrating.join(timeout=60)
+
+        assert outcome[0].applied == list(tenant_migration_order())
+        assert "embeddings" in _tables(dsn)
+
+
+def _tables(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as connection:
+        rows = connection.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").fetchall()
+    return [name for (name,) in rows]
+
+
+def test_the_hnsw_parameters_are_the_ones_the_migrations_declare():
+    from vectordb.models import EMBEDDING_HNSW_INDEX_NAME, EMBEDDING_HNSW_PARAMETERS
+
+    state = _state().models["vectordb", "chunk"]
+    (index,) = [index for index in state.options["indexes"] if index.name == EMBEDDING_HNSW_INDEX_NAME]
+
+    assert {"m": index.m, "ef_construction": index.ef_construction} == EMBEDDING_HNSW_PARAMETERS
+
+
+def _counting_round_trips(monkeypatch, database: str) -> list[str]:
+    """Every query sent to `database` from now on: each execute is one round trip (psycopg's Connection.execute
+    goes through a Cursor's too)."""
     sent: list[str] = []
-    execute = psycopg.Connection.execute
+    cursor_execute = psycopg.Cursor.execute
 
-    def counted(self, query, *arguments, **options):
-        sent.append(query if isinstance(query, str) else query.as_string(self))
-        return execute(self, query, *arguments, **options)
+    def counted_cursor(self, query, *arguments, **options):
+        if self.connection.info.dbname == database:
+            sent.append(query if isinstance(query, str) else query.as_string(self.connection))
+        return cursor_execute(self, query, *arguments, **options)
 
-    monkeypatch.setattr(psycopg.Connection, "execute", counted)
+    monkeypatch.setattr(psycopg.Cursor, "execute", counted_cursor)
     return sent
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_database_made_in_this_attempt_gets_lock_schema_and_records_in_one_round_trip(admin_dsn, monkeypatch):
-    from vectordb.schema import migrate_tenant_database, tenant_database_prepare
+def test_a_database_made_in_this_attempt_gets_schema_record_and_model_in_one_round_trip(admin_dsn, monkeypatch):
+    from vectordb.schema import tenant_database_prepare
 
-    with _scratch_databases(admin_dsn, "warm", "new", "django") as (warm, new, django):
-        tenant_database_prepare("schema-warm", warm, model="all-MiniLM-L6-v2", dimensions=384)  # compiles the SQL
-        migrate_tenant_database("schema-django", django)
-        sent = _counting_queries(monkeypatch)
+    with _scratch_databases(admin_dsn, "new", "general") as (new, general):
+        tenant_database_prepare(_target("general", general), model="all-MiniLM-L6-v2", dimensions=384)
+        sent = _counting_round_trips(monkeypatch, new.rsplit("/", 1)[1])
 
         version = tenant_database_prepare(
-            "schema-new", new, model="all-MiniLM-L6-v2", dimensions=384, new_database=True
+            _target("new", new), model="all-MiniLM-L6-v2", dimensions=384, new_database=True
         )
 
         assert len(sent) == 1
-        assert sent[0].startswith("SELECT pg_advisory_xact_lock(")
         assert 'CREATE TABLE "django_migrations"' in sent[0] and "INSERT INTO tenant_settings" in sent[0]
         assert version == tenant_migration_order()[-1]
-        assert _schema(new) == _schema(django)
+        assert _schema(new) == _schema(general)
+        assert embedding_model_of(new) == ("all-MiniLM-L6-v2", 384)
+        assert _recorded(new) == sorted(tenant_migration_order())
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_database_said_to_be_new_that_already_has_the_schema_is_checked_the_general_way(admin_dsn):
-    from vectordb.schema import embedding_model_of, tenant_database_prepare
+def test_a_database_said_to_be_new_that_has_the_schema_already_is_prepared_the_general_way(admin_dsn):
+    from vectordb.schema import tenant_database_prepare
 
     with _scratch_databases(admin_dsn, "again") as (dsn,):
-        tenant_database_prepare("schema-again", dsn, model="all-MiniLM-L6-v2", dimensions=384)
+        tenant_database_prepare(_target("again", dsn), model="all-MiniLM-L6-v2", dimensions=384)
         before = _schema(dsn)
 
         version = tenant_database_prepare(
-            "schema-again", dsn, model="all-MiniLM-L6-v2", dimensions=384, new_database=True
+            _target("again", dsn), model="all-MiniLM-L6-v2", dimensions=384, new_database=True
         )
 
         assert version == tenant_migration_order()[-1]
         assert _schema(dsn) == before
         assert embedding_model_of(dsn) == ("all-MiniLM-L6-v2", 384)
-        with psycopg.connect(dsn) as connection:
-            recorded = connection.execute("SELECT name FROM django_migrations WHERE app = 'vectordb'").fetchall()
-        assert sorted(name for (name,) in recorded) == sorted(tenant_migration_order())
+        assert _recorded(dsn) == sorted(tenant_migration_order())

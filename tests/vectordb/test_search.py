@@ -10,7 +10,7 @@ import pytest
 from tenants import services
 from tenants.crypto import decrypt_credentials
 from tenants.models import VectorDatabase
-from vectordb import search, store
+from vectordb import chunks, search
 
 DIMENSIONS = 384
 FILLER = "The manual describes the options of the program and how to use them in a document."
@@ -31,11 +31,11 @@ def tenant_connection(owner):
 
 
 def _write(connection, document_id: int, texts: list[str]) -> None:
-    store.chunks_replace(
+    chunks.chunks_replace(
         connection,
         document_id,
         [
-            store.ChunkRecord(document_id, index, text, index + 1, index + 1, _vector(document_id * 100 + index))
+            chunks.ChunkRecord(document_id, index, text, index + 1, index + 1, _vector(document_id * 100 + index))
             for index, text in enumerate(texts)
         ],
     )

@@ -1,12 +1,14 @@
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.http import Http404
 
 from chat import services
+from tenants.management.lookup import user_for_command
 from tenants.models import User
 from tenants.services import TenantDatabaseNotReady
 
@@ -38,9 +40,7 @@ class Command(BaseCommand):
         parser.add_argument("question", nargs="?", default=None)
 
     def handle(self, *args, **options) -> None:
-        user = User.objects.filter(email__iexact=options["user"].strip()).first()
-        if user is None:
-            raise CommandError(f"no user with email {options['user']}")
+        user = user_for_command(options["user"])
         if options["k"] is not None and options["k"] < 1:
             raise CommandError(f"--k {options['k']}: give at least 1 passage")
         if options["batch"] and options["question"]:
@@ -85,7 +85,7 @@ class Command(BaseCommand):
         remembered = answer or (services.extractive_answer(retrieval.citations) if not settings.OPENAI_API_KEY else "")
         history.append(services.Exchange(text, remembered, retrieval.found))
         if as_json:
-            record = {"conversation": question.conversation} if options["batch"] else {}
+            record: dict[str, Any] = {"conversation": question.conversation} if options["batch"] else {}
             record.update(
                 {
                     "question": text,

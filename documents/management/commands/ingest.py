@@ -4,8 +4,10 @@ from pathlib import Path
 from django.core.files import File
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from config.progress import progress_bar
 from documents import services
 from documents.models import Document
+from tenants.management.lookup import user_for_command
 from tenants.models import User
 from tenants.services import TenantDatabaseNotReady
 
@@ -19,9 +21,7 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print the documents as JSON.")
 
     def handle(self, *args, user: str, files: list[Path], json: bool, **options) -> None:
-        owner = User.objects.filter(email__iexact=user.strip()).first()
-        if owner is None:
-            raise CommandError(f"no user with email {user}")
+        owner = user_for_command(user)
         results = []
         for path in files:
             result = self._ingest_one(owner, path, quiet=json)
@@ -43,18 +43,26 @@ class Command(BaseCommand):
                 document = services.document_upload(owner, File(handle, name=path.name), enqueue=False)
         except services.DocumentRejected as error:
             return {**result, "error": str(error)}
+        bar = None if quiet else progress_bar(self.stdout, 100, "%", desc=f"{document.title[:40]:<40} ")
+
+        def show(progressed: Document) -> None:
+            if bar is not None:
+                bar.set_postfix_str(progressed.status, refresh=False)
+                bar.update(round(progressed.progress * 100) - bar.n)
+
         try:
-            report = services.document_ingest(document.id, on_progress=None if quiet else self._progress)
+            report = services.document_ingest(document.id, on_progress=show)
         except TenantDatabaseNotReady as error:
             services.document_mark_failed(document.id, "The user's database is not ready.")
             raise CommandError(f"{owner.email}'s database is {error.status}; run `tenants add {owner.email}`") from None
         except services.TransientIngestError as error:
             services.document_mark_failed(document.id, services.TEMPORARY_FAILURE_MESSAGE)
             raise CommandError(f"{path}: {error}") from None
+        finally:
+            if bar is not None:
+                bar.close()
         document = report.document
         document.refresh_from_db()
-        if not quiet:
-            self.stdout.write("")
         return {
             "id": document.id,
             "title": document.title,
@@ -64,13 +72,6 @@ class Command(BaseCommand):
             "chunks": document.chunk_count,
             "error": document.error_message or None,
         }
-
-    def _progress(self, document: Document) -> None:
-        width = 30
-        filled = int(width * document.progress)
-        line = f"\r{document.title[:40]:<40} [{'#' * filled}{'-' * (width - filled)}] {document.progress:4.0%} {document.status}"
-        self.stdout.write(line, ending="")
-        self.stdout.flush()
 
 
 def _summary(result: dict) -> str:

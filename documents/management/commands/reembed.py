@@ -3,6 +3,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from documents import services
 from documents.models import Document
+from tenants.management.lookup import user_for_command
 from tenants.models import User, VectorDatabase
 from tenants.services import TenantDatabaseNotReady
 from vectordb.connections import ConnectionCapacityExhausted
@@ -22,10 +23,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, user: str | None, all: bool, **options) -> None:
         if user:
-            tenant = User.objects.filter(email__iexact=user.strip()).first()
-            if tenant is None:
-                raise CommandError(f"no user with email {user}")
-            tenants = [tenant]
+            tenants = [user_for_command(user)]
         else:
             tenants = list(User.objects.filter(vector_database__status=VectorDatabase.Status.READY).order_by("id"))
         failed_tenants, failed_documents = [], 0
@@ -55,11 +53,12 @@ class Command(BaseCommand):
 
 
 def _summary(report: services.ReembedReport) -> str:
-    model, dimensions = report.model
+    model, dimensions = report.model.name, report.model.dimensions
     if report.model_changed and report.previous_model == report.model:
         switched = f"embedding column rebuilt for {model} ({dimensions} dims), {report.chunks_deleted} chunks deleted"
     elif report.model_changed:
-        previous = f"{report.previous_model[0]} ({report.previous_model[1]} dims)" if report.previous_model else "none"
+        before = report.previous_model
+        previous = f"{before.name} ({before.dimensions} dims)" if before else "none"
         switched = f"switched from {previous} to {model} ({dimensions} dims), {report.chunks_deleted} chunks deleted"
     else:
         switched = f"already on {model} ({dimensions} dims)"

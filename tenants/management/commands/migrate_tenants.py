@@ -1,36 +1,9 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from config.progress import progress_bar
 from tenants import services
 from vectordb.fleet import FleetOutcome, fleet_plan
-
-
-class ProgressBar:
-    """`[#####-----] 120/300 tenants, 2 failed` redrawn in place on a terminal, a line per 10% otherwise."""
-
-    def __init__(self, stream, total: int, width: int = 30):
-        self.stream, self.total, self.width = stream, total, width
-        self.done = self.failed = 0
-        self.interactive = getattr(stream, "isatty", lambda: False)()
-        self._last_decile = -1
-
-    def advance(self, outcome: FleetOutcome) -> None:
-        self.done += 1
-        self.failed += 0 if outcome.ok else 1
-        filled = int(self.width * self.done / self.total) if self.total else self.width
-        line = f"[{'#' * filled}{'-' * (self.width - filled)}] {self.done}/{self.total} tenants, {self.failed} failed"
-        if self.interactive:
-            self.stream.write("\r" + line)
-            self.stream.flush()
-        else:
-            decile = self.done * 10 // max(self.total, 1)
-            if decile != self._last_decile or self.done == self.total:
-                self._last_decile = decile
-                self.stream.write(line + "\n")
-
-    def finish(self) -> None:
-        if self.interactive:
-            self.stream.write("\n")
 
 
 class Command(BaseCommand):
@@ -54,9 +27,16 @@ class Command(BaseCommand):
             raise CommandError(f"no ready tenant database for {tenant}")
         if plan:
             return self._plan(members, jobs)
-        progress = ProgressBar(self.stdout, len(members))
-        outcomes = services.tenants_migrate(members, jobs=jobs, allow_breaking=allow_breaking, on_done=progress.advance)
-        progress.finish()
+        failed = 0
+        with progress_bar(self.stdout, len(members), "tenants", postfix="0 failed") as progress:
+
+            def advance(outcome: FleetOutcome) -> None:
+                nonlocal failed
+                failed += 0 if outcome.ok else 1
+                progress.set_postfix_str(f"{failed} failed", refresh=False)
+                progress.update(1)
+
+            outcomes = services.tenants_migrate(members, jobs=jobs, allow_breaking=allow_breaking, on_done=advance)
         self._table(outcomes)
         failures = [outcome for outcome in outcomes if not outcome.ok]
         if failures:

@@ -4,11 +4,12 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tenants import selectors, services
 from tenants.crypto import decrypt_credentials
+from tenants.management.lookup import user_for_command
 from tenants.models import User, VectorDatabase
 
 
 class Command(BaseCommand):
-    help = "Operate the fleet of tenant databases: add, show, dsn, remove, list, reconcile."
+    help = "Operate the fleet of tenant databases: add, show, dsn, remove, list, reconcile, limits."
 
     def add_arguments(self, parser: CommandParser) -> None:
         subcommands = parser.add_subparsers(dest="subcommand", required=True)
@@ -26,24 +27,22 @@ class Command(BaseCommand):
         listing.add_argument("--json", action="store_true")
         reconcile = subcommands.add_parser("reconcile", help="Compare the registry with the provider.")
         reconcile.add_argument("--apply", action="store_true", help="Delete orphans, re-provision what is missing.")
+        limits = subcommands.add_parser(
+            "limits", help="Check every tenant role against what one tenant may take of a shared server."
+        )
+        limits.add_argument("--apply", action="store_true", help="Bring the tenants found under the bounds.")
 
     def handle(self, *args, subcommand: str, **options) -> None:
         getattr(self, f"_{subcommand}")(**options)
 
-    def _tenant(self, email: str) -> User:
-        tenant = User.objects.filter(email__iexact=email.strip()).first()
-        if tenant is None:
-            raise CommandError(f"no tenant with email {email}")
-        return tenant
-
     def _vector_database(self, email: str) -> VectorDatabase:
-        vector_database = selectors.vector_database_for_tenant(self._tenant(email))
+        vector_database = selectors.vector_database_for_tenant(user_for_command(email))
         if vector_database is None:
             raise CommandError(f"{email} has no vector database; run `tenants add {email}`")
         return vector_database
 
     def _add(self, email: str, region: str | None, **_) -> None:
-        tenant = User.objects.filter(email__iexact=email.strip()).first()
+        tenant = selectors.user_by_email(email)
         if tenant is None:
             tenant = User.objects.create_user(email=email.strip())  # no password: signs in with a reset or Google
             self.stdout.write(f"created user {tenant.email}")
@@ -75,8 +74,7 @@ class Command(BaseCommand):
         self.stdout.write(decrypt_credentials(vector_database.encrypted_credentials)["dsn"])
 
     def _remove(self, email: str, **_) -> None:
-        tenant = self._tenant(email)
-        services.tenant_erase(tenant.id)
+        services.tenant_erase(user_for_command(email).id)
         self.stdout.write(self.style.SUCCESS(f"{email}: database dropped and account deleted"))
 
     def _list(self, json: bool, **_) -> None:
@@ -109,6 +107,21 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS("registry and provider agree"))
         elif not apply:
             raise CommandError("registry and provider disagree; run with --apply to fix")
+
+    def _limits(self, apply: bool, **_) -> None:
+        report = services.tenants_bound(apply=apply)
+        for label, missing in report.outside.items():
+            self.stdout.write(f"{label}: {'; '.join(missing)}")
+        for label in report.fixed:
+            self.stdout.write(f"fixed: {label}")
+        if not report.outside:
+            self.stdout.write(self.style.SUCCESS("every tenant database is under the bounds"))
+        elif not apply:
+            count = len(report.outside)
+            raise CommandError(
+                f"{count} tenant database{' is' if count == 1 else 's are'} not under the bounds; "
+                "run with --apply to fix"
+            )
 
 
 def _json(value) -> str:

@@ -16,9 +16,10 @@ from langchain_core.documents import Document
 from tenants import services
 from tenants.crypto import decrypt_credentials
 from tenants.models import VectorDatabase
-from vectordb import search, store
+from vectordb import search
+from vectordb.chunks import chunk_id
 from vectordb.connections import TenantConnectionRegistry, TenantTarget
-from vectordb.vector_store import (
+from bench.langchain_baseline import (
     TenantVectorStore,
     document_filter,
     hybrid_search_config,
@@ -88,7 +89,7 @@ def chunks(document_id: int, count: int, seed: int) -> tuple[list[str], list[lis
         }
         for index in range(count)
     ]
-    ids = [store.chunk_id(document_id, index) for index in range(count)]
+    ids = [chunk_id(document_id, index) for index in range(count)]
     return texts, vectors, metadatas, ids
 
 
@@ -109,7 +110,7 @@ def test_writes_land_in_our_table_with_our_columns_and_ids(vector_store, tenant_
 
     assert returned == ids
     rows = table_rows(dsn)
-    assert [row[0] for row in rows] == [store.chunk_id(7, index) for index in range(3)]
+    assert [row[0] for row in rows] == [chunk_id(7, index) for index in range(3)]
     assert [(row[1], row[2], row[3], row[5], row[6]) for row in rows] == [
         (7, index, texts[index], index + 1, index + 2) for index in range(3)
     ]
@@ -146,7 +147,7 @@ def test_document_filter_restricts_results_and_metadata_carries_provenance(vecto
     assert {document.metadata["document_id"] for document in found} <= {1, 3}
     for document in found:
         index = document.metadata["chunk_index"]
-        assert document.id == str(store.chunk_id(document.metadata["document_id"], index))
+        assert document.id == str(chunk_id(document.metadata["document_id"], index))
         assert (document.metadata["first_page"], document.metadata["last_page"]) == (index + 1, index + 2)
         assert document.metadata["source"] == "test.pdf"
     only_two = vector_store.similarity_search_by_vector(query, k=50, filter=document_filter([2]))
@@ -177,7 +178,7 @@ def test_hybrid_returns_reciprocal_rank_fusion_of_both_rankings(vector_store, ta
     metadatas = [
         {"document_id": 4, "chunk_index": index, "first_page": 1, "last_page": 1} for index in range(len(texts))
     ]
-    ids = [store.chunk_id(4, index) for index in range(len(texts))]
+    ids = [chunk_id(4, index) for index in range(len(texts))]
     vector_store.add_embeddings(texts, vectors, metadatas, ids)
     query_vector = vectors[2]  # closest: the violin chunk; by words: the penguin chunk
 

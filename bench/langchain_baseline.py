@@ -1,7 +1,9 @@
-"""langchain-postgres' v2 `PGVectorStore` over a tenant's own `embeddings` table, with our column names.
+"""The benchmark's baseline: langchain-postgres' v2 `PGVectorStore` over a tenant's own `embeddings` table, with our
+column names, which `bench/vector_store.py` measures our own write and search paths against.
 
-The LangChain-facing interface to a tenant's chunks (`as_retriever()`, `add_texts`, `similarity_search`...). The app's
-own hot paths (`vectordb.store.chunks_replace`, `vectordb.search`) stay plain SQL: see bench/vector_store.py for why.
+It is the LangChain-facing interface to a tenant's chunks (`as_retriever()`, `add_texts`, `similarity_search`...);
+the app does not use it: its hot paths (`vectordb.chunks.chunks_replace`, `vectordb.search`) stay plain SQL, faster
+on writes and matching any of a question's words rather than all (see bench/vector_store.py and the README).
 
 Connections. PGEngine needs a SQLAlchemy AsyncEngine; our `TenantConnectionRegistry` hands out sync psycopg
 connections and is the only thing allowed to open tenant connections (it enforces the cap across tenants). So the
@@ -30,7 +32,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from langchain_core.documents import Document
@@ -165,7 +167,7 @@ def tenant_async_engine(target: TenantTarget, registry: TenantConnectionRegistry
     engine: AsyncEngine | None = None
 
     async def borrow() -> psycopg.AsyncConnection:
-        adapters = engine.sync_engine.dialect._psycopg_adapters_map if engine is not None else None
+        adapters = engine.sync_engine.dialect._psycopg_adapters_map if engine is not None else None  # type: ignore[attr-defined]
         return await _RegistryAsyncConnection.borrow(registry, target, adapters)
 
     engine = create_async_engine("postgresql+psycopg://", async_creator=borrow, poolclass=NullPool)
@@ -351,8 +353,8 @@ async def _acreate(engine: PGEngine, embedding_service: Embeddings | None, k: in
         k=k,
         index_query_options=HnswIterativeQueryOptions(ef_search=ef_search),
     )
-    store._stamps_created_at = stamps_created_at
-    return store
+    store._stamps_created_at = stamps_created_at  # type: ignore[attr-defined]
+    return cast(TenantVectorStore, store)
 
 
 def document_filter(document_ids: Sequence[int]) -> dict:
