@@ -25,4 +25,5 @@ RUN useradd --create-home silo && mkdir -p /data && chown silo /data
 USER silo
 ENV SILO_DATA_DIR=/data
 EXPOSE 8000
-CMD ["uvicorn", "config.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]
+# uvicorn with a header-read timeout, bounded concurrency and 413 for oversized bodies (config/web_server.py).
+CMD ["python", "-m", "config.web_server", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers"]

@@ -1,23 +1,29 @@
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
+import psycopg
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import close_old_connections
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.db import close_old_connections, transaction
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import selectors, services
+from chat.limits import ChatLimitReached, chat_stream_admit
 from documents.models import Document
 from documents.selectors import document_get_for_user, documents_for_user
 from tenants.services import TenantDatabaseNotReady
+from vectordb.connections import ConnectionCapacityExhausted
 
 _END = object()
+logger = logging.getLogger(__name__)
+UNREACHABLE_MESSAGE = "Your database cannot be reached right now. Please try again in a moment."
 
 
 @lru_cache(maxsize=1)
@@ -43,6 +49,9 @@ def _chat_page(request: HttpRequest, document: Document | None) -> HttpResponse:
             context["history"] = [selectors.message_for_display(message, titles) for message in found[1]]
     except TenantDatabaseNotReady:
         context["unavailable"] = "Your database is still being set up. Chat opens as soon as it is ready."
+    except (psycopg.OperationalError, ConnectionCapacityExhausted) as error:
+        logger.warning("chat page of user %s: tenant database unreachable: %s", request.user.pk, type(error).__name__)
+        context["unavailable"] = UNREACHABLE_MESSAGE
     ready_documents = documents_for_user(request.user).filter(status=Document.Status.READY)
     context["ready_document_count"] = ready_documents.count()
     context["has_ready_documents"] = bool(context["ready_document_count"])
@@ -74,9 +83,10 @@ def _server_sent_event(event: services.ChatEvent) -> str:
     return f"event: {event.kind}\ndata: {json.dumps(event.data)}\n\n"
 
 
+@transaction.non_atomic_requests  # streams for minutes, on connections it hands back between steps
 @login_required
 @require_POST
-async def chat_stream(request: HttpRequest) -> StreamingHttpResponse:
+async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     """One chat turn as server-sent events: conversation, sources, token..., then done or error."""
     user = await request.auser()
     question = request.POST.get("question", "")
@@ -90,12 +100,19 @@ async def chat_stream(request: HttpRequest) -> StreamingHttpResponse:
         # Someone else's document is a 404 now: raised inside the stream, after the 200 went out, it would only cut
         # the connection.
         await sync_to_async(document_get_for_user)(user, document_id)
+    try:
+        slot = await sync_to_async(chat_stream_admit, thread_sensitive=False)(user.pk)
+    except ChatLimitReached as error:
+        refused = JsonResponse({"error": str(error)}, status=429)
+        refused["Retry-After"] = str(error.retry_after_seconds)
+        return refused
     # The request's own main-database connection would otherwise stay checked out of the pool for the whole stream.
     await sync_to_async(close_old_connections)()
     turn = services.chat_turn(user, question, conversation_id=conversation_id, document_id=document_id)
 
     def step():
         try:
+            slot.renew()
             return next(turn, _END)
         finally:
             # This thread serves other streams next: hand its main-database connection back now.
@@ -106,8 +123,12 @@ async def chat_stream(request: HttpRequest) -> StreamingHttpResponse:
     next_event = sync_to_async(step, thread_sensitive=False, executor=_stream_executor())
 
     async def events():
-        while (event := await next_event()) is not _END:
-            yield _server_sent_event(event)
+        try:
+            while (event := await next_event()) is not _END:
+                yield _server_sent_event(event)
+        finally:
+            # The stream ended, failed or its client went away (the server cancels or closes this generator).
+            await sync_to_async(slot.release, thread_sensitive=False)()
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"

@@ -13,6 +13,21 @@ import sys
 import time
 
 from config.settings_paths import BASE_DIR, data_root_from_environment
+from config.web_server import web_server_command
+
+
+def _worker_command(python: str, queue: str, concurrency: int, name: str) -> list[str]:
+    return [python, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO", "--concurrency", str(concurrency),
+            "--queues", queue, "--hostname", f"{name}@%h"]  # fmt: skip
+
+
+def ingest_worker_command(python: str) -> list[str]:
+    return _worker_command(python, os.environ.get("CELERY_QUEUE") or "silo", 2, "ingest")  # settings' default queue
+
+
+def provisioning_worker_command(python: str) -> list[str]:
+    # settings.CELERY_PROVISIONING_QUEUE: a worker of its own, so ingest never keeps a sign-up waiting
+    return _worker_command(python, f"{os.environ.get('CELERY_QUEUE') or 'silo'}-provisioning", 1, "provisioning")
 
 
 def main() -> int:
@@ -26,6 +41,8 @@ def main() -> int:
 
     redis = ensure_redis(data_root, os.environ.get("REDIS_URL"))
     environment = dict(os.environ, REDIS_URL=redis.url, PYTHONUNBUFFERED="1")
+    # Password-reset and verification mail is printed to this terminal: no mail server needed on a laptop.
+    environment.setdefault("EMAIL_BACKEND", "console")
     host = os.environ.get("SILO_HOST", "127.0.0.1")
     port = os.environ.get("SILO_PORT", "8000")
     python = sys.executable
@@ -50,14 +67,16 @@ def main() -> int:
         subprocess.run([python, "manage.py", "migrate", "--noinput"], cwd=BASE_DIR, env=environment, check=True)
         children.append(
             subprocess.Popen(
-                [python, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO", "--concurrency", "2"],
+                ingest_worker_command(python),
                 cwd=BASE_DIR,
                 env=environment,
             )
         )
+        # Provisioning has a worker of its own, so a queue full of ingest never keeps a sign-up waiting.
+        children.append(subprocess.Popen(provisioning_worker_command(python), cwd=BASE_DIR, env=environment))
         children.append(
             subprocess.Popen(
-                [python, "-m", "uvicorn", "config.asgi:application", "--host", host, "--port", port, "--no-access-log"],
+                web_server_command(host, port),
                 cwd=BASE_DIR,
                 env=environment,
             )

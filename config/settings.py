@@ -72,6 +72,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    "config.middleware.SecurityHeadersMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -128,6 +129,11 @@ else:
 # Parallel test runs on one machine each get their own test database (see the Makefile's test target).
 if env_str("SILO_TEST_DATABASE"):
     DATABASES["default"]["TEST"] = {"NAME": env_str("SILO_TEST_DATABASE")}
+
+# A request's writes to the main database commit together or not at all: a failed step (an address made primary,
+# then refused) must not leave half a change behind. Views that stream or must commit before answering opt out
+# with transaction.non_atomic_requests (the chat stream).
+DATABASES["default"]["ATOMIC_REQUESTS"] = True
 
 DATABASE_ROUTERS = ["vectordb.routers.TenantDatabaseRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -250,6 +256,13 @@ CHAT_MAX_QUESTION_CHARS = env_int("CHAT_MAX_QUESTION_CHARS", 4000, minimum=1)
 CHAT_HISTORY_MESSAGES = env_int("CHAT_HISTORY_MESSAGES", 6, minimum=0)
 CHAT_STREAM_THREADS = env_int("CHAT_STREAM_THREADS", 64, minimum=1)
 CHAT_REQUEST_TIMEOUT_SECONDS = env_float("CHAT_REQUEST_TIMEOUT_SECONDS", 60.0, minimum=1)
+# What one person may ask at once (chat/limits.py): answers streaming at the same time, and questions a minute. They
+# keep one account from taking every stream thread and the model's capacity from everyone else.
+CHAT_MAX_CONCURRENT_STREAMS = env_int("CHAT_MAX_CONCURRENT_STREAMS", 3, minimum=1)
+CHAT_MAX_QUESTIONS_PER_MINUTE = env_int("CHAT_MAX_QUESTIONS_PER_MINUTE", 20, minimum=1)
+# A stream's slot is renewed with every event; the lease outlasts the longest wait for the model between two events,
+# so only a process that died leaves a slot behind, for this long.
+CHAT_STREAM_SLOT_LEASE_SECONDS = 2 * CHAT_REQUEST_TIMEOUT_SECONDS + 30
 
 # --- uploads -------------------------------------------------------------------------------------------------------
 
@@ -261,6 +274,22 @@ UPLOAD_RATE_LIMIT_PER_HOUR = env_int("UPLOAD_RATE_LIMIT_PER_HOUR", 100, minimum=
 # Documents of one tenant ingested at once across all workers; the rest wait their turn behind other tenants'.
 INGEST_MAX_CONCURRENT_PER_TENANT = env_int("INGEST_MAX_CONCURRENT_PER_TENANT", 1, minimum=1)
 INGEST_SLOT_LEASE_SECONDS = env_int("INGEST_SLOT_LEASE_SECONDS", 900, minimum=60)
+# What one document may cost (documents/services.py): parsing runs in a child process within this memory and time;
+# text and passages beyond these caps fail the document while parsing, before any embedding. Plans will set them per
+# workspace later.
+PARSE_MEMORY_LIMIT_BYTES = env_int("PARSE_MEMORY_LIMIT_BYTES", 1024**3, minimum=64 * 1024**2)
+PARSE_TIME_LIMIT_SECONDS = env_int("PARSE_TIME_LIMIT_SECONDS", 120, minimum=1)
+DOCUMENT_MAX_TEXT_CHARS = env_int("DOCUMENT_MAX_TEXT_CHARS", 5_000_000, minimum=1)
+DOCUMENT_MAX_CHUNKS = env_int("DOCUMENT_MAX_CHUNKS", 10_000, minimum=1)
+# Runs of one document that may start and never finish (their worker died) before it fails with a reason.
+INGEST_MAX_ATTEMPTS = env_int("INGEST_MAX_ATTEMPTS", 3, minimum=1)
+# The largest request body the web server lets in (413 before reading it, config/asgi.py): one upload with room for
+# the form around it. The browser sends each file in a request of its own.
+REQUEST_MAX_BODY_BYTES = env_int("REQUEST_MAX_BODY_BYTES", UPLOAD_MAX_BYTES + 1024 * 1024, minimum=1024)
+# The web server (config/web_server.py reads these too, before Django starts): how long a client may take to send a
+# request's headers, and how many connections and requests in progress it serves at once (503 beyond).
+WEB_HEADER_TIMEOUT_SECONDS = env_float("WEB_HEADER_TIMEOUT_SECONDS", 30.0, minimum=1)
+WEB_MAX_CONCURRENCY = env_int("WEB_MAX_CONCURRENCY", 500, minimum=1)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
@@ -276,6 +305,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 900, minimum=60)}
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "silo")
+# Provisioning (sign-up, deletion, reconcile) has a queue and a worker of its own: an hour of ingest on every other
+# worker must not keep a new account's database pending.
+CELERY_PROVISIONING_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}-provisioning"
+CELERY_TASK_ROUTES = {"tenants.tasks.*": {"queue": CELERY_PROVISIONING_QUEUE}}
 
 CACHE_KEY_PREFIX_FOR_SLOTS = env_str("CACHE_KEY_PREFIX", "silo")
 CACHES = {
@@ -289,10 +322,11 @@ CACHES = {
 # --- accounts ------------------------------------------------------------------------------------------------------
 
 AUTH_USER_MODEL = "tenants.User"
-AUTHENTICATION_BACKENDS = [
-    "django.contrib.auth.backends.ModelBackend",
-    "allauth.account.auth_backends.AuthenticationBackend",
-]
+# One backend, so a password is checked once, one way, whether it is right or wrong: with Django's ModelBackend in front,
+# a right password answered faster than a wrong one (checked a second time by allauth's). allauth's backend extends
+# ModelBackend, so the admin's permissions work as before. Every sign-in, the admin's included, goes through
+# allauth's throttled login (see tenants.views.admin_login).
+AUTHENTICATION_BACKENDS = ["allauth.account.auth_backends.AuthenticationBackend"]
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 8}},
@@ -307,6 +341,11 @@ ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = env_str("ACCOUNT_EMAIL_VERIFICATION", "none")
 ACCOUNT_UNIQUE_EMAIL = True
+# An address added on the email page is a claim that counts for nothing until verified: it cannot become primary
+# (tenants.views.EmailAddressesView) nor keep its owner from signing up (tenants.forms.SignupForm). Not allauth's
+# ACCOUNT_CHANGE_EMAIL: it takes an account's own unverified sign-in address (all of them, without mandatory
+# verification) for the pending change and removes it, leaving the account without an address.
+ACCOUNT_FORMS = {"signup": "tenants.forms.SignupForm"}
 ACCOUNT_SESSION_REMEMBER = True
 ACCOUNT_ADAPTER = "tenants.adapters.AccountAdapter"
 SOCIALACCOUNT_ADAPTER = "tenants.adapters.SocialAccountAdapter"
@@ -336,6 +375,32 @@ for _setting, _variable in [
         _google[_setting] = env_str(_variable)
 SOCIALACCOUNT_PROVIDERS = {"google": _google}
 
+# --- email ---------------------------------------------------------------------------------------------------------
+
+# Unset: SMTP when EMAIL_HOST is set (production), else the console (`make run` prints password-reset mail).
+_EMAIL_BACKENDS = {
+    "smtp": "django.core.mail.backends.smtp.EmailBackend",
+    "console": "django.core.mail.backends.console.EmailBackend",
+}
+EMAIL_HOST = env_str("EMAIL_HOST")
+_email_backend = env_str("EMAIL_BACKEND") or ("smtp" if EMAIL_HOST else "console")
+if _email_backend not in _EMAIL_BACKENDS and "." not in _email_backend:
+    raise ImproperEnvironment(f"EMAIL_BACKEND={_email_backend!r} must be 'smtp', 'console' or a dotted class path")
+EMAIL_BACKEND = _EMAIL_BACKENDS.get(_email_backend, _email_backend)
+if EMAIL_BACKEND == _EMAIL_BACKENDS["smtp"] and not EMAIL_HOST:
+    raise ImproperEnvironment("EMAIL_BACKEND=smtp needs EMAIL_HOST")
+EMAIL_PORT = env_int("EMAIL_PORT", 587, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", EMAIL_PORT == 587)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", EMAIL_PORT == 465)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperEnvironment("EMAIL_USE_TLS and EMAIL_USE_SSL cannot both be true")
+# A mail server that hangs must not hold a web request for ever.
+EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT_SECONDS", 10, minimum=1)
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL") or "Silo <no-reply@localhost>"
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
 # --- HTTP security -------------------------------------------------------------------------------------------------
 
 SESSION_COOKIE_SECURE = HTTPS
@@ -347,6 +412,18 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
 SECURE_HSTS_PRELOAD = HTTPS
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# The app's own pages need nothing else: no inline scripts or styles, no eval (PDF.js runs with isEvalSupported
+# false), PDF.js's worker, fonts and images from our static files, blob: and data: URLs. The e2e tests run the
+# browser with this header and fail on any violation. Forms post to Silo itself, or to Google's sign-in.
+_form_targets = ["'self'"]
+if GOOGLE_SIGN_IN_ENABLED:
+    _google_authorize = _google.get("AUTHORIZE_URL", "https://accounts.google.com/o/oauth2/v2/auth")
+    _form_targets.append("/".join(str(_google_authorize).split("/")[:3]))
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; font-src 'self' data:; "
+    "connect-src 'self'; worker-src 'self' blob:; frame-src 'self' blob:; frame-ancestors 'self'; "
+    f"object-src 'none'; base-uri 'self'; form-action {' '.join(_form_targets)}"
+)
 X_FRAME_OPTIONS = "DENY"  # the PDF file view alone allows same-origin framing (the viewer beside the chat)
 
 # --- static files, i18n, logging -----------------------------------------------------------------------------------

@@ -22,9 +22,15 @@ from django.db.models import F
 from django.utils import timezone
 
 from config.celery import enqueue
+from documents.bounded_process import (
+    BoundedProcessFailed,
+    MemoryLimitExceeded,
+    TimeLimitExceeded,
+    run_in_bounded_process,
+)
 from documents.chunking import Chunk, chunk_pages
 from documents.models import Document
-from documents.parsing import UnreadablePdf, extract_pages, inspect_pdf, page_count
+from documents.parsing import PageText, UnreadablePdf, extract_pages, inspect_pdf, page_count
 from documents.selectors import document_get_for_user
 from tenants.models import User
 from tenants.selectors import vector_database_embedding_model
@@ -47,6 +53,10 @@ STORAGE_FAILURE_MESSAGE = "Silo could not store this document; we have logged th
 
 class DocumentRejected(Exception):
     """An upload refused before it is stored; `str(error)` is the message for the user."""
+
+
+class DocumentTooBig(UnreadablePdf):
+    """Over one of the per-document caps (text, chunks, memory or time to parse); the message names the cap."""
 
 
 class TransientIngestError(Exception):
@@ -204,6 +214,13 @@ def document_ingest(document_id: int, on_progress: Callable[[Document], None] | 
         if document.status == Status.READY:
             return report
         target = tenant_target(document.owner)  # TenantDatabaseNotReady propagates: the task waits for it
+        if document.attempts >= settings.INGEST_MAX_ATTEMPTS:
+            # Every earlier run started and never reported back: its worker died (killed for memory, or the
+            # machine went away). Another delivery would only do the same again.
+            _update(document, status=Status.FAILED, error_message=_attempts_exhausted_message(), progress=0.0)
+            logger.error("document %s failed: %s runs never finished", document_id, document.attempts)
+            _notify(on_progress, document)
+            return report
         _update(
             document,
             status=Status.PARSING,
@@ -220,7 +237,8 @@ def document_ingest(document_id: int, on_progress: Callable[[Document], None] | 
             _update(document, status=Status.FAILED, error_message=str(error), progress=0.0)
             logger.info("document %s rejected: %s", document_id, type(error).__name__)
         except (psycopg.OperationalError, ConnectionCapacityExhausted) as error:
-            _update(document, status=Status.QUEUED, error_message=TEMPORARY_FAILURE_MESSAGE)
+            # An interruption we saw and handled is no lost attempt: only runs that never report back count.
+            _update(document, status=Status.QUEUED, error_message=TEMPORARY_FAILURE_MESSAGE, attempts=F("attempts") - 1)
             logger.warning("ingest of document %s interrupted: %s", document_id, type(error).__name__)
             raise TransientIngestError(str(error)) from error
         except psycopg.Error:  # the tenant database refused the chunks (schema, dimension): no retry fixes that
@@ -246,7 +264,13 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress) -> None:
     started = time.perf_counter()
     path = document.file.path
     inspect_pdf(path, max_bytes=settings.UPLOAD_MAX_BYTES, max_pages=settings.UPLOAD_MAX_PAGES)
-    pages = extract_pages(path)
+    pages = parse_in_bounded_process(extract_pages, path)
+    text_chars = sum(len(page.text) for page in pages)
+    if text_chars > settings.DOCUMENT_MAX_TEXT_CHARS:
+        raise DocumentTooBig(
+            f"This document has {text_chars:,} characters of text; Silo accepts up to "
+            f"{settings.DOCUMENT_MAX_TEXT_CHARS:,} per document."
+        )
     timings.parse = time.perf_counter() - started
     _update(document, page_count=len(pages), progress=PROGRESS_PARSED)
     _notify(on_progress, document)
@@ -254,6 +278,11 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress) -> None:
     started = time.perf_counter()
     chunks = chunk_pages(pages, settings.CHUNK_SIZE, settings.CHUNK_OVERLAP)
     timings.chunk = time.perf_counter() - started
+    if len(chunks) > settings.DOCUMENT_MAX_CHUNKS:  # checked before any embedding: that is where the cost lies
+        raise DocumentTooBig(
+            f"This document makes {len(chunks):,} passages; Silo accepts up to {settings.DOCUMENT_MAX_CHUNKS:,} "
+            "per document."
+        )
 
     _update(document, status=Status.EMBEDDING, chunks_total=len(chunks), chunks_embedded=0)
     _notify(on_progress, document)
@@ -290,6 +319,39 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress) -> None:
     )
 
 
+def parse_in_bounded_process(parse: Callable[[str], list[PageText]], path: str) -> list[PageText]:
+    """`parse(path)` in a child process within PARSE_MEMORY_LIMIT_BYTES and PARSE_TIME_LIMIT_SECONDS, so that a file
+    built to inflate or to spin costs a failed document, not a worker. Any parser of a file into pages fits."""
+    memory_limit = settings.PARSE_MEMORY_LIMIT_BYTES
+    time_limit = settings.PARSE_TIME_LIMIT_SECONDS
+    try:
+        return run_in_bounded_process(parse, path, memory_limit_bytes=memory_limit, time_limit_seconds=time_limit)
+    except TimeLimitExceeded:
+        raise DocumentTooBig(
+            f"Reading this document took longer than {time_limit:g} seconds, the most Silo allows; it may be damaged "
+            "or built to be slow to read. Try saving it again from the program that made it."
+        ) from None
+    except (MemoryLimitExceeded, BoundedProcessFailed) as error:
+        if not isinstance(error, MemoryLimitExceeded):
+            logger.warning("parser child process died: %s", error)
+        raise DocumentTooBig(
+            f"Reading this document needed more than the {_size(memory_limit)} of memory Silo allows; it may be "
+            "damaged or built to inflate. Try saving it again from the program that made it."
+        ) from None
+
+
+def _size(size_bytes: int) -> str:
+    gibibytes = size_bytes / 1024**3
+    return f"{gibibytes:g} GiB" if gibibytes >= 1 else f"{size_bytes / 1024**2:,.0f} MiB"
+
+
+def _attempts_exhausted_message() -> str:
+    return (
+        f"Silo tried {settings.INGEST_MAX_ATTEMPTS} times to process this document and each attempt was cut short; "
+        "it may be damaged or too demanding to read. Try saving it again from the program that made it."
+    )
+
+
 def document_mark_failed(document_id: int, message: str) -> None:
     Document.objects.filter(id=document_id).exclude(status=Status.READY).update(
         status=Status.FAILED, error_message=message, updated_at=timezone.now()
@@ -318,6 +380,7 @@ def document_reingest(user, document_id: int | str) -> Document:
     document = document_get_for_user(user, document_id)
     if document.is_busy:
         return document
+    _count_upload(user)  # the same work as an upload, and the same budget: DocumentRejected past it
     with transaction.atomic():
         _update(
             document,
@@ -327,6 +390,7 @@ def document_reingest(user, document_id: int | str) -> Document:
             chunk_count=0,
             chunks_total=0,
             chunks_embedded=0,
+            attempts=0,
         )
         _enqueue_ingest(document)
     return document
@@ -396,7 +460,7 @@ def documents_reembed(tenant: User, on_document: Callable[[Document], None] | No
     document_ids = Document.objects.filter(owner=tenant, status__in=settled).order_by("id").values_list("id", flat=True)
     for document_id in list(document_ids):
         claimed = Document.objects.filter(id=document_id, status__in=settled).update(
-            status=Status.QUEUED, progress=0.0, error_message="", updated_at=timezone.now(), **reset
+            status=Status.QUEUED, progress=0.0, error_message="", attempts=0, updated_at=timezone.now(), **reset
         )
         if not claimed:
             report.skipped.append(document_id)

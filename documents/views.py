@@ -1,3 +1,6 @@
+import logging
+
+import psycopg
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -9,6 +12,12 @@ from django.views.decorators.http import require_GET, require_POST
 from documents import selectors, services
 from tenants import selectors as tenant_selectors
 from tenants.models import AuthenticatedHttpRequest
+from vectordb.connections import ConnectionCapacityExhausted
+
+logger = logging.getLogger(__name__)
+EXPORT_UNREACHABLE_MESSAGE = (
+    "Your database cannot be reached right now, so your export would be incomplete. Please try again in a moment."
+)
 
 
 @login_required
@@ -90,7 +99,13 @@ def delete(request: HttpRequest, document_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def reingest(request: HttpRequest, document_id: int) -> HttpResponse:
-    document = services.document_reingest(request.user, document_id)
+    try:
+        document = services.document_reingest(request.user, document_id)
+    except services.DocumentRejected as error:
+        if _wants_json(request):
+            return JsonResponse({"error": str(error)}, status=429)
+        messages.error(request, str(error))
+        return redirect("dashboard")
     if _wants_json(request):
         return JsonResponse(selectors.document_status_payload(document))
     messages.info(request, f"Re-ingesting “{document.title}”.")
@@ -99,10 +114,19 @@ def reingest(request: HttpRequest, document_id: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def account_export(request: HttpRequest) -> JsonResponse:
+def account_export(request: HttpRequest) -> HttpResponse:
     """Download everything Silo holds for this tenant, as JSON."""
     from documents.exports import tenant_export
 
-    response = JsonResponse(tenant_export(request.user), json_dumps_params={"indent": 2})
+    try:
+        export = tenant_export(request.user)
+    except (psycopg.OperationalError, ConnectionCapacityExhausted) as error:
+        # An export without the chunks and conversations would look complete and not be: say so instead.
+        logger.warning("export of user %s: tenant database unreachable: %s", request.user.pk, type(error).__name__)
+        if _wants_json(request):
+            return JsonResponse({"error": EXPORT_UNREACHABLE_MESSAGE}, status=503)
+        messages.error(request, EXPORT_UNREACHABLE_MESSAGE)
+        return redirect("account")
+    response = JsonResponse(export, json_dumps_params={"indent": 2})
     response["Content-Disposition"] = 'attachment; filename="silo-export.json"'
     return response

@@ -1,10 +1,13 @@
 import psycopg
+from allauth.account.views import EmailView as AllauthEmailView
 from django.contrib import messages
 from django.contrib.auth import logout
 from django.contrib.auth.decorators import login_required
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_GET, require_POST
 
 from tenants import selectors, services
@@ -18,6 +21,40 @@ def home(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("dashboard")
     return render(request, "landing.html")
+
+
+class EmailAddressesView(AllauthEmailView):
+    """allauth's email page, except that an address becomes the account's (primary) only once verified: until then
+    it is a claim that counts for nothing. allauth lets an unverified address be made primary while the account has
+    no verified one, which every account signed up without verification is."""
+
+    def _action_primary(self, request, *args, **kwargs):
+        email_address = self._get_email_address(request)
+        if email_address is not None and not email_address.verified:
+            messages.error(
+                request,
+                f"Confirm {email_address.email} first, with the link we sent to it; then it can become your address.",
+            )
+            return redirect("account_email")
+        return super()._action_primary(request, *args, **kwargs)
+
+
+email_addresses = EmailAddressesView.as_view()
+
+
+def admin_login(request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+    """The admin site's login page: never a password form of its own. Its form called `authenticate()` directly,
+    past allauth's throttling; every sign-in goes through allauth's login, which counts failed attempts."""
+    next_url = request.GET.get("next", "")
+    if not url_has_allowed_host_and_scheme(next_url, allowed_hosts={request.get_host()}):
+        next_url = ""
+    next_url = next_url or reverse("admin:index")
+    if not request.user.is_authenticated:
+        return redirect(f"{reverse('account_login')}?{urlencode({'next': next_url})}")
+    if request.user.is_active and request.user.is_staff:
+        return redirect(next_url)
+    # Redirecting a signed-in non-staff user to the login would send them back here: say why instead.
+    return HttpResponseForbidden("This account cannot use Silo's admin site.")
 
 
 @login_required

@@ -112,7 +112,16 @@ def main() -> None:
     import uvicorn
 
     listening = socket.socket(fileno=listening_fd)
-    config = uvicorn.Config("config.asgi:application", access_log=False, log_level=log_level)
+    from config.web_server import WEB_MAX_CONCURRENCY, HeaderTimeoutH11Protocol
+
+    # The same protocol and bounds as `make run`'s server (config.web_server.web_server_command).
+    config = uvicorn.Config(
+        "config.asgi:application",
+        access_log=False,
+        log_level=log_level,
+        http=HeaderTimeoutH11Protocol,
+        limit_concurrency=WEB_MAX_CONCURRENCY,
+    )
     uvicorn.Server(config).run(sockets=[listening])
 
 

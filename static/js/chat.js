@@ -325,6 +325,12 @@
         method: "POST", body, signal: controller.signal,
         headers: { "X-CSRFToken": body.get("csrfmiddlewaretoken"), Accept: "text/event-stream" },
       });
+      if (response.status === 429) {  // a limit (answers at once, questions a minute): the server says which
+        const refusal = await response.json();
+        turnNote(turn, refusal.error, "error-text");
+        finished = true;
+        return;
+      }
       if (!response.ok || !response.body) throw new Error("HTTP " + response.status);
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";

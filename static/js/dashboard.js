@@ -11,22 +11,36 @@
   let timer = null;
   let dragDepth = 0;
 
+  // One request per file: the server refuses a request body larger than one upload (413) before reading it.
+  async function uploadOne(file) {
+    const body = new FormData();
+    body.append("files", file);
+    const response = await fetch(form.action, {
+      method: "POST", body, headers: { "X-CSRFToken": csrf, Accept: "application/json" },
+    });
+    if (response.status === 413) {
+      return { documents: [], errors: [file.name + ": this file is larger than Silo accepts."] };
+    }
+    return response.json();
+  }
+
   async function upload(files) {
     const pdfs = Array.from(files || []);
     if (!pdfs.length) return;
-    const body = new FormData();
-    for (const file of pdfs) body.append("files", file);
     feedback.textContent = "Uploading " + (pdfs.length === 1 ? "“" + pdfs[0].name + "”" : pdfs.length + " files") + "…";
     try {
-      const response = await fetch(form.action, {
-        method: "POST", body, headers: { "X-CSRFToken": csrf, Accept: "application/json" },
-      });
-      const data = await response.json();
+      let uploaded = 0;
+      const errors = [];
+      for (const file of pdfs) {
+        const data = await uploadOne(file);
+        uploaded += data.documents.length;
+        errors.push(...data.errors);
+      }
       const parts = [];
-      if (data.documents.length) parts.push("Uploaded " + data.documents.length + " file(s).");
-      for (const error of data.errors) parts.push(error);
+      if (uploaded) parts.push("Uploaded " + uploaded + " file(s).");
+      parts.push(...errors);
       feedback.textContent = parts.join(" ");
-      if (data.documents.length) window.location.reload();
+      if (uploaded) window.location.reload();
     } catch (error) {
       feedback.textContent = "The upload failed; check your connection and try again.";
     }
