@@ -68,8 +68,9 @@ class HeaderTimeoutH11Protocol(H11Protocol):
             self.transport.close()
 
 
-def web_server_command(host: str, port: str | int, *extra: str) -> list[str]:
-    """The uvicorn command line of `make run` and of the Dockerfile (`python -m config.web_server ...`)."""
+def web_server_command(host: str, port: str | int, *extra: str, max_concurrency: int | None = None) -> list[str]:
+    """The uvicorn command line of `make run` and of the Dockerfile (`python -m config.web_server ...`);
+    `max_concurrency` defaults to WEB_MAX_CONCURRENCY."""
     return [
         sys.executable,
         "-m",
@@ -82,7 +83,7 @@ def web_server_command(host: str, port: str | int, *extra: str) -> list[str]:
         "--http",
         "config.web_server:HeaderTimeoutH11Protocol",
         "--limit-concurrency",
-        str(WEB_MAX_CONCURRENCY),
+        str(max_concurrency or WEB_MAX_CONCURRENCY),
         "--no-access-log",
         *extra,
     ]
