@@ -20,19 +20,24 @@ import sys
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from config.environment import env_float, env_int
+from config.environment import env_int
 
-# Read from the environment here, not from Django's settings: the server loads this before Django starts. The same
-# variables are read (and documented) in config/settings.py.
-WEB_HEADER_TIMEOUT_SECONDS = env_float("WEB_HEADER_TIMEOUT_SECONDS", 30.0, minimum=1)
+# The command line is built before Django starts (`make run`, the Dockerfile), so this one is read here as well as in
+# config/settings.py (same variable, same default).
 WEB_MAX_CONCURRENCY = env_int("WEB_MAX_CONCURRENCY", 500, minimum=1)
 
 
 class HeaderTimeoutH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, plus a deadline for each request's headers."""
 
-    header_timeout_seconds = WEB_HEADER_TIMEOUT_SECONDS
     _header_deadline: asyncio.TimerHandle | None = None
+
+    @property
+    def header_timeout_seconds(self) -> float:
+        # Django is set up by now: uvicorn imports the application before it accepts a connection.
+        from django.conf import settings
+
+        return settings.WEB_HEADER_TIMEOUT_SECONDS
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

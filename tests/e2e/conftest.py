@@ -114,12 +114,12 @@ def browser():
         browser.close()
 
 
-# The Content Security Policy every page is served with in production (config: issue 14). Pages are checked against
-# it here: every HTML document gets this header, and a violation fails the test.
 DESKTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
+# The browser runs under the app's own Content Security Policy (settings.CONTENT_SECURITY_POLICY): every page the
+# app serves must carry it, and a violation the browser reports fails the test.
 def _check_content_security_policy(page, response) -> None:
     """Every page the app serves carries its own Content Security Policy (the browser enforces it; violations are
     collected from the console)."""
