@@ -36,6 +36,8 @@ class Document(models.Model):
     chunks_embedded = models.PositiveIntegerField(default=0)
     error_message = models.TextField(blank=True)
     embedding_model = models.CharField(max_length=100, blank=True)
+    # Runs of the pipeline started since the owner last queued it (upload, re-ingest, re-embed). A run that dies
+    # never reports back; after INGEST_MAX_ATTEMPTS of them the document fails instead of dying again.
     attempts = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
