@@ -1,7 +1,8 @@
 """`make run`: the whole app on this machine with its embedded defaults, stopped cleanly by Ctrl-C.
 
 Starts (or reuses) the embedded PostgreSQL and a Redis, applies migrations, then runs the ASGI web server and a
-Celery worker as child processes.
+Celery worker as child processes. The worker runs Celery beat too, which keeps the warm pool of tenant databases
+filled (`TENANT_WARM_POOL_REFILL_SECONDS`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,11 @@ def main() -> int:
         subprocess.run([python, "manage.py", "migrate", "--noinput"], cwd=BASE_DIR, env=environment, check=True)
         children.append(
             subprocess.Popen(
-                [python, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO", "--concurrency", "2"],
+                [
+                    python, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO", "--concurrency", "2",
+                    # Beat inside the one local worker; its schedule file lives with the rest of the data.
+                    "--beat", "--schedule", str(data_root / "celerybeat-schedule"),
+                ],  # fmt: skip
                 cwd=BASE_DIR,
                 env=environment,
             )

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from psycopg import sql
 
-from tenants.provisioners.base import ProvisionedDatabase, ProvisioningError
+from tenants.provisioners.base import DatabaseMissing, ProvisionedDatabase, ProvisioningError
 from vectordb.advisory_locks import advisory_lock
 from vectordb.dsn import Dsn
 from vectordb.schema import schema_target, tenant_database_migrate
@@ -260,8 +260,11 @@ class PostgresProvisioner:
 
     # --- the provider interface --------------------------------------------------------------------------------------
 
-    def create(self, tenant_key: str, region: str | None = None, *, first_attempt: bool = False) -> ProvisionedDatabase:
-        # `first_attempt` changes nothing here: looking for the database by name is part of placing it anyway.
+    def create(
+        self, tenant_key: str, region: str | None = None, *, first_attempt: bool = False, pooled: bool = False
+    ) -> ProvisionedDatabase:
+        # `first_attempt` changes nothing here: looking for the database by name is part of placing it anyway. Nor
+        # does `pooled`: the name comes from the registry row's tenant key, which a claim keeps.
         database = database_name(tenant_key)
         role = database
         with self._locate(database, region) as (server, admin):
@@ -336,11 +339,23 @@ class PostgresProvisioner:
             admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(external_id)))
 
     def dsn(self, external_id: str, server: str) -> ProvisionedDatabase:
+        return self._new_password(external_id, server, end_sessions=False)
+
+    def credentials_rotate(self, external_id: str, server: str, tenant_key: str) -> ProvisionedDatabase:
+        # Already named for its tenant: database and role are named after the registry row's key, which the claim
+        # keeps. Sessions opened with the pool's password (its checks) end with it.
+        return self._new_password(external_id, server, end_sessions=True)
+
+    def _new_password(self, external_id: str, server: str, *, end_sessions: bool) -> ProvisionedDatabase:
         administered = self._server(server)
         with self._admin(administered) as admin:
             if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [external_id]).fetchone():
-                raise ProvisioningError(f"tenant database {external_id} does not exist on {server}")
+                raise DatabaseMissing(f"tenant database {external_id} does not exist on {server}")
             password = self._set_login(admin, external_id)
+            if end_sessions:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [external_id]
+                )
         dsn = administered.url_for(external_id, external_id, password)
         return ProvisionedDatabase(
             external_id=external_id, region=administered.region, server=server, dsn=dsn, migration_dsn=dsn
