@@ -147,10 +147,10 @@ class NeonProvisioner:
         then Neon keeps the old password valid, after it the old one fails and open connections are dropped."""
         client = self._client()
         path = f"/projects/{external_id}"
-        branches = self._request(client, "GET", f"{path}/branches", accept_not_found=True)
-        if branches.status_code == 404:
+        # A reset an earlier, interrupted attempt started locks the project (423) until its operation finishes.
+        if not self._wait_for_operations(client, external_id, accept_not_found=True):
             raise DatabaseMissing(f"Neon project {external_id} does not exist")
-        listed = branches.json().get("branches", [])
+        listed = self._request(client, "GET", f"{path}/branches").json().get("branches", [])
         branch = next((b for b in listed if b.get("name") == BRANCH_NAME), None) or next(
             (b for b in listed if b.get("default")), None
         )
