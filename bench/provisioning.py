@@ -196,9 +196,7 @@ def _neon_provider(count: int) -> dict:
     }
 
 
-def _pool_fill_and_claim(
-    provider: str, region: str, count: int, prefix: str
-) -> tuple[dict, list[tuple[float, float]]]:
+def _pool_fill_and_claim(provider: str, region: str, count: int, prefix: str) -> tuple[dict, list[tuple[float, float]]]:
     """Fill `region`'s pool with `count` databases (timed), then sign `count` new users up from it, each timed from
     the request to a ready database with rotated credentials. Returns (figures, each claim's (start, end))."""
     with override_settings(TENANT_PROVIDER=provider, TENANT_WARM_POOL_SIZE=count, TENANT_WARM_POOL_REGION_SIZES={}):

@@ -52,10 +52,21 @@ def main() -> int:
         children.append(
             subprocess.Popen(
                 [
-                    python, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO", "--concurrency", "2",
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "config",
+                    "worker",
+                    "--loglevel",
+                    "INFO",
+                    "--concurrency",
+                    "2",
                     # Beat inside the one local worker; its schedule file lives with the rest of the data.
-                    "--beat", "--schedule", str(data_root / "celerybeat-schedule"),
-                ],  # fmt: skip
+                    "--beat",
+                    "--schedule",
+                    str(data_root / "celerybeat-schedule"),
+                ],
                 cwd=BASE_DIR,
                 env=environment,
             )

@@ -7,7 +7,9 @@ from django.conf import settings
 from tenants.provisioners.base import (
     DatabaseMissing,
     ProvisionedDatabase,
-    Provisioner, ProvisioningError, QuotaExceeded,
+    Provisioner,
+    ProvisioningError,
+    QuotaExceeded,
 )
 
 
@@ -24,4 +26,11 @@ def get_provisioner(name: str | None = None) -> Provisioner:
     raise ValueError(f"unknown tenant database provider {name!r}")
 
 
-__all__ = ["DatabaseMissing", "ProvisionedDatabase", "Provisioner", "ProvisioningError", "QuotaExceeded", "get_provisioner"]
+__all__ = [
+    "DatabaseMissing",
+    "ProvisionedDatabase",
+    "Provisioner",
+    "ProvisioningError",
+    "QuotaExceeded",
+    "get_provisioner",
+]

@@ -158,9 +158,7 @@ class NeonProvisioner:
             raise ProvisioningError(f"Neon project {external_id} has no {BRANCH_NAME} branch")
         # Renaming schedules no operation, so it goes first: the reset's operation would lock the project (423).
         renamed = self._request(client, "PATCH", path, json={"project": {"name": PROJECT_NAME_PREFIX + tenant_key}})
-        reset = self._request(
-            client, "POST", f"{path}/branches/{branch['id']}/roles/{ROLE_NAME}/reset_password"
-        ).json()
+        reset = self._request(client, "POST", f"{path}/branches/{branch['id']}/roles/{ROLE_NAME}/reset_password").json()
         self._wait_for_operations(client, external_id, started=reset.get("operations", []))
         return self._connection_details(client, renamed.json()["project"])
 
