@@ -668,8 +668,11 @@ class NeonEmulator(ServedEmulator):
                     if operation["status"] not in TERMINAL_OPERATION_STATUSES:
                         operation.update(status=status, updated_at=now,
                                          total_duration_ms=int(self.operation_delay_seconds * 1000))  # fmt: skip
-                project.branch.update(current_state="ready", pending_state=None)
-                project.endpoint.update(current_state="active", pending_state=None)
+                # Nothing pending any more: Neon then omits `pending_state` (the spec types it a string, not null).
+                project.branch.update(current_state="ready")
+                project.branch.pop("pending_state", None)
+                project.endpoint.update(current_state="active")
+                project.endpoint.pop("pending_state", None)
                 self.work_intervals.append((started, time.perf_counter()))
 
         timer = threading.Timer(self.operation_delay_seconds, finish)
