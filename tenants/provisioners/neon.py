@@ -147,8 +147,15 @@ class NeonProvisioner:
         then Neon keeps the old password valid, after it the old one fails and open connections are dropped."""
         client = self._client()
         path = f"/projects/{external_id}"
-        # A reset an earlier, interrupted attempt started locks the project (423) until its operation finishes.
-        if not self._wait_for_operations(client, external_id, accept_not_found=True):
+        rename = {"project": {"name": PROJECT_NAME_PREFIX + tenant_key}}
+        # Renaming schedules no operation, so it goes first, and says whether the project is there. A reset that an
+        # interrupted attempt started locks the project (423) until its operation finishes: wait, then rename.
+        renamed = self._send(client, "PATCH", path, json=rename)
+        if renamed.status_code == 423:
+            self._wait_for_operations(client, external_id, accept_not_found=True)
+        if renamed.status_code >= 400 and renamed.status_code != 404:
+            renamed = self._request(client, "PATCH", path, json=rename, accept_not_found=True)
+        if renamed.status_code == 404:
             raise DatabaseMissing(f"Neon project {external_id} does not exist")
         listed = self._request(client, "GET", f"{path}/branches").json().get("branches", [])
         branch = next((b for b in listed if b.get("name") == BRANCH_NAME), None) or next(
@@ -156,8 +163,6 @@ class NeonProvisioner:
         )
         if branch is None:
             raise ProvisioningError(f"Neon project {external_id} has no {BRANCH_NAME} branch")
-        # Renaming schedules no operation, so it goes first: the reset's operation would lock the project (423).
-        renamed = self._request(client, "PATCH", path, json={"project": {"name": PROJECT_NAME_PREFIX + tenant_key}})
         reset = self._request(client, "POST", f"{path}/branches/{branch['id']}/roles/{ROLE_NAME}/reset_password").json()
         self._wait_for_operations(client, external_id, started=reset.get("operations", []))
         return self._connection_details(client, renamed.json()["project"])
