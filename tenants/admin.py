@@ -24,7 +24,8 @@ class VectorDatabaseAdmin(admin.ModelAdmin):
     from it). Credentials are never shown; lifecycle changes go through `manage.py tenants` (`tenants pool ...`)."""
 
     list_display = [
-        "tenant", "provider", "region", "status", "schema_version", "embedding_model", "claimed_at", "updated_at",
+        "tenant", "tenant_key", "provider", "region", "status", "schema_version", "embedding_model", "claimed_at",
+        "updated_at",
     ]  # fmt: skip
     list_filter = ["provider", "region", "status"]
     search_fields = ["tenant__email", "tenant_key", "external_id"]

@@ -285,9 +285,14 @@ def tenants_reconcile(apply: bool = False, stuck_after_seconds: int = 600) -> Re
             VectorDatabase.objects.filter(id=row.id).update(status=Status.PENDING, updated_at=timezone.now())
             _enqueue_provisioning(row.id)
             report.fixed.append(f"re-provisioning {tenant_key}")
-        for tenant_key in report.pooled_missing + report.pooled_stuck:
-            vector_database_deprovision(VectorDatabase.objects.get(tenant_key=tenant_key).id)
-            report.fixed.append(f"removed {tenant_key} from the pool")
+        stuck_statuses = (Status.PENDING, Status.PROVISIONING, Status.FAILED)
+        for tenant_key, statuses in [(key, (Status.POOLED,)) for key in report.pooled_missing] + [
+            (key, stuck_statuses) for key in report.pooled_stuck
+        ]:
+            row = VectorDatabase.objects.get(tenant_key=tenant_key)
+            if _pool_row_take(row.id, statuses):  # still in the pool: a claim may have taken it since
+                vector_database_deprovision(row.id)
+                report.fixed.append(f"removed {tenant_key} from the pool")
     return report
 
 
@@ -659,8 +664,9 @@ def _pool_tidy(provider: str, region: str, refill: PoolRefill) -> None:
     another embedding model, or whose migration is refused, go); a pool above its target shrinks."""
     rows = _pool_rows(provider, region)
     for row in rows.filter(status=Status.FAILED):
-        vector_database_deprovision(row.id)
-        refill.removed += 1
+        if _pool_row_take(row.id, (Status.FAILED,)):
+            vector_database_deprovision(row.id)
+            refill.removed += 1
     latest = latest_schema_version()
     for row in rows.filter(status=Status.POOLED).exclude(schema_version=latest):
         try:
@@ -668,9 +674,10 @@ def _pool_tidy(provider: str, region: str, refill: PoolRefill) -> None:
                 schema_target(row.tenant_key, decrypt_credentials(row.encrypted_credentials)["migration_dsn"])
             )
         except (BreakingMigrationRefused, *TRANSIENT_ERRORS):
-            logger.warning("pooled database %s could not be migrated; removing it", row.tenant_key)
-            vector_database_deprovision(row.id)
-            refill.removed += 1
+            if _pool_row_take(row.id):  # unless a claim took it meanwhile (its rotation ends our session)
+                logger.warning("pooled database %s could not be migrated; removing it", row.tenant_key)
+                vector_database_deprovision(row.id)
+                refill.removed += 1
             continue
         # Only while still pooled: a claim may have taken it meanwhile (the fleet migration records claimed rows).
         VectorDatabase.objects.filter(id=row.id, status=Status.POOLED).update(
@@ -688,12 +695,13 @@ def _pool_tidy(provider: str, region: str, refill: PoolRefill) -> None:
             refill.removed += 1
 
 
-def _pool_row_take(vector_database_id: int) -> bool:
-    """Take a pooled row out of the pool for erasure, unless a claim has it (the claim's lock or its result)."""
+def _pool_row_take(vector_database_id: int, statuses: tuple[str, ...] = (Status.POOLED,)) -> bool:
+    """Take a pool row (in one of `statuses`) out of the pool for erasure, unless a claim has it (the claim's lock
+    or its result): erasure never reaches a database a tenant has claimed meanwhile."""
     with transaction.atomic():
         row = (
             VectorDatabase.objects.select_for_update(skip_locked=True)
-            .filter(id=vector_database_id, status=Status.POOLED, tenant__isnull=True)
+            .filter(id=vector_database_id, status__in=statuses, tenant__isnull=True, claimed_at__isnull=True)
             .first()
         )
         if row is None:

@@ -12,6 +12,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.urls import reverse
 
 from tenants import services
 from tenants.crypto import decrypt_credentials
@@ -235,6 +236,20 @@ def test_a_pool_larger_than_its_target_shrinks_at_the_next_refill(pool_of, setti
 
     assert (refill.created, refill.removed) == (0, 2)
     assert VectorDatabase.objects.filter(status=Status.POOLED).count() == 1
+
+
+def test_the_admin_lists_the_pool_without_credentials(pool_of, client, django_user_model):
+    pooled = pool_of(2)
+    operator = django_user_model.objects.create_superuser(email="ops@example.com", password="operator pass 123")
+    client.force_login(operator)
+
+    page = client.get(reverse("admin:tenants_vectordatabase_changelist"), {"status__exact": "pooled"}).content.decode()
+
+    assert "2 vector databases" in page
+    for row in pooled:
+        assert row.tenant_key in page
+        assert decrypt_credentials(row.encrypted_credentials)["dsn"].split(":")[2].split("@")[0] not in page
+    assert page.count(">Pooled<") == 2
 
 
 def test_pool_settings_from_the_environment_refuse_malformed_values():
