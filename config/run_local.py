@@ -32,12 +32,13 @@ def main() -> int:
     python = sys.executable
 
     children: list[subprocess.Popen] = []
+    initial_fill: list[subprocess.Popen] = []  # a one-off: its exit stops nothing
 
     def shut_down(*_args) -> None:
-        for child in children:
+        for child in children + initial_fill:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        for child in children:
+        for child in children + initial_fill:
             try:
                 child.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -77,6 +78,10 @@ def main() -> int:
                 cwd=BASE_DIR,
                 env=environment,
             )
+        )
+        # The warm pool is filled once now (beat's first refill comes one interval later), beside the others.
+        initial_fill.append(
+            subprocess.Popen([python, "manage.py", "tenants", "pool", "fill"], cwd=BASE_DIR, env=environment)
         )
         print(f"\n  Silo is running at http://{host}:{port}/  (Ctrl-C stops everything)\n", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
