@@ -249,7 +249,7 @@ def test_the_admin_lists_the_pool_without_credentials(pool_of, client, django_us
     for row in pooled:
         assert row.tenant_key in page
         assert decrypt_credentials(row.encrypted_credentials)["dsn"].split(":")[2].split("@")[0] not in page
-    assert page.count(">Pooled<") == 2
+    assert page.count('<td class="field-status">Pooled</td>') == 2
 
 
 def test_pool_settings_from_the_environment_refuse_malformed_values():
