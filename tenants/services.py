@@ -649,7 +649,10 @@ def _pool_refill_region(provider: str, region: str) -> PoolRefill:
                 refill.created += 1
                 continue
             refill.failed += 1
-            vector_database_deprovision(row.id)
+            try:
+                vector_database_deprovision(row.id)
+            except TRANSIENT_ERRORS:  # the provider is unreachable: the next refill removes the failed row
+                logger.warning("tenant pool %s/%s: could not remove failed row %s", provider, region, row.tenant_key)
             refill.stopped = made.last_error or "provisioning failed"
             if made.last_error == QUOTA_MESSAGE:
                 refill.stopped = "refill stopped: Neon refused another project (its project quota is reached)"
