@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import uuid
 
 import psycopg
@@ -14,6 +17,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
 
+from config.settings_paths import BASE_DIR
 from tenants import services
 from tenants.crypto import decrypt_credentials
 from tenants.models import User, VectorDatabase
@@ -253,15 +257,10 @@ def test_the_admin_lists_the_pool_without_credentials(pool_of, client, django_us
 
 
 def test_pool_settings_from_the_environment_refuse_malformed_values():
-    import subprocess
-    import sys
-
-    from config.settings_paths import BASE_DIR
-
     result = subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
         cwd=BASE_DIR,
-        env={**__import__("os").environ, "DJANGO_SETTINGS_MODULE": "config.settings",
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings",
              "TENANT_WARM_POOL_REGION_SIZES": '{"eu": -1}'},
         capture_output=True,
         text=True,
