@@ -1,7 +1,8 @@
 """`make run`: the whole app on this machine with its embedded defaults, stopped cleanly by Ctrl-C.
 
 Starts (or reuses) the embedded PostgreSQL and a Redis, applies migrations, then runs the ASGI web server and a
-Celery worker as child processes.
+Celery worker as child processes. The worker runs Celery beat too, which keeps the warm pool of tenant databases
+filled (`TENANT_WARM_POOL_REFILL_SECONDS`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from config.settings_paths import BASE_DIR, data_root_from_environment
 from config.web_server import web_server_command
@@ -25,9 +27,11 @@ def ingest_worker_command(python: str) -> list[str]:
     return _worker_command(python, os.environ.get("CELERY_QUEUE") or "silo", 2, "ingest")  # settings' default queue
 
 
-def provisioning_worker_command(python: str) -> list[str]:
-    # settings.CELERY_PROVISIONING_QUEUE: a worker of its own, so ingest never keeps a sign-up waiting
-    return _worker_command(python, f"{os.environ.get('CELERY_QUEUE') or 'silo'}-provisioning", 1, "provisioning")
+def provisioning_worker_command(python: str, beat_schedule: Path) -> list[str]:
+    # settings.CELERY_PROVISIONING_QUEUE: a worker of its own, so ingest never keeps a sign-up waiting. Beat runs inside
+    # it (the warm pool's refill is a provisioning task); its schedule file lives with the rest of the data.
+    queue = f"{os.environ.get('CELERY_QUEUE') or 'silo'}-provisioning"
+    return [*_worker_command(python, queue, 1, "provisioning"), "--beat", "--schedule", str(beat_schedule)]
 
 
 def main() -> int:
@@ -48,12 +52,13 @@ def main() -> int:
     python = sys.executable
 
     children: list[subprocess.Popen] = []
+    initial_fill: list[subprocess.Popen] = []  # a one-off: its exit stops nothing
 
     def shut_down(*_args) -> None:
-        for child in children:
+        for child in children + initial_fill:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        for child in children:
+        for child in children + initial_fill:
             try:
                 child.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -73,13 +78,21 @@ def main() -> int:
             )
         )
         # Provisioning has a worker of its own, so a queue full of ingest never keeps a sign-up waiting.
-        children.append(subprocess.Popen(provisioning_worker_command(python), cwd=BASE_DIR, env=environment))
+        children.append(
+            subprocess.Popen(
+                provisioning_worker_command(python, data_root / "celerybeat-schedule"), cwd=BASE_DIR, env=environment
+            )
+        )
         children.append(
             subprocess.Popen(
                 web_server_command(host, port),
                 cwd=BASE_DIR,
                 env=environment,
             )
+        )
+        # The warm pool is filled once now (beat's first refill comes one interval later), beside the others.
+        initial_fill.append(
+            subprocess.Popen([python, "manage.py", "tenants", "pool", "fill"], cwd=BASE_DIR, env=environment)
         )
         print(f"\n  Silo is running at http://{host}:{port}/  (Ctrl-C stops everything)\n", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

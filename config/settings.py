@@ -182,6 +182,33 @@ NEON_RETRY_MAX_DELAY_SECONDS = env_float("NEON_RETRY_MAX_DELAY_SECONDS", 30.0, m
 NEON_POLL_INTERVAL_SECONDS = env_float("NEON_POLL_INTERVAL_SECONDS", 2.0, minimum=0.01)
 if TENANT_PROVIDER == "neon" and not NEON_API_KEY:
     raise ImproperEnvironment("TENANT_PROVIDER=neon needs NEON_API_KEY")
+# The plan's project limit, if known (0: unknown; then the pool refill stops only when Neon refuses a project).
+NEON_PROJECTS_LIMIT = env_int("NEON_PROJECTS_LIMIT", 0, minimum=0)
+
+# The warm pool: per region of the provider, databases created, migrated and checked ahead of sign-up (0: no pool).
+TENANT_WARM_POOL_SIZE = env_int("TENANT_WARM_POOL_SIZE", 3, minimum=0)
+
+
+def _warm_pool_region_sizes() -> dict[str, int]:
+    raw = env_str("TENANT_WARM_POOL_REGION_SIZES")
+    if not raw:
+        return {}
+    try:
+        sizes = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ImproperEnvironment(f"TENANT_WARM_POOL_REGION_SIZES is not valid JSON: {error}") from None
+    if not isinstance(sizes, dict) or not all(
+        isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in sizes.values()
+    ):
+        raise ImproperEnvironment('TENANT_WARM_POOL_REGION_SIZES must be an object like {"eu": 5, "us": 0}')
+    return sizes
+
+
+TENANT_WARM_POOL_REGION_SIZES = _warm_pool_region_sizes()
+# How often the worker (Celery beat) tops the pool up, besides after every claim.
+TENANT_WARM_POOL_REFILL_SECONDS = env_int("TENANT_WARM_POOL_REFILL_SECONDS", 60, minimum=5)
+# Projects kept free under NEON_PROJECTS_LIMIT for sign-ups that find the pool empty.
+TENANT_WARM_POOL_QUOTA_HEADROOM = env_int("TENANT_WARM_POOL_QUOTA_HEADROOM", 5, minimum=0)
 
 # Fernet keys for tenant credentials at rest; the first encrypts, all decrypt (rotation).
 _credential_keys = env_list("SILO_CREDENTIALS_KEYS")
@@ -309,6 +336,13 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "silo")
 # worker must not keep a new account's database pending.
 CELERY_PROVISIONING_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}-provisioning"
 CELERY_TASK_ROUTES = {"tenants.tasks.*": {"queue": CELERY_PROVISIONING_QUEUE}}
+# Celery beat (`make run` runs it inside the worker, docker-compose as a service of its own).
+CELERY_BEAT_SCHEDULE = {
+    "refill-tenant-warm-pool": {
+        "task": "tenants.tasks.refill_tenant_pool",
+        "schedule": float(TENANT_WARM_POOL_REFILL_SECONDS),
+    },
+}
 
 CACHE_KEY_PREFIX_FOR_SLOTS = env_str("CACHE_KEY_PREFIX", "silo")
 CACHES = {

@@ -20,9 +20,13 @@ class UserAdmin(BaseUserAdmin):
 
 @admin.register(VectorDatabase)
 class VectorDatabaseAdmin(admin.ModelAdmin):
-    """Read-only view of the registry. Credentials are never shown; lifecycle changes go through `manage.py tenants`."""
+    """Read-only view of the registry, warm pool included (status `pooled`, no tenant; `claimed at` on databases taken
+    from it). Credentials are never shown; lifecycle changes go through `manage.py tenants` (`tenants pool ...`)."""
 
-    list_display = ["tenant", "provider", "region", "status", "schema_version", "embedding_model", "updated_at"]
+    list_display = [
+        "tenant", "tenant_key", "provider", "region", "status", "schema_version", "embedding_model", "claimed_at",
+        "updated_at",
+    ]  # fmt: skip
     list_filter = ["provider", "region", "status"]
     search_fields = ["tenant__email", "tenant_key", "external_id"]
     exclude = ["encrypted_credentials"]

@@ -75,6 +75,8 @@ class VectorDatabase(models.Model):
         FAILED = "failed"
         DELETING = "deleting"
         DELETED = "deleted"
+        # A warm-pool database: created, migrated and checked, owned by no tenant yet, waiting to be claimed.
+        POOLED = "pooled"
 
     tenant = models.OneToOneField(
         User, null=True, blank=True, on_delete=models.SET_NULL, related_name="vector_database"
@@ -96,10 +98,22 @@ class VectorDatabase(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     ready_at = models.DateTimeField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
+    # Taken from the warm pool: when, and whether its credentials (made before its owner existed) still need
+    # rotating. Until they are rotated the row is not ready, so nothing connects with the pool's password.
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    rotation_pending = models.BooleanField(default=False)
 
     class Meta:
         db_table = "vector_databases"
-        indexes = [models.Index(name="vector_databases_status", fields=["status"])]
+        indexes = [
+            models.Index(name="vector_databases_status", fields=["status"]),
+            # The claim's look-up: pooled rows of one provider and region.
+            models.Index(
+                name="vector_databases_pool",
+                fields=["provider", "region", "schema_version"],
+                condition=models.Q(status="pooled"),
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.provider}:{self.external_id or self.tenant_key} ({self.status})"
@@ -111,6 +125,11 @@ class VectorDatabase(models.Model):
     @property
     def is_busy(self) -> bool:
         return self.status in {self.Status.PENDING, self.Status.PROVISIONING, self.Status.DELETING}
+
+    @property
+    def is_pool_member(self) -> bool:
+        """Made for the warm pool and not claimed yet (pooled, or still being made or erased for it)."""
+        return self.tenant_id is None and self.claimed_at is None and self.status != self.Status.DELETED
 
 
 class AuthenticatedHttpRequest(HttpRequest):

@@ -34,6 +34,7 @@ def vector_database_status_payload(vector_database: VectorDatabase | None) -> di
         Status.FAILED: "Failed",
         Status.DELETING: "Deleting",
         Status.DELETED: "Deleted",
+        Status.POOLED: "Pooled",
     }
     return {
         "status": vector_database.status,
@@ -76,6 +77,7 @@ def vector_database_summary(vector_database: VectorDatabase, with_size: bool = F
         "embedding_model": vector_database.embedding_model,
         "embedding_dimensions": vector_database.embedding_dimensions,
         "last_error": vector_database.last_error,
+        "claimed_at": vector_database.claimed_at,
     }
     if with_size:
         summary["size_bytes"] = vector_database_size_bytes(vector_database)

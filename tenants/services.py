@@ -6,23 +6,36 @@ Views, Celery tasks and the `tenants` command all call these functions; signals 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psycopg
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
 from config.celery import enqueue
 from tenants.crypto import decrypt_credentials, encrypt_credentials
 from tenants.models import User, VectorDatabase
-from tenants.provisioners import ProvisionedDatabase, ProvisioningError, QuotaExceeded, get_provisioner
+from tenants.provisioners import (
+    DatabaseMissing,
+    ProvisionedDatabase,
+    ProvisioningError,
+    QuotaExceeded,
+    get_provisioner,
+)
 from vectordb.advisory_locks import advisory_lock
 from vectordb.connections import TenantTarget, get_registry
 from vectordb.fleet import FleetMember, FleetOutcome, fleet_migrate
-from vectordb.schema import BreakingMigrationRefused, schema_target, tenant_database_prepare
+from vectordb.schema import (
+    BreakingMigrationRefused,
+    latest_schema_version,
+    schema_target,
+    tenant_database_migrate,
+    tenant_database_prepare,
+)
 from vectordb.tenant_embedding_model import (
     EmbeddingModel,
     EmbeddingModelMismatch,
@@ -53,10 +66,16 @@ def _enqueue_provisioning(vector_database_id: int) -> None:
 
 
 def vector_database_request(tenant: User, region: str | None = None) -> VectorDatabase:
-    """Register the tenant's database and enqueue its provisioning (idempotent: one row per tenant)."""
+    """Give the tenant a database: claim one from the warm pool, else register a new one; either way enqueue the
+    provisioning task, which rotates a claimed database's credentials or creates a new one (idempotent: one row per
+    tenant)."""
+    region = region or _default_region()
+    if not VectorDatabase.objects.filter(tenant=tenant).exists():
+        claimed = vector_database_claim(tenant, region)
+        if claimed is not None:
+            return claimed
     vector_database, _created = VectorDatabase.objects.get_or_create(
-        tenant=tenant,
-        defaults={"provider": settings.TENANT_PROVIDER, "region": region or _default_region()},
+        tenant=tenant, defaults={"provider": settings.TENANT_PROVIDER, "region": region}
     )
     if vector_database.status == Status.PENDING:
         _enqueue_provisioning(vector_database.id)
@@ -90,8 +109,11 @@ def vector_database_provision(vector_database_id: int) -> VectorDatabase:
     """
     with _tenant_lifecycle_lock(vector_database_id):
         vector_database = VectorDatabase.objects.get(id=vector_database_id)
-        if vector_database.status in {Status.READY, Status.DELETING, Status.DELETED}:
+        if vector_database.status in {Status.READY, Status.POOLED, Status.DELETING, Status.DELETED}:
             return vector_database
+        if vector_database.rotation_pending:
+            return _claim_finish(vector_database)
+        pool_member = vector_database.is_pool_member
         vector_database.status = Status.PROVISIONING
         vector_database.attempts += 1  # under the tenant lock: no concurrent increment to lose
         vector_database.save(update_fields=["status", "attempts", "updated_at"])
@@ -101,6 +123,7 @@ def vector_database_provision(vector_database_id: int) -> VectorDatabase:
                 vector_database.tenant_key,
                 vector_database.region or None,
                 first_attempt=vector_database.attempts == 1 and not vector_database.external_id,
+                pooled=pool_member,
             )
             # Saved with the outcome, ready or failed, in one write. A worker that dies before then leaves a database
             # the registry has no id for: the next attempt finds it by name, and so does erasure (`locate`).
@@ -123,7 +146,8 @@ def vector_database_provision(vector_database_id: int) -> VectorDatabase:
             )
             _mark_failed(vector_database, USER_FACING_PROVISIONING_ERROR)
             raise ProvisioningFailed(str(error)) from error
-        vector_database.status = Status.READY
+        # A pool member waits, created, migrated and checked, for a claim; a tenant's database is theirs now.
+        vector_database.status = Status.POOLED if pool_member else Status.READY
         vector_database.schema_version = schema_version
         vector_database.embedding_model = settings.EMBEDDING_MODEL
         vector_database.embedding_dimensions = settings.EMBEDDING_DIMENSIONS
@@ -135,7 +159,9 @@ def vector_database_provision(vector_database_id: int) -> VectorDatabase:
                 *LOCATION_FIELDS, "updated_at",
             ]
         )  # fmt: skip
-        logger.info("tenant database %s ready on %s", vector_database.tenant_key, vector_database.server)
+        logger.info(
+            "tenant database %s %s on %s", vector_database.tenant_key, vector_database.status, vector_database.server
+        )
         return vector_database
 
 
@@ -223,15 +249,18 @@ class ReconcileReport:
     orphans: list[tuple[str, str]] = field(default_factory=list)  # (server, external_id) with no live registry row
     missing: list[str] = field(default_factory=list)  # tenant keys marked ready whose database is gone
     stuck: list[str] = field(default_factory=list)  # pending/provisioning for too long
+    pooled_missing: list[str] = field(default_factory=list)  # warm-pool rows whose database is gone
+    pooled_stuck: list[str] = field(default_factory=list)  # warm-pool rows being made (or failed) for too long
     fixed: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
-        return not (self.orphans or self.missing or self.stuck)
+        return not (self.orphans or self.missing or self.stuck or self.pooled_missing or self.pooled_stuck)
 
 
 def tenants_reconcile(apply: bool = False, stuck_after_seconds: int = 600) -> ReconcileReport:
-    """Compare the registry with what the provider really has; with `apply`, delete orphans and re-provision."""
+    """Compare the registry with what the provider really has; with `apply`, delete orphans and re-provision. Pool
+    rows whose database is gone, or that never became pooled, are dropped from the pool (the refill replaces them)."""
     provisioner = get_provisioner()
     existing = set(provisioner.list_databases())
     live_rows = VectorDatabase.objects.filter(provider=provisioner.name).exclude(status=Status.DELETED)
@@ -239,12 +268,13 @@ def tenants_reconcile(apply: bool = False, stuck_after_seconds: int = 600) -> Re
     report = ReconcileReport()
     report.orphans = sorted(existing - known)
     for row in live_rows:
-        if row.status == Status.READY and (row.server, row.external_id) not in existing:
-            report.missing.append(row.tenant_key)
-        elif (
-            row.status in {Status.PENDING, Status.PROVISIONING}
-            and (timezone.now() - row.updated_at).total_seconds() > stuck_after_seconds
-        ):
+        long_unchanged = (timezone.now() - row.updated_at).total_seconds() > stuck_after_seconds
+        if row.status in {Status.READY, Status.POOLED} and (row.server, row.external_id) not in existing:
+            (report.pooled_missing if row.status == Status.POOLED else report.missing).append(row.tenant_key)
+        elif row.is_pool_member and row.status in {Status.PENDING, Status.PROVISIONING, Status.FAILED}:
+            if long_unchanged:
+                report.pooled_stuck.append(row.tenant_key)
+        elif row.status in {Status.PENDING, Status.PROVISIONING} and long_unchanged:
             report.stuck.append(row.tenant_key)
     if apply:
         for server, external_id in report.orphans:
@@ -255,6 +285,14 @@ def tenants_reconcile(apply: bool = False, stuck_after_seconds: int = 600) -> Re
             VectorDatabase.objects.filter(id=row.id).update(status=Status.PENDING, updated_at=timezone.now())
             _enqueue_provisioning(row.id)
             report.fixed.append(f"re-provisioning {tenant_key}")
+        stuck_statuses = (Status.PENDING, Status.PROVISIONING, Status.FAILED)
+        for tenant_key, statuses in [(key, (Status.POOLED,)) for key in report.pooled_missing] + [
+            (key, stuck_statuses) for key in report.pooled_stuck
+        ]:
+            row = VectorDatabase.objects.get(tenant_key=tenant_key)
+            if _pool_row_take(row.id, statuses):  # still in the pool: a claim may have taken it since
+                vector_database_deprovision(row.id)
+                report.fixed.append(f"removed {tenant_key} from the pool")
     return report
 
 
@@ -288,13 +326,16 @@ def tenants_bound(apply: bool = False) -> BoundsReport:
 
 
 def fleet_members(tenant_email: str | None = None) -> list[FleetMember]:
-    """Every ready tenant database (or one tenant's), with credentials that may change its schema."""
-    rows = VectorDatabase.objects.filter(status=Status.READY).select_related("tenant").order_by("id")
+    """Every ready tenant database and every pooled one (or one tenant's), with credentials that may change its
+    schema: a pooled database is never handed out behind the latest schema."""
+    rows = (
+        VectorDatabase.objects.filter(status__in=[Status.READY, Status.POOLED]).select_related("tenant").order_by("id")
+    )
     if tenant_email:
         rows = rows.filter(tenant__email__iexact=tenant_email.strip())
     return [
         FleetMember(
-            label=row.tenant.email if row.tenant else row.tenant_key,
+            label=row.tenant.email if row.tenant else f"pool:{row.tenant_key}",
             target=schema_target(row.tenant_key, decrypt_credentials(row.encrypted_credentials)["migration_dsn"]),
         )
         for row in rows
@@ -381,3 +422,308 @@ def vector_database_embedding_model_switch(tenant: User) -> EmbeddingModelSwitch
         embedding_model=configured.name, embedding_dimensions=configured.dimensions, updated_at=timezone.now()
     )
     return EmbeddingModelSwitch(previous=previous, changed=changed, chunks_deleted=deleted)
+
+
+# --- the warm pool -------------------------------------------------------------------------------------------------
+# Databases made ahead of sign-up: ordinary registry rows in state `pooled`, owned by no tenant, at the latest schema
+# with the embedding model recorded. A sign-up claims one (`vector_database_claim`), the provisioning task rotates its
+# credentials and names it for its tenant (`_claim_finish`), the worker refills the pool (`tenant_pool_refill`).
+
+
+def _bind_to_owner(vector_database: VectorDatabase, owner: User) -> list[str]:
+    """The one place a pooled row gets its owner; returns the fields to save."""
+    vector_database.tenant = owner
+    return ["tenant"]
+
+
+def _pool_rows(provider: str, region: str):
+    """The pool's rows of one provider and region: pooled, or being made for the pool."""
+    return VectorDatabase.objects.filter(
+        provider=provider, region=region, tenant__isnull=True, claimed_at__isnull=True
+    ).exclude(status=Status.DELETED)
+
+
+def _claimable(provider: str, region: str):
+    """Pooled rows a claim may take: at the latest schema and holding the configured embedding model."""
+    return _pool_rows(provider, region).filter(
+        status=Status.POOLED,
+        schema_version=latest_schema_version(),
+        embedding_model=settings.EMBEDDING_MODEL,
+        embedding_dimensions=settings.EMBEDDING_DIMENSIONS,
+    )
+
+
+def vector_database_claim(tenant: User, region: str) -> VectorDatabase | None:
+    """Take a pooled database for the tenant in one transaction (`SKIP LOCKED`: two sign-ups never wait for, nor
+    take, the same row), and enqueue the task that rotates its credentials; then a refill. None when the region's
+    pool has nothing to give (or the claim failed): the caller falls back to creating a database."""
+    provider = settings.TENANT_PROVIDER
+    try:
+        with transaction.atomic():
+            row = _claimable(provider, region).select_for_update(skip_locked=True).order_by("id").first()
+            if row is None:
+                return None
+            # Not ready until its credentials are rotated: nothing may connect with the pool's password.
+            row.status = Status.PENDING
+            row.rotation_pending = True
+            row.claimed_at = timezone.now()
+            row.save(update_fields=[*_bind_to_owner(row, tenant), "status", "rotation_pending", "claimed_at",
+                                    "updated_at"])  # fmt: skip
+    except IntegrityError:  # the tenant got a database meanwhile (a concurrent request): that one stands
+        return None
+    except DatabaseError:
+        logger.exception("claiming a pooled database in %s failed; creating one instead", region)
+        return None
+    _enqueue_provisioning(row.id)
+    transaction.on_commit(lambda: enqueue("tenants.tasks.refill_tenant_pool", region))
+    logger.info("tenant database %s claimed from the %s pool", row.tenant_key, region)
+    return row
+
+
+def _claim_finish(vector_database: VectorDatabase) -> VectorDatabase:
+    """A claimed database's credentials were made before its owner existed: a new password (the old one stops
+    working, its sessions end) and a name for its tenant, then ready. Called under the tenant's lifecycle lock; a
+    retry after a crash finishes it. A database gone from its server is dropped from the registry and the tenant
+    gets another (claimed or created)."""
+    get_registry().close_tenant(vector_database.tenant_key)  # no connection made with the pool's password stays
+    provisioner = get_provisioner(vector_database.provider)
+    try:
+        placed = provisioner.credentials_rotate(
+            vector_database.external_id, vector_database.server, vector_database.tenant_key
+        )
+    except DatabaseMissing:
+        logger.error("claimed pooled database %s is missing on its server; replacing it", vector_database.tenant_key)
+        return _claim_replace(vector_database)
+    except TRANSIENT_ERRORS as error:
+        logger.warning(
+            "rotating claimed tenant database %s failed: %s", vector_database.tenant_key, type(error).__name__
+        )
+        raise ProvisioningFailed(str(error)) from error
+    _set_location(vector_database, placed)
+    vector_database.status = Status.READY
+    vector_database.rotation_pending = False
+    vector_database.last_error = ""
+    vector_database.ready_at = timezone.now()
+    vector_database.save(
+        update_fields=["status", "rotation_pending", "last_error", "ready_at", *LOCATION_FIELDS, "updated_at"]
+    )
+    logger.info("claimed tenant database %s ready on %s", vector_database.tenant_key, vector_database.server)
+    return vector_database
+
+
+def _claim_replace(vector_database: VectorDatabase) -> VectorDatabase:
+    """The claimed database is gone: record that, free the tenant, and provision another for them now."""
+    tenant, region = vector_database.tenant, vector_database.region
+    VectorDatabase.objects.filter(id=vector_database.id).update(
+        status=Status.DELETED,
+        tenant=None,
+        rotation_pending=False,
+        encrypted_credentials="",
+        last_error="missing on its server when claimed",
+        deleted_at=timezone.now(),
+        updated_at=timezone.now(),
+    )
+    if tenant is None:
+        vector_database.refresh_from_db()
+        return vector_database
+    replacement = vector_database_request(tenant, region)
+    return vector_database_provision(replacement.id)
+
+
+def tenant_pool_target(region: str) -> int:
+    """How many pooled databases the region should hold (TENANT_WARM_POOL_SIZE, or its entry in
+    TENANT_WARM_POOL_REGION_SIZES; 0: no pool)."""
+    return settings.TENANT_WARM_POOL_REGION_SIZES.get(region, settings.TENANT_WARM_POOL_SIZE)
+
+
+def tenant_pool_regions() -> list[str]:
+    """The regions of the configured provider that may have a pool."""
+    regions = {_default_region(), *settings.TENANT_WARM_POOL_REGION_SIZES}
+    if settings.TENANT_PROVIDER == "postgres":
+        regions |= {server["region"] for server in settings.TENANT_POSTGRES_SERVERS}
+    return sorted(regions)
+
+
+@dataclass
+class PoolState:
+    provider: str
+    region: str
+    target: int
+    pooled: int  # claimable now
+    filling: int  # being made for the pool
+    stale: int  # pooled but behind the latest schema or on another embedding model: not claimable
+    quota_note: str = ""  # why the provider's quota keeps the pool below its target, if it does
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def tenant_pool_status() -> list[PoolState]:
+    """Per region of the configured provider: the target, what is claimable, being made, or stale."""
+    provider = settings.TENANT_PROVIDER
+    states = []
+    for region in tenant_pool_regions():
+        rows = _pool_rows(provider, region)
+        pooled = _claimable(provider, region).count()
+        states.append(
+            PoolState(
+                provider=provider,
+                region=region,
+                target=tenant_pool_target(region),
+                pooled=pooled,
+                filling=rows.filter(status__in=[Status.PENDING, Status.PROVISIONING]).count(),
+                stale=rows.filter(status=Status.POOLED).count() - pooled,
+                quota_note=_quota_note(provider, tenant_pool_target(region)),
+            )
+        )
+    return states
+
+
+def _quota_room(provider: str) -> int | None:
+    """How many more databases the pool may make before reaching the provider's quota less the headroom kept for
+    sign-ups that find the pool empty; None: no known quota. Neon counts pooled projects against its limit."""
+    if provider != "neon" or not settings.NEON_PROJECTS_LIMIT:
+        return None
+    in_use = VectorDatabase.objects.filter(provider="neon").exclude(status=Status.DELETED).count()
+    return max(0, settings.NEON_PROJECTS_LIMIT - settings.TENANT_WARM_POOL_QUOTA_HEADROOM - in_use)
+
+
+def _quota_note(provider: str, wanted: int) -> str:
+    room = _quota_room(provider)
+    if room is None or room >= wanted:
+        return ""
+    return (
+        f"refill stopped by Neon's project quota: NEON_PROJECTS_LIMIT={settings.NEON_PROJECTS_LIMIT} with "
+        f"{settings.TENANT_WARM_POOL_QUOTA_HEADROOM} kept free for sign-ups; raise the plan's limit or shrink the pool"
+    )
+
+
+@dataclass
+class PoolRefill:
+    provider: str
+    region: str
+    target: int
+    created: int = 0
+    migrated: int = 0
+    removed: int = 0  # failed, stale beyond repair, or over the target
+    failed: int = 0
+    seconds: float = 0.0
+    stopped: str = ""  # why it made fewer than the target asked for
+    skipped: bool = False  # another process was refilling this pool
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def tenant_pool_refill(region: str | None = None) -> list[PoolRefill]:
+    """Bring the pool of one region (or of every region) to its target, in this process: remove pool rows that
+    failed, migrate pooled databases behind the latest schema, then make new ones one after another. Never makes
+    more than the provider's quota allows (less the headroom). One refill per pool at a time; another finds it busy
+    and returns at once."""
+    provider = settings.TENANT_PROVIDER
+    return [_pool_refill_region(provider, name) for name in ([region] if region else tenant_pool_regions())]
+
+
+def _pool_refill_region(provider: str, region: str) -> PoolRefill:
+    refill = PoolRefill(provider=provider, region=region, target=tenant_pool_target(region))
+    started = time.perf_counter()
+    with advisory_lock(f"tenant-pool:{provider}:{region}", wait=False) as acquired:
+        if not acquired:
+            refill.skipped = True
+            return refill
+        _pool_tidy(provider, region, refill)
+        count = _pool_rows(provider, region).count()
+        wanted = max(0, refill.target - count)
+        room = _quota_room(provider)
+        if room is not None and room < wanted:
+            wanted = room
+            refill.stopped = _quota_note(provider, refill.target - count)
+            logger.warning("tenant pool %s/%s: %s", provider, region, refill.stopped)
+        for _ in range(wanted):
+            row = VectorDatabase.objects.create(provider=provider, region=region)
+            try:
+                made = vector_database_provision(row.id)
+            except ProvisioningFailed:
+                made = VectorDatabase.objects.get(id=row.id)
+            if made.status == Status.POOLED:
+                refill.created += 1
+                continue
+            refill.failed += 1
+            try:
+                vector_database_deprovision(row.id)
+            except TRANSIENT_ERRORS:  # the provider is unreachable: the next refill removes the failed row
+                logger.warning("tenant pool %s/%s: could not remove failed row %s", provider, region, row.tenant_key)
+            refill.stopped = made.last_error or "provisioning failed"
+            if made.last_error == QUOTA_MESSAGE:
+                refill.stopped = "refill stopped: Neon refused another project (its project quota is reached)"
+            logger.warning("tenant pool %s/%s: %s", provider, region, refill.stopped)
+            break
+    refill.seconds = time.perf_counter() - started
+    return refill
+
+
+def _pool_tidy(provider: str, region: str, refill: PoolRefill) -> None:
+    """Before refilling: failed pool rows go; pooled databases behind the latest schema are migrated (those on
+    another embedding model, or whose migration is refused, go); a pool above its target shrinks."""
+    rows = _pool_rows(provider, region)
+    for row in rows.filter(status=Status.FAILED):
+        if _pool_row_take(row.id, (Status.FAILED,)):
+            vector_database_deprovision(row.id)
+            refill.removed += 1
+    latest = latest_schema_version()
+    for row in rows.filter(status=Status.POOLED).exclude(schema_version=latest):
+        try:
+            migrated = tenant_database_migrate(
+                schema_target(row.tenant_key, decrypt_credentials(row.encrypted_credentials)["migration_dsn"])
+            )
+        except (BreakingMigrationRefused, *TRANSIENT_ERRORS):
+            if _pool_row_take(row.id):  # unless a claim took it meanwhile (its rotation ends our session)
+                logger.warning("pooled database %s could not be migrated; removing it", row.tenant_key)
+                vector_database_deprovision(row.id)
+                refill.removed += 1
+            continue
+        # Only while still pooled: a claim may have taken it meanwhile (the fleet migration records claimed rows).
+        VectorDatabase.objects.filter(id=row.id, status=Status.POOLED).update(
+            schema_version=migrated.schema_version, updated_at=timezone.now()
+        )
+        refill.migrated += 1
+    other_model = rows.filter(status=Status.POOLED).exclude(
+        embedding_model=settings.EMBEDDING_MODEL, embedding_dimensions=settings.EMBEDDING_DIMENSIONS
+    )
+    surplus = max(0, rows.count() - refill.target)
+    doomed = list(other_model) + list(rows.filter(status=Status.POOLED).order_by("-id")[:surplus])
+    for row in {row.id: row for row in doomed}.values():
+        if _pool_row_take(row.id):
+            vector_database_deprovision(row.id)
+            refill.removed += 1
+
+
+def _pool_row_take(vector_database_id: int, statuses: tuple[str, ...] = (Status.POOLED,)) -> bool:
+    """Take a pool row (in one of `statuses`) out of the pool for erasure, unless a claim has it (the claim's lock
+    or its result): erasure never reaches a database a tenant has claimed meanwhile."""
+    with transaction.atomic():
+        row = (
+            VectorDatabase.objects.select_for_update(skip_locked=True)
+            .filter(id=vector_database_id, status__in=statuses, tenant__isnull=True, claimed_at__isnull=True)
+            .first()
+        )
+        if row is None:
+            return False
+        VectorDatabase.objects.filter(id=row.id).update(status=Status.DELETING, updated_at=timezone.now())
+        return True
+
+
+def tenant_pool_drain(region: str | None = None) -> int:
+    """Erase every pooled database of the configured provider (of one region, or all); rows being made are left to
+    finish (a later drain or reconcile takes them). Returns how many were erased."""
+    rows = VectorDatabase.objects.filter(
+        provider=settings.TENANT_PROVIDER, status=Status.POOLED, tenant__isnull=True, claimed_at__isnull=True
+    )
+    if region:
+        rows = rows.filter(region=region)
+    drained = 0
+    for vector_database_id in list(rows.values_list("id", flat=True)):
+        if _pool_row_take(vector_database_id):
+            vector_database_deprovision(vector_database_id)
+            drained += 1
+    return drained

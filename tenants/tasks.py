@@ -17,3 +17,9 @@ def provision_vector_database(vector_database_id: int) -> str:
 @shared_task(autoretry_for=(services.ProvisioningError,), retry_backoff=10, max_retries=10)
 def erase_tenant(tenant_id: int) -> bool:
     return services.tenant_erase(tenant_id)
+
+
+@shared_task(ignore_result=True)
+def refill_tenant_pool(region: str | None = None) -> list[dict]:
+    """After each claim, and periodically (Celery beat): bring the warm pool back to its target."""
+    return [refill.as_dict() for refill in services.tenant_pool_refill(region)]

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from django.conf import settings
 
-from tenants.provisioners.base import ProvisionedDatabase, Provisioner, ProvisioningError, QuotaExceeded
+from tenants.provisioners.base import (
+    DatabaseMissing,
+    ProvisionedDatabase,
+    Provisioner,
+    ProvisioningError,
+    QuotaExceeded,
+)
 
 
 def get_provisioner(name: str | None = None) -> Provisioner:
@@ -20,4 +26,11 @@ def get_provisioner(name: str | None = None) -> Provisioner:
     raise ValueError(f"unknown tenant database provider {name!r}")
 
 
-__all__ = ["ProvisionedDatabase", "Provisioner", "ProvisioningError", "QuotaExceeded", "get_provisioner"]
+__all__ = [
+    "DatabaseMissing",
+    "ProvisionedDatabase",
+    "Provisioner",
+    "ProvisioningError",
+    "QuotaExceeded",
+    "get_provisioner",
+]

@@ -10,6 +10,10 @@ class ProvisioningError(Exception):
     """The provider could not finish; safe to retry later (the call is idempotent)."""
 
 
+class DatabaseMissing(ProvisioningError):
+    """The database (or Neon project) the registry points at is not on its server any more."""
+
+
 class QuotaExceeded(ProvisioningError):
     """The provider refuses to create more databases (e.g. Neon's PROJECTS_LIMIT_EXCEEDED). Retrying will not help."""
 
@@ -32,10 +36,17 @@ class ProvisionedDatabase:
 class Provisioner(Protocol):
     name: str
 
-    def create(self, tenant_key: str, region: str | None = None, *, first_attempt: bool = False) -> ProvisionedDatabase:
+    def create(
+        self, tenant_key: str, region: str | None = None, *, first_attempt: bool = False, pooled: bool = False
+    ) -> ProvisionedDatabase:
         """Create the tenant's database, or find the one a previous attempt created; pgvector installed or installable
         by the database's owner (the tenant schema's first migration installs it). `first_attempt`: no earlier
-        attempt for this tenant key can have created anything, so a provider may skip looking for it."""
+        attempt for this tenant key can have created anything, so a provider may skip looking for it. `pooled`: for
+        the warm pool, named as such until a claim names it for its tenant."""
+
+    def credentials_rotate(self, external_id: str, server: str, tenant_key: str) -> ProvisionedDatabase:
+        """After a claim from the warm pool: a new password (the old one stops working and its sessions end) and
+        the database named for its tenant. Idempotent; raises DatabaseMissing when the database is gone."""
 
     def locate(self, tenant_key: str) -> tuple[str, str] | None:
         """(server, external_id) of the database an attempt for this tenant key made, if there is one: for erasing a

@@ -22,13 +22,15 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
 
-from tenants.provisioners.base import ProvisionedDatabase, ProvisioningError, QuotaExceeded
+from tenants.provisioners.base import DatabaseMissing, ProvisionedDatabase, ProvisioningError, QuotaExceeded
 from vectordb.dsn import Dsn
 
 logger = logging.getLogger(__name__)
 
 SERVER_NAME = "neon"
 PROJECT_NAME_PREFIX = "silo-"
+# A warm-pool project until a claim names it for its tenant (`silo-<key>`); both start with PROJECT_NAME_PREFIX.
+POOL_PROJECT_NAME_PREFIX = "silo-pool-"
 # Asked for explicitly at creation, so a project found by search needs no extra look-up of its names.
 BRANCH_NAME = "main"
 DATABASE_NAME = "neondb"
@@ -111,14 +113,16 @@ class NeonProvisioner:
 
     # --- the Provisioner interface -----------------------------------------------------------------------------------
 
-    def create(self, tenant_key: str, region: str | None = None, *, first_attempt: bool = False) -> ProvisionedDatabase:
+    def create(
+        self, tenant_key: str, region: str | None = None, *, first_attempt: bool = False, pooled: bool = False
+    ) -> ProvisionedDatabase:
         """The tenant's project, created or found again, with its operations finished. pgvector comes with the
         schema: `tenant_database_prepare` installs it in the same transaction as the migration.
 
         `first_attempt`: no earlier attempt for this tenant key exists (keys are random and never reused), so no
         project can carry its name yet and the search before the first POST is skipped.
         """
-        project_name = PROJECT_NAME_PREFIX + tenant_key
+        project_name = (POOL_PROJECT_NAME_PREFIX if pooled else PROJECT_NAME_PREFIX) + tenant_key
         client = self._client()
         project, created = self._find_or_create_project(
             client, project_name, region or self.region, search_first=not first_attempt
@@ -134,8 +138,34 @@ class NeonProvisioner:
         return database
 
     def locate(self, tenant_key: str) -> tuple[str, str] | None:
-        project = self._find_project(self._client(), PROJECT_NAME_PREFIX + tenant_key)
+        names = {PROJECT_NAME_PREFIX + tenant_key, POOL_PROJECT_NAME_PREFIX + tenant_key}
+        project = self._find_project(self._client(), tenant_key, names=names)
         return (SERVER_NAME, project["id"]) if project else None
+
+    def credentials_rotate(self, external_id: str, server: str, tenant_key: str) -> ProvisionedDatabase:
+        """Name the project for its tenant, reset the owner role's password and wait for the reset to finish: until
+        then Neon keeps the old password valid, after it the old one fails and open connections are dropped."""
+        client = self._client()
+        path = f"/projects/{external_id}"
+        rename = {"project": {"name": PROJECT_NAME_PREFIX + tenant_key}}
+        # Renaming schedules no operation, so it goes first, and says whether the project is there. A reset that an
+        # interrupted attempt started locks the project (423) until its operation finishes: wait, then rename.
+        renamed = self._send(client, "PATCH", path, json=rename)
+        if renamed.status_code == 423:
+            self._wait_for_operations(client, external_id, accept_not_found=True)
+        if renamed.status_code >= 400 and renamed.status_code != 404:
+            renamed = self._request(client, "PATCH", path, json=rename, accept_not_found=True)
+        if renamed.status_code == 404:
+            raise DatabaseMissing(f"Neon project {external_id} does not exist")
+        listed = self._request(client, "GET", f"{path}/branches").json().get("branches", [])
+        branch = next((b for b in listed if b.get("name") == BRANCH_NAME), None) or next(
+            (b for b in listed if b.get("default")), None
+        )
+        if branch is None:
+            raise ProvisioningError(f"Neon project {external_id} has no {BRANCH_NAME} branch")
+        reset = self._request(client, "POST", f"{path}/branches/{branch['id']}/roles/{ROLE_NAME}/reset_password").json()
+        self._wait_for_operations(client, external_id, started=reset.get("operations", []))
+        return self._connection_details(client, renamed.json()["project"])
 
     def delete(self, external_id: str, server: str = SERVER_NAME) -> None:
         client = self._client()
@@ -192,10 +222,11 @@ class NeonProvisioner:
         assert not isinstance(found, httpx.Response)  # _retrying raises once the attempts are spent
         return found
 
-    def _find_project(self, client: httpx.Client, project_name: str) -> dict | None:
+    def _find_project(self, client: httpx.Client, project_name: str, *, names: set[str] | None = None) -> dict | None:
+        """The project named `project_name` (or any of `names`, searching for `project_name`)."""
         # `search` matches parts of names and ids, so keep only the exact name.
         projects = self._list_projects(client, search=project_name)
-        matches = [project for project in projects if project.get("name") == project_name]
+        matches = [project for project in projects if project.get("name") in (names or {project_name})]
         if len(matches) > 1:
             logger.warning("%d Neon projects are named %s; using the oldest", len(matches), project_name)
         return min(matches, key=lambda project: (project.get("created_at", ""), project["id"])) if matches else None

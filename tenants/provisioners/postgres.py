@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import secrets
 import threading
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from psycopg import sql
 
-from tenants.provisioners.base import ProvisionedDatabase, ProvisioningError
+from tenants.provisioners.base import DatabaseMissing, ProvisionedDatabase, ProvisioningError
 from vectordb.advisory_locks import advisory_lock
 from vectordb.dsn import Dsn
 from vectordb.schema import schema_target, tenant_database_migrate
@@ -82,6 +83,10 @@ class PostgresProvisioner:
         self.servers = {server.name: server for server in servers}
         self._templates_ready: set[str] = set()
         self._template_lock = threading.Lock()
+        # Per server, one administrator connection kept open for claims from the warm pool (a new one costs a
+        # backend start and a SCRAM login, more than the rest of the claim); a forked worker opens its own.
+        self._kept_admins: dict[str, tuple[int, psycopg.Connection]] = {}
+        self._kept_admins_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls) -> PostgresProvisioner:
@@ -260,8 +265,11 @@ class PostgresProvisioner:
 
     # --- the provider interface --------------------------------------------------------------------------------------
 
-    def create(self, tenant_key: str, region: str | None = None, *, first_attempt: bool = False) -> ProvisionedDatabase:
-        # `first_attempt` changes nothing here: looking for the database by name is part of placing it anyway.
+    def create(
+        self, tenant_key: str, region: str | None = None, *, first_attempt: bool = False, pooled: bool = False
+    ) -> ProvisionedDatabase:
+        # `first_attempt` changes nothing here: looking for the database by name is part of placing it anyway. Nor
+        # does `pooled`: the name comes from the registry row's tenant key, which a claim keeps.
         database = database_name(tenant_key)
         role = database
         with self._locate(database, region) as (server, admin):
@@ -339,12 +347,61 @@ class PostgresProvisioner:
         administered = self._server(server)
         with self._admin(administered) as admin:
             if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [external_id]).fetchone():
-                raise ProvisioningError(f"tenant database {external_id} does not exist on {server}")
+                raise DatabaseMissing(f"tenant database {external_id} does not exist on {server}")
             password = self._set_login(admin, external_id)
         dsn = administered.url_for(external_id, external_id, password)
         return ProvisionedDatabase(
             external_id=external_id, region=administered.region, server=server, dsn=dsn, migration_dsn=dsn
         )
+
+    def credentials_rotate(self, external_id: str, server: str, tenant_key: str) -> ProvisionedDatabase:
+        # Already named for its tenant: database and role are named after the registry row's key, which the claim
+        # keeps. Sessions opened with the pool's password (its checks) end with it.
+        administered = self._server(server)
+        password = secrets.token_urlsafe(32)
+        for attempt in (1, 2):  # a kept connection the server has closed meanwhile fails once: then a new one
+            try:
+                with self._kept_admin(administered) as admin:
+                    if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [external_id]).fetchone():
+                        raise DatabaseMissing(f"tenant database {external_id} does not exist on {server}")
+                    # One simple query, one round trip: the new password, then the old one's sessions end.
+                    admin.execute(
+                        sql.SQL(
+                            "ALTER ROLE {} WITH PASSWORD {}; "
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {}"
+                        ).format(sql.Identifier(external_id), sql.Literal(password), sql.Literal(external_id))
+                    )
+                break
+            except psycopg.OperationalError as error:
+                if attempt == 2:
+                    raise ProvisioningError(f"PostgreSQL server {server!r}: {error.sqlstate or 'offline'}") from None
+        dsn = administered.url_for(external_id, external_id, password)
+        return ProvisionedDatabase(
+            external_id=external_id, region=administered.region, server=server, dsn=dsn, migration_dsn=dsn
+        )
+
+    @contextlib.contextmanager
+    def _kept_admin(self, server: AdministeredServer):
+        """This process's kept administrator connection to `server`, one user at a time; reopened after an error."""
+        with self._kept_admins_lock:
+            pid, connection = self._kept_admins.pop(server.name, (0, None))
+        if connection is None or pid != os.getpid() or connection.closed:
+            try:
+                connection = psycopg.connect(server.url_for("postgres"), autocommit=True, connect_timeout=10)
+            except psycopg.OperationalError as error:
+                raise ProvisioningError(
+                    f"cannot reach PostgreSQL server {server.name!r}: {error.sqlstate or 'offline'}"
+                ) from None
+        try:
+            yield connection
+        except psycopg.OperationalError:
+            connection.close()  # broken: the next claim opens another
+            raise
+        with self._kept_admins_lock:
+            if server.name in self._kept_admins:  # another thread kept one meanwhile: one is enough
+                connection.close()
+            else:
+                self._kept_admins[server.name] = (os.getpid(), connection)
 
     def list_databases(self) -> list[tuple[str, str]]:
         """(server, external_id) of every tenant database that exists, for reconciliation."""

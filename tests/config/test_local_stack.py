@@ -73,6 +73,9 @@ def test_make_run_starts_the_whole_stack_and_ctrl_c_stops_it(tmp_path):
         if key not in {"SILO_MAIN_DATABASE", "SILO_TEST_DATABASE", "DATABASE_URL"}
     }
     environment.update(SILO_DATA_DIR=str(tmp_path / "data"), SILO_PORT=str(port), SILO_EMBEDDED_FAST="true")
+    # A queue of its own: the session's test worker must not take this stack's tasks (a pool refill) into the tests'
+    # database.
+    environment["CELERY_QUEUE"] = f"silo-run-{os.getpid()}-{port}"
     log = (tmp_path / "run.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "config.run_local"], cwd=BASE_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT
@@ -97,6 +100,12 @@ def test_make_run_starts_the_whole_stack_and_ctrl_c_stops_it(tmp_path):
         assert "Sign up" in signup.text
         assert f"Silo is running at http://127.0.0.1:{port}/" in (tmp_path / "run.log").read_text()
         assert embedded_postgres.is_running(tmp_path / "data")
+        # The warm pool fills (TENANT_WARM_POOL_SIZE, 3 by default), and beat runs in the worker to keep it filled.
+        while (pool := _pool_status(environment))["pooled"] < 3:
+            assert process.poll() is None and time.monotonic() < deadline, (pool, (tmp_path / "run.log").read_text())
+            time.sleep(1)
+        assert (pool["target"], pool["pooled"]) == (3, 3)
+        assert "beat: Starting..." in (tmp_path / "run.log").read_text()
 
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
@@ -111,6 +120,15 @@ def test_make_run_starts_the_whole_stack_and_ctrl_c_stops_it(tmp_path):
     assert "stopping Silo" in output
     # The worker really ran: Celery prints its banner, then a warm shutdown on Ctrl-C.
     assert "celery@" in output and "Warm shutdown" in output
+
+
+def _pool_status(environment: dict[str, str]) -> dict:
+    status = subprocess.run(
+        [sys.executable, "manage.py", "tenants", "pool", "status", "--json"],
+        cwd=BASE_DIR, env=environment, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    [region] = json.loads(status.stdout)
+    return region
 
 
 def test_every_command_works_on_a_fresh_data_folder(tmp_path):

@@ -12,12 +12,15 @@ It follows /work/shared/reference/neon-api.md (paths are under /api/v2, as on co
     GET    /projects/{id}/operations/{operation_id}      {operation}
     GET    /projects/{id}/connection_uri?database_name=&role_name=&pooled=
                                                          {uri}
+    GET    /projects/{id}/branches                       {branches, annotations}
     POST   /projects/{id}/branches/{branch_id}/roles/{role_name}/reset_password
                                                          {role, operations}
 
 Every request needs `Authorization: Bearer <api_key>` (401 otherwise). A project is a real database and a real role
 with a random password on the admin server; the role can log in only once the project's operations have finished, so
 a client that connects before waiting for them fails, as the spec warns. While operations run, mutating calls get 423.
+A password reset works as the spec says: the old password stays valid until its operation finishes; then the new one
+works and the role's open sessions are dropped.
 
 Deviations, on purpose: connection URIs point at the admin server's host and port (the pooled URI at `pooler_host`,
 the same server), without `sslmode=require`; the API shows the names the client asked for (`neondb`,
@@ -316,6 +319,8 @@ class NeonEmulator(ServedEmulator):
             return 200, self.list_operations(segments[1], query)
         elif len(segments) == 4 and segments[2] == "operations" and method == "GET":
             return 200, self.get_operation(segments[1], segments[3])
+        elif len(segments) == 3 and segments[2] == "branches" and method == "GET":
+            return 200, self.list_branches(segments[1])
         elif len(segments) == 3 and segments[2] == "connection_uri" and method == "GET":
             return 200, self.connection_uri(segments[1], query)
         elif (
@@ -542,6 +547,11 @@ class NeonEmulator(ServedEmulator):
                 raise ApiError(404, "role not found")
             return {"uri": self._uri(project, pooled=pooled)}
 
+    def list_branches(self, project_id: str) -> dict:
+        with self._lock:
+            project = self._project(project_id)
+            return {"branches": [dict(project.branch)], "annotations": {}}
+
     def reset_role_password(self, project_id: str, branch_id: str, role_name: str) -> dict:
         with self._lock:
             project = self._unlocked_project(project_id)
@@ -641,6 +651,11 @@ class NeonEmulator(ServedEmulator):
                                 sql.Identifier(project.physical_role), sql.Literal(new_password)
                             )
                         )
+                        # "Connections to the compute endpoint are dropped" (the spec, on resetting a password).
+                        connection.execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                            [project.physical_role],
+                        )
                     if enable_login:
                         connection.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(project.physical_role)))
                 status = "finished"
@@ -653,8 +668,11 @@ class NeonEmulator(ServedEmulator):
                     if operation["status"] not in TERMINAL_OPERATION_STATUSES:
                         operation.update(status=status, updated_at=now,
                                          total_duration_ms=int(self.operation_delay_seconds * 1000))  # fmt: skip
-                project.branch.update(current_state="ready", pending_state=None)
-                project.endpoint.update(current_state="active", pending_state=None)
+                # Nothing pending any more: Neon then omits `pending_state` (the spec types it a string, not null).
+                project.branch.update(current_state="ready")
+                project.branch.pop("pending_state", None)
+                project.endpoint.update(current_state="active")
+                project.endpoint.pop("pending_state", None)
                 self.work_intervals.append((started, time.perf_counter()))
 
         timer = threading.Timer(self.operation_delay_seconds, finish)

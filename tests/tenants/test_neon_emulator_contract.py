@@ -109,7 +109,9 @@ def test_every_response_to_the_providers_calls_matches_neons_openapi_document(ne
     created = provisioner.create("contract", "aws-us-east-2")  # search, create, wait for operations
     again = provisioner.create("contract", "aws-us-east-2")  # found by a search, its operations listed
     refreshed = provisioner.dsn(created.external_id, created.server)  # a new password, connection URIs
-    assert again.external_id == refreshed.external_id == created.external_id
+    # A warm-pool claim: branches listed, the project renamed (PATCH), the role's password reset.
+    rotated = provisioner.credentials_rotate(created.external_id, created.server, "claimed")
+    assert again.external_id == refreshed.external_id == rotated.external_id == created.external_id
     with httpx.Client(base_url=neon.base_url, headers={"Authorization": f"Bearer {neon.api_key}"}) as client:
         client.get(f"/projects/{created.external_id}")
         client.patch(f"/projects/{created.external_id}", json={"project": {"name": "renamed"}})
@@ -127,7 +129,9 @@ def test_every_response_to_the_providers_calls_matches_neons_openapi_document(ne
         ("PATCH", "/projects/{id}"),
         ("DELETE", "/projects/{id}"),
         ("GET", "/projects/{id}/connection_uri"),
+        ("GET", "/projects/{id}/branches"),
     } <= calls
+    assert any(path.endswith("/roles/neondb_owner/reset_password") for method, path in calls if method == "POST")
     assert {status for _, _, status, _ in neon.responses} >= {200, 201, 401, 404}
     projects = [
         project

@@ -9,7 +9,7 @@ from tenants.models import User, VectorDatabase
 
 
 class Command(BaseCommand):
-    help = "Operate the fleet of tenant databases: add, show, dsn, remove, list, reconcile, limits."
+    help = "Operate the fleet of tenant databases: add, show, dsn, remove, list, reconcile, limits, pool."
 
     def add_arguments(self, parser: CommandParser) -> None:
         subcommands = parser.add_subparsers(dest="subcommand", required=True)
@@ -31,6 +31,11 @@ class Command(BaseCommand):
             "limits", help="Check every tenant role against what one tenant may take of a shared server."
         )
         limits.add_argument("--apply", action="store_true", help="Bring the tenants found under the bounds.")
+        pool = subcommands.add_parser("pool", help="The warm pool of ready databases, per provider and region.")
+        pool.add_argument("action", choices=["status", "fill", "drain"], help="status: show it; fill: top it up "
+                          "now, in this process (no worker needed); drain: erase every pooled database")  # fmt: skip
+        pool.add_argument("--region", default=None, help="Only this region (default: every region).")
+        pool.add_argument("--json", action="store_true", help="status and fill: print JSON.")
 
     def handle(self, *args, subcommand: str, **options) -> None:
         getattr(self, f"_{subcommand}")(**options)
@@ -101,12 +106,48 @@ class Command(BaseCommand):
             self.stdout.write(f"missing: tenant {tenant_key} is marked ready but its database is gone")
         for tenant_key in report.stuck:
             self.stdout.write(f"stuck: tenant {tenant_key} has been provisioning for too long")
+        for tenant_key in report.pooled_missing:
+            self.stdout.write(f"missing: pooled database {tenant_key} is gone from its server")
+        for tenant_key in report.pooled_stuck:
+            self.stdout.write(f"stuck: pooled database {tenant_key} never became ready")
         for line in report.fixed:
             self.stdout.write(f"fixed: {line}")
         if report.clean:
             self.stdout.write(self.style.SUCCESS("registry and provider agree"))
         elif not apply:
             raise CommandError("registry and provider disagree; run with --apply to fix")
+
+    def _pool(self, action: str, region: str | None, json: bool, **_) -> None:
+        if action == "drain":
+            drained = services.tenant_pool_drain(region)
+            self.stdout.write(self.style.SUCCESS(f"{drained} pooled database(s) erased"))
+            return
+        if action == "fill":
+            refills = services.tenant_pool_refill(region)
+            if json:
+                self.stdout.write(_json([refill.as_dict() for refill in refills]))
+                return
+            for refill in refills:
+                self.stdout.write(
+                    f"{refill.provider}/{refill.region}: busy, another process is refilling it"
+                    if refill.skipped
+                    else f"{refill.provider}/{refill.region}: {refill.created} created, {refill.migrated} migrated, "
+                    f"{refill.removed} removed in {refill.seconds:.1f}s"
+                )
+                if refill.stopped:
+                    self.stdout.write(f"  stopped: {refill.stopped}")
+        states = [state for state in services.tenant_pool_status() if not region or state.region == region]
+        if json:
+            self.stdout.write(_json([state.as_dict() for state in states]))
+            return
+        self.stdout.write(f"{'provider':<9} {'region':<16} {'target':>6} {'pooled':>6} {'filling':>7} {'stale':>5}")
+        for state in states:
+            self.stdout.write(
+                f"{state.provider:<9} {state.region:<16} {state.target:>6} {state.pooled:>6} {state.filling:>7} "
+                f"{state.stale:>5}"
+            )
+            if state.quota_note:
+                self.stdout.write(f"  {state.quota_note}")
 
     def _limits(self, apply: bool, **_) -> None:
         report = services.tenants_bound(apply=apply)
