@@ -1,7 +1,7 @@
 """`make run`: the whole app on this machine with its embedded defaults, stopped cleanly by Ctrl-C.
 
-Starts (or reuses) the embedded PostgreSQL and a Redis, applies migrations, then runs the ASGI web server and a
-Celery worker as child processes.
+Starts (or reuses) the embedded PostgreSQL and a Redis, applies migrations, then runs the ASGI web server, a
+Celery worker and an OCR worker (the scanned-pages queue) as child processes.
 """
 
 from __future__ import annotations
@@ -55,6 +55,17 @@ def main() -> int:
                 env=environment,
             )
         )
+        # Scanned PDFs have a queue and a worker of their own (one process: OCR takes a core per page).
+        main_queue = os.environ.get("CELERY_QUEUE") or "silo"
+        ocr_queue = os.environ.get("CELERY_OCR_QUEUE") or f"{main_queue}-ocr"
+        children.append(
+            subprocess.Popen(
+                [python, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO", "--concurrency", "1",
+                 "--queues", ocr_queue, "--hostname", "ocr@%h"],
+                cwd=BASE_DIR,
+                env=environment,
+            )
+        )  # fmt: skip
         children.append(
             subprocess.Popen(
                 [python, "-m", "uvicorn", "config.asgi:application", "--host", host, "--port", port, "--no-access-log"],

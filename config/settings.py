@@ -261,6 +261,20 @@ UPLOAD_RATE_LIMIT_PER_HOUR = env_int("UPLOAD_RATE_LIMIT_PER_HOUR", 100, minimum=
 # Documents of one tenant ingested at once across all workers; the rest wait their turn behind other tenants'.
 INGEST_MAX_CONCURRENT_PER_TENANT = env_int("INGEST_MAX_CONCURRENT_PER_TENANT", 1, minimum=1)
 INGEST_SLOT_LEASE_SECONDS = env_int("INGEST_SLOT_LEASE_SECONDS", 900, minimum=60)
+# Spreadsheets (XLSX, CSV): rows read per document, all sheets together; a larger one is refused with a message.
+SPREADSHEET_MAX_ROWS = env_int("SPREADSHEET_MAX_ROWS", 100_000, minimum=1)
+# Office files (DOCX, PPTX, XLSX) are ZIP packages: refused when their parts unpack to more than this (zip bombs).
+OFFICE_MAX_UNPACKED_BYTES = env_int("OFFICE_MAX_UNPACKED_BYTES", 200 * 1024 * 1024, minimum=1024 * 1024)
+# Scanned PDF pages (no text layer, an image) are read by Tesseract on the OCR queue. OCR_MAX_PAGES scanned pages per
+# document at most (more is refused with a message); pages are rendered at OCR_DPI; OCR_LANGUAGE is Tesseract's
+# language code(s), "eng+deu" for several: only languages whose data `make` installs (tesseract-ocr-LANG).
+OCR_MAX_PAGES = env_int("OCR_MAX_PAGES", 300, minimum=1)
+OCR_DPI = env_int("OCR_DPI", 300, minimum=72)
+if OCR_DPI > 600:
+    raise ImproperEnvironment(f"OCR_DPI={OCR_DPI} must be at most 600 (more costs time and reads no better)")
+OCR_LANGUAGE = env_str("OCR_LANGUAGE", "eng")
+if not all(part.replace("_", "").isalpha() for part in OCR_LANGUAGE.split("+")):
+    raise ImproperEnvironment(f"OCR_LANGUAGE={OCR_LANGUAGE!r} must be Tesseract language codes joined by '+'")
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
@@ -276,6 +290,9 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 900, minimum=60)}
 CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "silo")
+# Scanned PDFs are ingested on a queue of their own, by workers of their own: one tenant's 300-page scan never stalls
+# everyone's text documents.
+CELERY_OCR_QUEUE = env_str("CELERY_OCR_QUEUE", f"{CELERY_TASK_DEFAULT_QUEUE}-ocr")
 
 CACHE_KEY_PREFIX_FOR_SLOTS = env_str("CACHE_KEY_PREFIX", "silo")
 CACHES = {
