@@ -106,10 +106,23 @@ def _emit(chunks: list[Chunk], segments: list[_Segment]) -> None:
             first_page=segments[0].page_number,
             last_page=segments[-1].page_number,
             section=segments[0].section,
-            location=first if first == last else f"{first} to {last}",
+            location=_location_span(first, last),
             ocr=any(segment.ocr for segment in segments),
         )
     )
+
+
+_NUMBERED_LOCATION = re.compile(r"(Slide|Lines) (\d+)(?:-(\d+))?")
+
+
+def _location_span(first: str, last: str) -> str:
+    """A chunk running from slide 3 into slide 4 is at "Slides 3-4" ("Lines 1-90" for text); else at both ends."""
+    if first == last:
+        return first
+    start, end = _NUMBERED_LOCATION.fullmatch(first), _NUMBERED_LOCATION.fullmatch(last)
+    if start and end and start.group(1) == end.group(1):
+        return f"{start.group(1).removesuffix('s')}s {start.group(2)}-{end.group(3) or end.group(2)}"
+    return f"{first} to {last}"
 
 
 def _overlap(segments: list[_Segment], chunk_overlap: int) -> list[_Segment]:

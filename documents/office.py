@@ -48,6 +48,7 @@ class _SectionedUnits:
         self.units: list[TextUnit] = []
         self.headings: list[tuple[int, str]] = []
         self.paragraphs: list[str] = []
+        self.has_body = False  # a heading with nothing under it before a table is not a unit of its own
 
     @property
     def path(self) -> str:
@@ -70,6 +71,7 @@ class _SectionedUnits:
     def paragraph(self, text: str) -> None:
         if text.strip():
             self.paragraphs.append(text.strip())
+            self.has_body = True
 
     def table(self, caption: str, rows: list[list[str]]) -> None:
         self.flush()
@@ -77,9 +79,9 @@ class _SectionedUnits:
         self._add(table_text(caption, rows), table=True)
 
     def flush(self) -> None:
-        if self.paragraphs:
+        if self.paragraphs and self.has_body:
             self._add("\n\n".join(self.paragraphs))
-            self.paragraphs = []
+        self.paragraphs, self.has_body = [], False
 
     def _add(self, text: str, table: bool = False) -> None:
         text = normalise_text(text)
