@@ -141,7 +141,11 @@ function highlight(pageView, wanted) {
   const marks = wrapRanges(pieces, found.ranges);
   panel.dataset.highlightedPage = String(wanted.page);
   panel.dataset.highlightCoverage = found.coverage.toFixed(2);
-  if (!marks.length) {
+  if (!marks.length && wanted.ocr) {
+    // A scanned page has no text layer to mark: what OCR read from it is the passage quoted above the image.
+    setStatus("Page " + wanted.page + " is a scanned image; the passage Silo read from it is quoted above.");
+    showPassage(wanted.passage);
+  } else if (!marks.length) {
     setStatus("The passage could not be located exactly on page " + wanted.page + "; it is quoted above.", "warning");
     showPassage(wanted.passage);
   } else {
@@ -324,7 +328,7 @@ async function open(citation) {
   setStatus("Opening the PDF…");
   try {
     await loadLibraries();
-    target = passage ? { documentId, page, passage } : null;
+    target = passage ? { documentId, page, passage, ocr: Boolean(citation.ocr) } : null;
     const loaded = await loadDocument(documentId);
     if (loaded === "deleted") return showDeleted(citation);
     viewerElement.hidden = false;
