@@ -8,6 +8,7 @@ on CPU and loads nothing at run time. Pure Python, no Django: the pipeline passe
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -56,7 +57,10 @@ def scanned_page_numbers(path: str | Path, pages: list[PageText]) -> list[int]:
         return []
     scanned = []
     with PDFIUM_LOCK:
-        document = pdfium.PdfDocument(str(path), password="")
+        try:
+            document = pdfium.PdfDocument(str(path), password="")
+        except pdfium.PdfiumError:
+            return []  # only pypdf could read it (see parsing): no page images to OCR
         try:
             for number in candidates:
                 page = document[number - 1]
@@ -97,7 +101,30 @@ def recognise_image(image, language: str) -> str:
 
     # One thread per page: the OCR queue's concurrency, not Tesseract's OpenMP, decides how many cores OCR takes.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
-    return pytesseract.image_to_string(image, lang=language)
+    try:
+        return pytesseract.image_to_string(image, lang=language)
+    except pytesseract.TesseractError as error:
+        # One page Tesseract cannot read; the rest of the document is still worth reading.
+        logger.warning("Tesseract could not read a page: %s", error)
+        return ""
+
+
+@functools.cache
+def installed_languages() -> frozenset[str]:
+    import pytesseract
+
+    return frozenset(pytesseract.get_languages(config=""))
+
+
+def check_languages(language: str) -> None:
+    """Refuses before any page is read when Tesseract lacks the data of a configured language."""
+    missing = [code for code in language.split("+") if code not in installed_languages()]
+    if missing:
+        packages = ", ".join(f"tesseract-ocr-{code.replace('_', '-').lower()}" for code in missing)
+        raise OcrUnavailable(
+            f"This PDF has scanned pages, and Silo's text recognition lacks the data for {', '.join(missing)} on this "
+            f"server; an operator needs to install {packages}."
+        )
 
 
 def ocr_pages(
@@ -109,6 +136,7 @@ def ocr_pages(
     """The recognised text of each listed page (1-based), normalised; `on_page(done, total)` after each page."""
     if not tesseract_available():
         raise OcrUnavailable()
+    check_languages(options.language)
     texts: dict[int, str] = {}
     for done, number in enumerate(page_numbers, start=1):
         with PDFIUM_LOCK:  # rendering only: recognition runs outside the lock, so other PDFs are not held up

@@ -95,7 +95,7 @@ def test_html_with_scripts_is_ingested_as_text_and_never_served_as_html(client, 
     text = client.get(reverse("document_text", args=[document.id]))
 
     assert document.status == "ready"
-    assert _chunks(owner_database, document.id) == ["Harbour notice\n\nThe ferry leaves at seven."]
+    assert _chunks(owner_database, document.id) == ["Harbour notice\nThe ferry leaves at seven."]
     assert original["Content-Type"] == "application/octet-stream"
     assert original["Content-Disposition"].startswith("attachment;")
     assert original["Content-Security-Policy"] == "default-src 'none'; sandbox"
