@@ -3,11 +3,14 @@ write; citations carry the location a person understands; the viewer gets the te
 
 from __future__ import annotations
 
+import io
+import json
 import time
 
 import psycopg
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
 from django.urls import reverse
 
 from chat.services import chunks_retrieve
@@ -176,3 +179,22 @@ def test_an_uploaded_scan_is_read_by_the_ocr_worker_and_cited_at_its_page(client
         assert [(first, last, metadata.get("ocr")) for first, last, metadata in rows] == [(1, 2, True)]
     finally:
         services.document_delete(owner, document_id)
+
+
+@pytest.mark.django_db
+def test_the_ingest_command_takes_office_files_and_ocrs_scans_in_process(owner, owner_database, media_root, tmp_path):
+    word = tmp_path / "harbour_rules.docx"
+    word.write_bytes(docx_bytes(HARBOUR_DOCX))
+    scan = tmp_path / "ferry.pdf"
+    scan.write_bytes(mixed_pdf([(FERRY, True)]))
+    output = io.StringIO()
+
+    call_command("ingest", "--user", owner.email, str(word), str(scan), "--json", stdout=output)
+
+    word_document, scan_document = Document.objects.filter(owner=owner).order_by("id")
+    printed = json.loads(output.getvalue())["documents"]
+    assert [(d["id"], d["status"], d["format"], d["pages"], d["chunks"]) for d in printed] == [
+        (word_document.id, "ready", "docx", 4, 4),
+        (scan_document.id, "ready", "pdf", 1, 1),
+    ]
+    assert (scan_document.ocr_pages_total, scan_document.ocr_pages_done) == (1, 1)

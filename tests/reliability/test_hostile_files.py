@@ -59,11 +59,11 @@ def test_an_encrypted_word_document_is_refused_at_upload_and_nothing_is_stored(c
 
 
 def test_a_zip_bomb_disguised_as_a_spreadsheet_fails_without_being_unpacked(owner, owner_database, media_root):
-    document = _ingest(owner, "figures.xlsx", zip_bomb_xlsx(unpacked_megabytes=300))
+    document = _ingest(owner, "figures.xlsx", zip_bomb_xlsx(unpacked_megabytes=120))
 
     assert document.status == "failed"
     assert document.error_message == (
-        "This file unpacks to 315 MB from 0.3 MB, which no ordinary document does, so Silo does not open it. Save it "
+        "This file unpacks to 126 MB from 0.1 MB, which no ordinary document does, so Silo does not open it. Save it "
         "again from the program that made it."
     )
     assert _chunks(owner_database, document.id) == []
