@@ -145,9 +145,8 @@ def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = T
 
 
 def _sentence_inside(message: str) -> str:
-    """A parser's sentence after "name: " (its first word in lower case, unless it is a name like PDF)."""
-    first = message.split(" ", 1)[0]
-    return message if first.isupper() and len(first) > 1 else message[:1].lower() + message[1:]
+    """A parser's sentence after "name: ": "This file..." becomes "this file...", names ("Silo") stay as they are."""
+    return "t" + message[1:] if message.startswith("This ") else message
 
 
 def _refuse_duplicate(owner, filename: str, sha256: str) -> None:
