@@ -86,7 +86,7 @@ def _status_detail(document: Document, waiting_for: str) -> str:
     if document.status == Status.PARSING:
         if document.ocr_pages_total:
             return f"Reading scanned pages {document.ocr_pages_done:,}/{document.ocr_pages_total:,}"
-        return "Reading the pages…"
+        return "Reading the pages…" if document.file_format == Document.Format.PDF else "Reading the document…"
     if document.status == Status.EMBEDDING:
         if document.chunks_total:
             return f"Embedding {document.chunks_embedded:,}/{document.chunks_total:,} chunks"
