@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 CHROMIUM := /usr/bin/chromium
+# Tesseract with its English data reads scanned PDF pages; another language: add tesseract-ocr-LANG here and set
+# OCR_LANGUAGE (nothing downloads language data at run time).
+TESSERACT := /usr/bin/tesseract
+TESSERACT_PACKAGES := tesseract-ocr tesseract-ocr-eng
 
 .PHONY: run test bench install clean-data lint vendor-static
 
@@ -28,18 +32,21 @@ install: $(STAMP)
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 
-run: $(STAMP)
+$(TESSERACT):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(TESSERACT_PACKAGES) >/dev/null
+
+run: $(STAMP) $(TESSERACT)
 	$(BIN)/python -m config.run_local
 
 # Each test run gets its own data folder (and so its own embedded PostgreSQL), Redis key prefix and Celery queue, so
 # it never touches `make run`'s data nor another run's tenant databases (tests/run_folders.py).
-test: $(STAMP) $(CHROMIUM) lint
+test: $(STAMP) $(CHROMIUM) $(TESSERACT) lint
 	SILO_DATA_DIR=$(CURDIR)/.data/test-runs/$$$$ SILO_EMBEDDED_FAST=true \
 	REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/15} CELERY_QUEUE=silo-test-$$$$ SILO_TEST_DATABASE=test_silo_$$$$ CACHE_KEY_PREFIX=silo-test-$$$$ \
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Benchmarks get their own data folder, main database, Redis database and Celery queue; BENCH_QUICK=1 for smaller inputs.
-bench: $(STAMP)
+bench: $(STAMP) $(TESSERACT)
 	SILO_DATA_DIR=$(CURDIR)/.data/bench SILO_EMBEDDED_FAST=true SILO_MAIN_DATABASE=silo_bench LOG_LEVEL=WARNING \
 	REDIS_URL=$${BENCH_REDIS_URL:-redis://127.0.0.1:6379/14} CELERY_QUEUE=silo-bench-$$$$ \
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -90,6 +90,10 @@ class Citation:
     score: float
     text: str
     quote: str = ""  # the span of `text` the answer quotes, verbatim ("" when the answer quotes none of it)
+    # Where the passage is in a document without pages ("Slide 3", "Sheet “Sales”, rows 2-41", a heading path): the
+    # viewer shows such a source as text, unit `page` highlighted. "" for PDFs, cited by page.
+    location: str = ""
+    ocr: bool = False  # read by OCR from a scanned page
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,8 @@ def _citations(hits: Sequence[SearchHit], titles: dict[int, str], quotes: dict[i
             score=round(hit.score, 4),
             text=hit.content,
             quote=quotes.get(number - 1, ""),
+            location=str(hit.metadata.get("location") or ""),
+            ocr=bool(hit.metadata.get("ocr")),
         )
         for number, hit in enumerate(hits, start=1)
     ]
@@ -365,13 +371,19 @@ def _pieces(text: str) -> Iterator[str]:
     yield from re.findall(r"\S+\s*|\s+", text)
 
 
+def _where(citation: Citation) -> str:
+    """Where a passage is, as a person would say it: the page(s) of a PDF, or the location in other formats."""
+    if citation.location:
+        return citation.location
+    if citation.page == citation.page_end:
+        return f"page {citation.page}"
+    return f"page {citation.page}-{citation.page_end}"
+
+
 def _prompt_messages(question: str, citations: Sequence[Citation], history: Sequence[Exchange]) -> list:
     from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
-    sources = "\n\n".join(
-        f"[{c.number}] {c.title}, page {c.page}{'' if c.page == c.page_end else f'-{c.page_end}'}:\n{c.text}"
-        for c in citations
-    )
+    sources = "\n\n".join(f"[{c.number}] {c.title}, {_where(c)}:\n{c.text}" for c in citations)
     messages: list[BaseMessage] = [SystemMessage(SYSTEM_PROMPT.format(sources=sources or "(no passages found)"))]
     for exchange in _recent(history):
         messages += [HumanMessage(exchange.question), AIMessage(exchange.answer)]

@@ -2,7 +2,8 @@
 
 Starts (or reuses) the embedded PostgreSQL and a Redis, applies migrations, then runs the ASGI web server and a
 Celery worker as child processes. The worker runs Celery beat too, which keeps the warm pool of tenant databases
-filled (`TENANT_WARM_POOL_REFILL_SECONDS`).
+filled (`TENANT_WARM_POOL_REFILL_SECONDS`), and an OCR worker serves
+the scanned-pages queue.
 """
 
 from __future__ import annotations
@@ -77,6 +78,17 @@ def main() -> int:
                 env=environment,
             )
         )
+        # Scanned PDFs have a queue and a worker of their own (one process: OCR takes a core per page).
+        main_queue = os.environ.get("CELERY_QUEUE") or "silo"
+        ocr_queue = os.environ.get("CELERY_OCR_QUEUE") or f"{main_queue}-ocr"
+        children.append(
+            subprocess.Popen(
+                [python, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO", "--concurrency", "1",
+                 "--queues", ocr_queue, "--hostname", "ocr@%h"],
+                cwd=BASE_DIR,
+                env=environment,
+            )
+        )  # fmt: skip
         # Provisioning has a worker of its own, so a queue full of ingest never keeps a sign-up waiting.
         children.append(
             subprocess.Popen(

@@ -317,6 +317,20 @@ REQUEST_MAX_BODY_BYTES = env_int("REQUEST_MAX_BODY_BYTES", UPLOAD_MAX_BYTES + 10
 # request's headers, and how many connections and requests in progress it serves at once (503 beyond).
 WEB_HEADER_TIMEOUT_SECONDS = env_float("WEB_HEADER_TIMEOUT_SECONDS", 30.0, minimum=1)
 WEB_MAX_CONCURRENCY = env_int("WEB_MAX_CONCURRENCY", 500, minimum=1)
+# Spreadsheets (XLSX, CSV): rows read per document, all sheets together; a larger one is refused with a message.
+SPREADSHEET_MAX_ROWS = env_int("SPREADSHEET_MAX_ROWS", 100_000, minimum=1)
+# Office files (DOCX, PPTX, XLSX) are ZIP packages: refused when their parts unpack to more than this (zip bombs).
+OFFICE_MAX_UNPACKED_BYTES = env_int("OFFICE_MAX_UNPACKED_BYTES", 200 * 1024 * 1024, minimum=1024 * 1024)
+# Scanned PDF pages (no text layer, an image) are read by Tesseract on the OCR queue. OCR_MAX_PAGES scanned pages per
+# document at most (more is refused with a message); pages are rendered at OCR_DPI; OCR_LANGUAGE is Tesseract's
+# language code(s), "eng+deu" for several: only languages whose data `make` installs (tesseract-ocr-LANG).
+OCR_MAX_PAGES = env_int("OCR_MAX_PAGES", 300, minimum=1)
+OCR_DPI = env_int("OCR_DPI", 300, minimum=72)
+if OCR_DPI > 600:
+    raise ImproperEnvironment(f"OCR_DPI={OCR_DPI} must be at most 600 (more costs time and reads no better)")
+OCR_LANGUAGE = env_str("OCR_LANGUAGE", "eng")
+if not all(part.replace("_", "").isalpha() for part in OCR_LANGUAGE.split("+")):
+    raise ImproperEnvironment(f"OCR_LANGUAGE={OCR_LANGUAGE!r} must be Tesseract language codes joined by '+'")
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 
@@ -343,6 +357,9 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(TENANT_WARM_POOL_REFILL_SECONDS),
     },
 }
+# Scanned PDFs are ingested on a queue of their own, by workers of their own: one tenant's 300-page scan never stalls
+# everyone's text documents.
+CELERY_OCR_QUEUE = env_str("CELERY_OCR_QUEUE", f"{CELERY_TASK_DEFAULT_QUEUE}-ocr")
 
 CACHE_KEY_PREFIX_FOR_SLOTS = env_str("CACHE_KEY_PREFIX", "silo")
 CACHES = {

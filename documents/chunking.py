@@ -25,6 +25,14 @@ class Chunk:
     # sits. Chunks never straddle a section start. Prefixing it to the embedded text measured worse on the dev set
     # (recall@5 0.91 vs 0.97 with all-MiniLM-L6-v2): it pushes the chunk's own words past the model's 256 tokens.
     section: str = ""
+    # Where a person finds it outside PDFs ("Slide 3", "Sheet “Sales”, rows 2-41", a heading path); "" for PDFs.
+    location: str = ""
+    ocr: bool = False  # some of its text was read by OCR from a scanned page
+
+
+# A table is one chunk with its caption; only a table longer than this many chunks' worth is cut, by lines, each piece
+# repeating the caption and header line (isolated fragments without them are never retrieved).
+TABLE_MAX_CHUNKS = 4
 
 
 @dataclass(frozen=True)
@@ -33,6 +41,9 @@ class _Segment:
     separator: str  # what joins it to the next segment: " " inside a paragraph, "\n" at a line or page break
     page_number: int
     section: str
+    location: str = ""
+    ocr: bool = False
+    table: bool = False  # a whole table (or a piece of a long one): always a chunk of its own
 
 
 # A sentence ends at . ! ? (plus closing quotes or brackets) before whitespace; a block ends at a blank line, at a
@@ -61,6 +72,12 @@ def chunk_pages(pages: Iterable[PageText], chunk_size: int, chunk_overlap: int) 
     length = 0  # of the current chunk's text when joined
 
     for segment in _segments(pages, chunk_size):
+        if segment.table:
+            if current:
+                _emit(chunks, current)
+            _emit(chunks, [segment])
+            current, length = [], 0
+            continue
         if current and segment.section != current[-1].section:
             # A new section starts a new chunk, without overlap: a chunk about one topic embeds more sharply.
             _emit(chunks, current)
@@ -81,6 +98,7 @@ def chunk_pages(pages: Iterable[PageText], chunk_size: int, chunk_overlap: int) 
 
 def _emit(chunks: list[Chunk], segments: list[_Segment]) -> None:
     text = "".join(segment.text + segment.separator for segment in segments[:-1]) + segments[-1].text
+    first, last = segments[0].location, segments[-1].location
     chunks.append(
         Chunk(
             index=len(chunks),
@@ -88,8 +106,23 @@ def _emit(chunks: list[Chunk], segments: list[_Segment]) -> None:
             first_page=segments[0].page_number,
             last_page=segments[-1].page_number,
             section=segments[0].section,
+            location=_location_span(first, last),
+            ocr=any(segment.ocr for segment in segments),
         )
     )
+
+
+_NUMBERED_LOCATION = re.compile(r"(Slide|Lines) (\d+)(?:-(\d+))?")
+
+
+def _location_span(first: str, last: str) -> str:
+    """A chunk running from slide 3 into slide 4 is at "Slides 3-4" ("Lines 1-90" for text); else at both ends."""
+    if first == last:
+        return first
+    start, end = _NUMBERED_LOCATION.fullmatch(first), _NUMBERED_LOCATION.fullmatch(last)
+    if start and end and start.group(1) == end.group(1):
+        return f"{start.group(1).removesuffix('s')}s {start.group(2)}-{end.group(3) or end.group(2)}"
+    return f"{first} to {last}"
 
 
 def _overlap(segments: list[_Segment], chunk_overlap: int) -> list[_Segment]:
@@ -114,18 +147,43 @@ def _joined_length(segments: list[_Segment]) -> int:
 def _segments(pages: Iterable[PageText], chunk_size: int) -> Iterable[_Segment]:
     for page in pages:
         text = page.text
+        section = page.sections[0].title if page.sections else ""
+        if page.table:
+            for table_piece in _table_pieces(text, chunk_size * TABLE_MAX_CHUNKS):
+                yield _Segment(table_piece, "\n", page.page_number, section, page.location, page.ocr, table=True)
+            continue
         spans = _sentence_spans(text, *_body_bounds(text))
         for number, (start, end) in enumerate(spans):
             separator = "\n" if number == len(spans) - 1 or "\n" in text[end : _next_start(spans, number, end)] else " "
             section = _section_at(page.sections, start)
             sentence = text[start:end]
             if len(sentence) <= chunk_size:
-                yield _Segment(sentence, separator, page.page_number, section)
+                yield _Segment(sentence, separator, page.page_number, section, page.location, page.ocr)
                 continue
             pieces = _split_long(sentence, chunk_size)
             for piece_number, piece in enumerate(pieces):
                 piece_separator = separator if piece_number == len(pieces) - 1 else piece[1]
-                yield _Segment(piece[0], piece_separator, page.page_number, section)
+                yield _Segment(piece[0], piece_separator, page.page_number, section, page.location, page.ocr)
+
+
+def _table_pieces(text: str, max_chars: int) -> list[str]:
+    """The table whole when it fits in `max_chars`; else pieces of whole lines, each starting with the caption and
+    the header line (the table's first two lines)."""
+    if len(text) <= max_chars:
+        return [text]
+    lines = text.split("\n")
+    head, body = lines[:2], lines[2:]
+    head_text = "\n".join(head)
+    pieces, current = [], ""
+    for line in body:
+        line = line[: max(1, max_chars - len(head_text) - 1)]
+        if current and len(head_text) + len(current) + len(line) + 2 > max_chars:
+            pieces.append(f"{head_text}\n{current}")
+            current = ""
+        current = f"{current}\n{line}" if current else line
+    if current:
+        pieces.append(f"{head_text}\n{current}")
+    return pieces or [text[:max_chars]]
 
 
 def _body_bounds(text: str) -> tuple[int, int]:

@@ -5,14 +5,28 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from documents.formats import EXTENSIONS
+
 
 def document_upload_path(document: Document, filename: str) -> str:
     # Random names: the user's file name never becomes a path on our disk.
-    return f"documents/{document.owner_id}/{uuid.uuid4().hex}.pdf"
+    extension = EXTENSIONS.get(document.file_format, "bin")
+    return f"documents/{document.owner_id}/{uuid.uuid4().hex}.{extension}"
 
 
 class Document(models.Model):
-    """A PDF a tenant uploaded. Its chunks and embeddings live in the tenant's own database."""
+    """A document a tenant uploaded (PDF, office file or text). Its chunks and embeddings live in the tenant's own
+    database."""
+
+    class Format(models.TextChoices):
+        PDF = "pdf", "PDF"
+        DOCX = "docx", "Word"
+        PPTX = "pptx", "PowerPoint"
+        XLSX = "xlsx", "Excel"
+        CSV = "csv", "CSV"
+        HTML = "html", "HTML"
+        MARKDOWN = "markdown", "Markdown"
+        TEXT = "text", "Text"
 
     class Status(models.TextChoices):
         QUEUED = "queued"
@@ -27,6 +41,8 @@ class Document(models.Model):
     original_filename = models.CharField(max_length=255)
     size_bytes = models.BigIntegerField()
     sha256 = models.CharField(max_length=64)
+    # Told by content (binary formats) or extension (text formats) at upload: see documents.formats.
+    file_format = models.CharField(max_length=20, choices=Format.choices, default=Format.PDF)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     progress = models.FloatField(default=0.0)  # 0..1 within the whole pipeline
     page_count = models.PositiveIntegerField(null=True, blank=True)
@@ -34,6 +50,9 @@ class Document(models.Model):
     # While embedding: how many chunks this run embeds, and how many it has embedded ("embedding 120/300 chunks").
     chunks_total = models.PositiveIntegerField(default=0)
     chunks_embedded = models.PositiveIntegerField(default=0)
+    # While reading scanned pages: how many this run OCRs, and how many it has read ("reading scans 12/300 pages").
+    ocr_pages_total = models.PositiveIntegerField(default=0)
+    ocr_pages_done = models.PositiveIntegerField(default=0)
     error_message = models.TextField(blank=True)
     embedding_model = models.CharField(max_length=100, blank=True)
     # Runs of the pipeline started since the owner last queued it (upload, re-ingest, re-embed). A run that dies

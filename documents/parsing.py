@@ -112,6 +112,15 @@ class PageText:
     # Sections in effect on this page, in order; the first one starts at offset 0 when a section runs in from an
     # earlier page. Empty when the PDF has no outline (bookmarks).
     sections: tuple[SectionStart, ...] = field(default=())
+    # Where a person finds this unit in a source that has no pages ("Slide 3", "Sheet “Sales”, rows 2-41"); "" for
+    # PDF pages, whose page number is their location. Other formats number their units in `page_number` too.
+    location: str = ""
+    ocr: bool = False  # the text was read from an image of the page, not from its text layer
+    table: bool = False  # one table with its caption or heading: chunked whole, never split from its caption
+
+
+# Every format's parser returns these: a "unit" is a PDF page, a slide, a block of sheet rows or a heading's section.
+TextUnit = PageText
 
 
 # -- validation ----------------------------------------------------------------------------------------------------
@@ -235,11 +244,12 @@ def _inspect_with_pypdf(path: Path) -> tuple[int, str | None, bool]:
 # -- extraction ----------------------------------------------------------------------------------------------------
 
 
-def extract_pages(path: str | Path) -> list[PageText]:
+def extract_pages(path: str | Path, require_text: bool = True) -> list[PageText]:
     """Text of every page, normalised, with page numbers and the outline's sections.
 
     Raises CorruptPdf or EncryptedPdf when the file cannot be opened, NoTextLayer when no page has any text (BlankPdf
-    when the pages hold no images either). Call `inspect_pdf` first to enforce size and page limits.
+    when the pages hold no images either) unless `require_text` is False (the pipeline OCRs such pages). Call
+    `inspect_pdf` first to enforce size and page limits.
     """
     path = Path(path)
     try:
@@ -248,7 +258,7 @@ def extract_pages(path: str | Path) -> list[PageText]:
         logger.warning("PDFium cannot open %s (%s); extracting with pypdf", path, error)
         pages, has_images = _extract_with_pypdf(path), True
 
-    if not any(page.text for page in pages):
+    if require_text and not any(page.text for page in pages):
         raise NoTextLayer() if has_images else BlankPdf()
     return pages
 

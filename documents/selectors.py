@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db.models import QuerySet
 from django.http import Http404
 
+from documents.formats import ParseLimits
 from documents.models import Document
 from tenants.models import VectorDatabase
 from tenants.selectors import vector_database_for_tenant
@@ -34,11 +35,37 @@ def document_status_payload(document: Document, waiting_for: str = "") -> dict:
         "chunks": document.chunk_count,
         "chunks_total": document.chunks_total,
         "chunks_embedded": document.chunks_embedded,
+        "format": document.file_format,
+        "ocr_pages_total": document.ocr_pages_total,
+        "ocr_pages_done": document.ocr_pages_done,
         "detail": _status_detail(document, waiting_for),
         "error": document.error_message if document.status == Document.Status.FAILED else "",
         "busy": document.is_busy,
         "created": document.created_at.isoformat(),
     }
+
+
+def parse_limits() -> ParseLimits:
+    """What a parser may take on, from settings (the pipeline and the viewer read files with the same limits)."""
+    return ParseLimits(max_rows=settings.SPREADSHEET_MAX_ROWS, max_unpacked_bytes=settings.OFFICE_MAX_UNPACKED_BYTES)
+
+
+# The viewer shows at most this much of a document's text (a long one still opens, at its start).
+VIEWER_MAX_CHARACTERS = 2_000_000
+
+
+def document_text_units(document: Document) -> list[dict]:
+    """The document's units as the viewer shows them: number (what citations call `page`), location and text. Read
+    from the stored file again: the same parser, so the same units the chunks were cut from."""
+    from documents.formats import extract_units
+
+    units, total = [], 0
+    for unit in extract_units(document.file.path, document.file_format, parse_limits()):
+        units.append({"number": unit.page_number, "location": unit.location, "text": unit.text, "table": unit.table})
+        total += len(unit.text)
+        if total > VIEWER_MAX_CHARACTERS:
+            break
+    return units
 
 
 def document_statuses_for_user(user) -> list[dict]:
@@ -52,9 +79,14 @@ def _status_detail(document: Document, waiting_for: str) -> str:
     """One line under the status badge: where a busy document is in its work, in figures."""
     Status = Document.Status
     if document.status == Status.QUEUED:
+        if document.ocr_pages_total and not waiting_for.startswith("Waiting for your database"):
+            pages = f"{document.ocr_pages_total:,} scanned page{'s' if document.ocr_pages_total > 1 else ''}"
+            return f"Waiting for the text-recognition worker ({pages} to read)."
         return waiting_for or document.error_message or "Waiting for a free worker."
     if document.status == Status.PARSING:
-        return "Reading the pages…"
+        if document.ocr_pages_total:
+            return f"Reading scanned pages {document.ocr_pages_done:,}/{document.ocr_pages_total:,}"
+        return "Reading the pages…" if document.file_format == Document.Format.PDF else "Reading the document…"
     if document.status == Status.EMBEDDING:
         if document.chunks_total:
             return f"Embedding {document.chunks_embedded:,}/{document.chunks_total:,} chunks"

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 import psycopg
 from django.conf import settings
@@ -28,10 +28,21 @@ from documents.bounded_process import (
     TimeLimitExceeded,
     run_in_bounded_process,
 )
+from documents import formats
 from documents.chunking import Chunk, chunk_pages
+from documents.formats import UnreadableDocument, detect_format, extract_units
 from documents.models import Document
-from documents.parsing import PageText, UnreadablePdf, extract_pages, inspect_pdf, page_count
-from documents.selectors import document_get_for_user
+from documents.ocr import OcrOptions, TooManyScannedPages, ocr_pages, scanned_page_numbers, with_ocr_text
+from documents.parsing import (
+    BlankPdf,
+    NoTextLayer,
+    TextUnit,
+    UnreadablePdf,
+    extract_pages,
+    inspect_pdf,
+    page_count,
+)
+from documents.selectors import document_get_for_user, parse_limits
 from tenants.models import User
 from tenants.selectors import vector_database_embedding_model
 from tenants.services import TenantDatabaseNotReady, tenant_target, vector_database_embedding_model_switch
@@ -61,6 +72,14 @@ class DocumentTooBig(UnreadablePdf):
 
 class TransientIngestError(Exception):
     """Ingest failed for a reason a retry may fix (database restarting, connections exhausted)."""
+
+
+class NeedsOcr(Exception):
+    """The PDF has scanned pages and this worker does not OCR: the task hands the document to the OCR queue."""
+
+    def __init__(self, scanned_pages: int):
+        self.scanned_pages = scanned_pages
+        super().__init__(f"{scanned_pages} scanned pages")
 
 
 @dataclass
@@ -100,12 +119,12 @@ def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = T
         shown = f"{limit:.0f} MB" if limit >= 10 else f"{limit:.1f} MB"
         raise DocumentRejected(f"{uploaded_file.name}: this file is larger than the {shown} Silo accepts.")
     uploaded_file.seek(0)
-    head = uploaded_file.read(1024)
-    if b"%PDF-" not in head:
-        raise DocumentRejected(f"{uploaded_file.name}: this file is not a PDF.")
-    pages = page_count(
-        cast(BinaryIO, uploaded_file.file)
-    )  # milliseconds, and the user hears now rather than after the queue
+    try:
+        file_format = detect_format(cast(BinaryIO, uploaded_file.file), uploaded_file.name)
+    except UnreadableDocument as error:
+        raise DocumentRejected(f"{uploaded_file.name}: {_sentence_inside(str(error))}") from None
+    # milliseconds, and the user hears now rather than after the queue
+    pages = page_count(cast(BinaryIO, uploaded_file.file)) if file_format == formats.PDF else None
     if pages is not None and pages > settings.UPLOAD_MAX_PAGES:
         raise DocumentRejected(
             f"{uploaded_file.name}: this PDF has {pages:,} pages; Silo accepts up to {settings.UPLOAD_MAX_PAGES:,}."
@@ -123,6 +142,7 @@ def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = T
         _refuse_duplicate(owner, uploaded_file.name, digest.hexdigest())
         document = Document.objects.create(
             owner=owner,
+            file_format=file_format,
             title=_title_from_filename(uploaded_file.name),
             original_filename=Path(uploaded_file.name).name[:255],
             file=uploaded_file,
@@ -132,6 +152,11 @@ def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = T
         if enqueue:
             _enqueue_ingest(document)
     return document
+
+
+def _sentence_inside(message: str) -> str:
+    """A parser's sentence after "name: ": "This file..." becomes "this file...", names ("Silo") stay as they are."""
+    return "t" + message[1:] if message.startswith("This ") else message
 
 
 def _refuse_duplicate(owner, filename: str, sha256: str) -> None:
@@ -193,16 +218,29 @@ def _records(document: Document, chunks: list[Chunk], vectors: list[list[float]]
             first_page=chunk.first_page,
             last_page=chunk.last_page,
             embedding=vector,
-            metadata={"title": document.title, "section": chunk.section},
+            metadata=_chunk_metadata(document, chunk),
         )
         for chunk, vector in zip(chunks, vectors, strict=True)
     ]
 
 
-def document_ingest(document_id: int, on_progress: Callable[[Document], None] | None = None) -> IngestReport:
+def _chunk_metadata(document: Document, chunk: Chunk) -> dict:
+    metadata: dict = {"title": document.title, "section": chunk.section}
+    if chunk.location:
+        metadata["location"] = chunk.location
+    if chunk.ocr:
+        metadata["ocr"] = True  # read from a scanned page: the citation says so
+    return metadata
+
+
+def document_ingest(
+    document_id: int, on_progress: Callable[[Document], None] | None = None, allow_ocr: bool = True
+) -> IngestReport:
     """Run the whole pipeline for one document. Idempotent: a re-run replaces the document's chunks atomically.
 
-    Raises TenantDatabaseNotReady (try later) and TransientIngestError (retry); a bad PDF ends `failed` with a reason.
+    Raises TenantDatabaseNotReady (try later) and TransientIngestError (retry); a bad file ends `failed` with a
+    reason. With `allow_ocr` False (the main queue's workers), a PDF with scanned pages raises NeedsOcr and goes back
+    to `queued`, for the OCR queue.
     """
     report = IngestReport(document=Document.objects.select_related("owner").get(id=document_id))
     document = report.document
@@ -228,11 +266,16 @@ def document_ingest(document_id: int, on_progress: Callable[[Document], None] | 
             error_message="",
             chunks_total=0,
             chunks_embedded=0,
+            ocr_pages_total=0,
+            ocr_pages_done=0,
             attempts=F("attempts") + 1,
         )
         _notify(on_progress, document)
         try:
-            _run_pipeline(document, target, report.timings, on_progress)
+            _run_pipeline(document, target, report.timings, on_progress, allow_ocr)
+        except NeedsOcr as needs:
+            _update(document, status=Status.QUEUED, progress=0.0, ocr_pages_total=needs.scanned_pages)
+            raise
         except UnreadablePdf as error:
             _update(document, status=Status.FAILED, error_message=str(error), progress=0.0)
             logger.info("document %s rejected: %s", document_id, type(error).__name__)
@@ -253,7 +296,7 @@ def _notify(on_progress, document) -> None:
         on_progress(document)
 
 
-def _run_pipeline(document, target, timings: StageTimings, on_progress) -> None:
+def _run_pipeline(document, target, timings: StageTimings, on_progress, allow_ocr: bool = True) -> None:
     embedder = get_embedder()
     mismatch = _embedding_model_mismatch(document.owner, embedder)
     if mismatch:
@@ -262,9 +305,7 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress) -> None:
         logger.error("document %s not ingested: %s", document.id, mismatch)
         return
     started = time.perf_counter()
-    path = document.file.path
-    inspect_pdf(path, max_bytes=settings.UPLOAD_MAX_BYTES, max_pages=settings.UPLOAD_MAX_PAGES)
-    pages = parse_in_bounded_process(extract_pages, path)
+    pages = _parse(document, allow_ocr, on_progress)
     text_chars = sum(len(page.text) for page in pages)
     if text_chars > settings.DOCUMENT_MAX_TEXT_CHARS:
         raise DocumentTooBig(
@@ -319,13 +360,13 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress) -> None:
     )
 
 
-def parse_in_bounded_process(parse: Callable[[str], list[PageText]], path: str) -> list[PageText]:
-    """`parse(path)` in a child process within PARSE_MEMORY_LIMIT_BYTES and PARSE_TIME_LIMIT_SECONDS, so that a file
-    built to inflate or to spin costs a failed document, not a worker. Any parser of a file into pages fits."""
+def parse_in_bounded_process(parse: Callable[..., list[TextUnit]], *arguments: Any) -> list[TextUnit]:
+    """`parse(*arguments)` in a child process within PARSE_MEMORY_LIMIT_BYTES and PARSE_TIME_LIMIT_SECONDS, so that a file
+    built to inflate or to spin costs a failed document, not a worker. Any parser of a file into located text units fits."""
     memory_limit = settings.PARSE_MEMORY_LIMIT_BYTES
     time_limit = settings.PARSE_TIME_LIMIT_SECONDS
     try:
-        return run_in_bounded_process(parse, path, memory_limit_bytes=memory_limit, time_limit_seconds=time_limit)
+        return run_in_bounded_process(parse, *arguments, memory_limit_bytes=memory_limit, time_limit_seconds=time_limit)
     except TimeLimitExceeded:
         raise DocumentTooBig(
             f"Reading this document took longer than {time_limit:g} seconds, the most Silo allows; it may be damaged "
@@ -350,6 +391,42 @@ def _attempts_exhausted_message() -> str:
         f"Silo tried {settings.INGEST_MAX_ATTEMPTS} times to process this document and each attempt was cut short; "
         "it may be damaged or too demanding to read. Try saving it again from the program that made it."
     )
+
+
+def ocr_options() -> OcrOptions:
+    return OcrOptions(dpi=settings.OCR_DPI, language=settings.OCR_LANGUAGE)
+
+
+def _parse(document: Document, allow_ocr: bool, on_progress) -> list[TextUnit]:
+    """The document's located text units; scanned PDF pages OCR'd (NeedsOcr when this worker may not)."""
+    path = document.file.path
+    if document.file_format != formats.PDF:
+        return parse_in_bounded_process(extract_units, path, document.file_format, parse_limits())
+    inspect_pdf(path, max_bytes=settings.UPLOAD_MAX_BYTES, max_pages=settings.UPLOAD_MAX_PAGES)
+    pages = parse_in_bounded_process(extract_pages, path, False)
+    scanned = scanned_page_numbers(path, pages)
+    if not scanned:
+        if not any(page.text for page in pages):
+            raise BlankPdf()
+        return pages
+    if len(scanned) > settings.OCR_MAX_PAGES:
+        raise TooManyScannedPages(
+            f"This PDF has {len(scanned):,} scanned pages; Silo reads up to {settings.OCR_MAX_PAGES:,} scanned "
+            "pages in one document. Split it into smaller PDFs and upload them."
+        )
+    if not allow_ocr:
+        raise NeedsOcr(len(scanned))
+
+    def page_done(done: int, total: int) -> None:
+        _update(document, ocr_pages_done=done, progress=0.01 + (PROGRESS_PARSED - 0.01) * done / total)
+        _notify(on_progress, document)
+
+    _update(document, ocr_pages_total=len(scanned), ocr_pages_done=0)
+    _notify(on_progress, document)
+    pages = with_ocr_text(pages, ocr_pages(path, scanned, ocr_options(), on_page=page_done))
+    if not any(page.text for page in pages):
+        raise NoTextLayer("This PDF's pages are images in which Silo could read no text.")
+    return pages
 
 
 def document_mark_failed(document_id: int, message: str) -> None:

@@ -1,6 +1,7 @@
 import logging
 
 from celery import Task, shared_task
+from django.conf import settings
 
 from documents import services
 from documents.fairness import tenant_ingest_slot
@@ -28,21 +29,33 @@ MAX_FAIRNESS_WAITS = 2000
 
 @shared_task(bind=True, base=IngestTask, max_retries=None)
 def ingest_document(self, document_id: int, fairness_waits: int = 0) -> None:
+    _ingest_in_turn(self, ingest_document, document_id, fairness_waits, allow_ocr=False)
+
+
+@shared_task(bind=True, base=IngestTask, max_retries=None, queue=settings.CELERY_OCR_QUEUE)
+def ingest_scanned_document(self, document_id: int, fairness_waits: int = 0) -> None:
+    """A PDF with scanned pages, on the OCR queue's own workers: slow work never holds up the main queue."""
+    _ingest_in_turn(self, ingest_scanned_document, document_id, fairness_waits, allow_ocr=True)
+
+
+def _ingest_in_turn(task, task_function, document_id: int, fairness_waits: int, allow_ocr: bool) -> None:
     owner_id = Document.objects.filter(id=document_id).values_list("owner_id", flat=True).first()
     if owner_id is None:
         return  # deleted before its turn came
     with tenant_ingest_slot(owner_id) as acquired:
         if not acquired and fairness_waits < MAX_FAIRNESS_WAITS:
             # Back of the queue: other tenants' documents go first.
-            ingest_document.apply_async((document_id, fairness_waits + 1), countdown=FAIRNESS_DELAY_SECONDS)
+            task_function.apply_async((document_id, fairness_waits + 1), countdown=FAIRNESS_DELAY_SECONDS)
             return
-        _ingest(self, document_id)
+        _ingest(task, document_id, allow_ocr)
 
 
-def _ingest(task, document_id: int) -> None:
+def _ingest(task, document_id: int, allow_ocr: bool) -> None:
     retries = task.request.retries
     try:
-        services.document_ingest(document_id)
+        services.document_ingest(document_id, allow_ocr=allow_ocr)
+    except services.NeedsOcr:
+        ingest_scanned_document.delay(document_id)
     except TenantDatabaseNotReady as error:
         if error.status in {"pending", "provisioning"} and retries < MAX_RETRIES:
             raise task.retry(countdown=min(2**retries, 30)) from None

@@ -10,6 +10,8 @@ from django.views.decorators.clickjacking import xframe_options_sameorigin
 from django.views.decorators.http import require_GET, require_POST
 
 from documents import selectors, services
+from documents.formats import ACCEPT_ATTRIBUTE, EXTENSIONS, UnreadableDocument
+from documents.models import Document
 from tenants import selectors as tenant_selectors
 from tenants.models import AuthenticatedHttpRequest
 from vectordb.connections import ConnectionCapacityExhausted
@@ -36,6 +38,7 @@ def dashboard(request: AuthenticatedHttpRequest) -> HttpResponse:
             "documents": [(document, statuses[document.id]) for document in documents],
             "has_ready_documents": any(payload["status"] == "ready" for payload in statuses.values()),
             "upload_max_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024),
+            "upload_accept": ACCEPT_ATTRIBUTE,
         },
     )
 
@@ -79,11 +82,32 @@ def status(request: HttpRequest) -> JsonResponse:
 @require_GET
 def file(request: HttpRequest, document_id: int) -> FileResponse:
     document = selectors.document_get_for_user(request.user, document_id)
-    response = FileResponse(document.file.open("rb"), content_type="application/pdf")
-    # Inline so the browser's PDF viewer opens it (at a page, with #page=N); the stored name is never exposed.
-    response["Content-Disposition"] = f'inline; filename="document-{document.id}.pdf"'
+    extension = EXTENSIONS.get(document.file_format, "bin")
+    if document.file_format == Document.Format.PDF:
+        response = FileResponse(document.file.open("rb"), content_type="application/pdf")
+        # Inline so the browser's PDF viewer opens it (at a page, with #page=N); the stored name is never exposed.
+        response["Content-Disposition"] = f'inline; filename="document-{document.id}.pdf"'
+    else:
+        # Anything else only ever downloads, as bytes: an uploaded HTML file is never rendered (nor its scripts run)
+        # on our origin. The viewer shows such documents as text (`document_text`).
+        response = FileResponse(document.file.open("rb"), content_type="application/octet-stream")
+        response["Content-Disposition"] = f'attachment; filename="document-{document.id}.{extension}"'
+        response["Content-Security-Policy"] = "default-src 'none'; sandbox"
     response["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+@login_required
+@require_GET
+def text(request: HttpRequest, document_id: int) -> JsonResponse:
+    """A non-PDF document as the viewer shows it: its located text units, as JSON (the browser renders them as
+    text, never as HTML)."""
+    document = selectors.document_get_for_user(request.user, document_id)
+    try:
+        units = selectors.document_text_units(document)
+    except UnreadableDocument as error:
+        return JsonResponse({"error": str(error), "units": []}, status=422)
+    return JsonResponse({"format": document.file_format, "units": units})
 
 
 @login_required

@@ -100,7 +100,7 @@ class CeleryWorker:
                 "--concurrency",
                 str(self.concurrency),
                 "--queues",
-                f"{settings.CELERY_TASK_DEFAULT_QUEUE},{settings.CELERY_PROVISIONING_QUEUE}",
+                f"{settings.CELERY_TASK_DEFAULT_QUEUE},{settings.CELERY_PROVISIONING_QUEUE},{settings.CELERY_OCR_QUEUE}",
                 "--hostname",
                 f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
                 "--without-gossip",

@@ -13,9 +13,11 @@
   const MARKER = /\[(\d{1,3})\]/g;
 
   function pagesLabel(citation) {
-    return citation.page === citation.page_end || !citation.page_end
+    if (citation.location) return citation.location; // a slide, sheet rows or a heading: formats without pages
+    const ocr = citation.ocr ? " (scanned)" : "";
+    return (citation.page === citation.page_end || !citation.page_end
       ? "p. " + citation.page
-      : "pp. " + citation.page + "–" + citation.page_end;
+      : "pp. " + citation.page + "–" + citation.page_end) + ocr;
   }
 
   function chip(citation) {

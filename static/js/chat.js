@@ -170,7 +170,7 @@
   if (showDocument) {
     showDocument.addEventListener("click", () => openSource({
       document_id: Number(layout.dataset.documentId), title: layout.dataset.documentTitle, page: 1, page_end: 1,
-      text: "", quote: "", whole: true,
+      text: "", quote: "", whole: true, format: layout.dataset.documentFormat,
     }));
   }
 

@@ -87,7 +87,9 @@
     const error = row.querySelector("[data-field=error]");
     error.textContent = data.error;
     error.hidden = !data.error;
-    if (data.pages) row.querySelector("[data-field=facts]").textContent = data.pages + (data.pages === 1 ? " page" : " pages");
+    const formatNames = { docx: "Word", pptx: "PowerPoint", xlsx: "Excel", csv: "CSV", html: "HTML", markdown: "Markdown", text: "Text" };
+    if (data.format && data.format !== "pdf") row.querySelector("[data-field=facts]").textContent = formatNames[data.format] || data.format;
+    else if (data.pages) row.querySelector("[data-field=facts]").textContent = data.pages + (data.pages === 1 ? " page" : " pages");
     row.dataset.busy = data.busy ? "true" : "false";
     // A document that has just become ready can be opened at once, without reloading the page.
     const actions = row.querySelector(".document-actions");

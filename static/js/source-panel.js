@@ -1,4 +1,4 @@
-// The side panel: a cited PDF rendered by PDF.js (vendored in static/vendor/pdfjs), opened at the cited page with
+// The side panel: a cited PDF rendered by PDF.js (other formats: their text, see openText) (vendored in static/vendor/pdfjs), opened at the cited page with
 // the cited passage highlighted on the page's text layer. PDF.js loads on first use; its worker comes from our
 // static files and it never evaluates code from a PDF (isEvalSupported: false, no scripting).
 const layout = document.getElementById("chat-layout");
@@ -141,7 +141,11 @@ function highlight(pageView, wanted) {
   const marks = wrapRanges(pieces, found.ranges);
   panel.dataset.highlightedPage = String(wanted.page);
   panel.dataset.highlightCoverage = found.coverage.toFixed(2);
-  if (!marks.length) {
+  if (!marks.length && wanted.ocr) {
+    // A scanned page has no text layer to mark: what OCR read from it is the passage quoted above the image.
+    setStatus("Page " + wanted.page + " is a scanned image; the passage Silo read from it is quoted above.");
+    showPassage(wanted.passage);
+  } else if (!marks.length) {
     setStatus("The passage could not be located exactly on page " + wanted.page + "; it is quoted above.", "warning");
     showPassage(wanted.passage);
   } else {
@@ -211,6 +215,95 @@ async function loadDocument(documentId) {
   }
 }
 
+// -- sources without pages: the document's text units, shown as text (never as HTML), the cited one highlighted --
+
+const textContainer = document.getElementById("text-container");
+let loadedText = null; // {documentId, units}
+
+function textUrl(documentId) {
+  return layout.dataset.textUrlTemplate.replace("/0/", "/" + documentId + "/");
+}
+
+function showTextMode(on) {
+  panel.classList.toggle("text-mode", on);
+  textContainer.hidden = !on;
+  container.hidden = on;
+}
+
+async function loadText(documentId) {
+  if (loadedText && loadedText.documentId === documentId) return loadedText;
+  const response = await fetch(textUrl(documentId), { headers: { Accept: "application/json" }, cache: "no-store" });
+  if (response.status === 404) return "deleted";
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || "The document's text could not be read.");
+  textContainer.replaceChildren();
+  for (const unit of body.units) {
+    const section = document.createElement("section");
+    section.className = "text-unit" + (unit.table ? " text-unit-table" : "");
+    section.dataset.number = String(unit.number);
+    const heading = document.createElement("h3");
+    heading.className = "text-unit-location";
+    heading.textContent = unit.location;
+    const text = document.createElement("p");
+    text.className = "text-unit-body";
+    text.textContent = unit.text;
+    section.append(heading, text);
+    textContainer.append(section);
+  }
+  loadedText = { documentId, units: body.units };
+  return loadedText;
+}
+
+// Highlights the passage in the best-matching unit among those numbered first..last; returns that unit.
+function highlightText(first, last, passage) {
+  clearHighlights(textContainer);
+  for (const cited of textContainer.querySelectorAll(".text-unit.cited")) cited.classList.remove("cited");
+  let best = null;
+  for (const section of textContainer.querySelectorAll(".text-unit")) {
+    const number = Number(section.dataset.number);
+    if (number < first || number > last) continue;
+    const body = section.querySelector(".text-unit-body");
+    const found = passage ? window.SiloPassage.find(body.textContent, passage) : { ranges: [], coverage: 0 };
+    if (!best || found.coverage > best.found.coverage) best = { section, body, found };
+  }
+  if (!best) return null;
+  best.section.classList.add("cited");
+  const node = best.body.firstChild;
+  const marks = node ? wrapRanges([{ node, start: 0, end: node.nodeValue.length }], best.found.ranges) : [];
+  panel.dataset.highlightCoverage = best.found.coverage.toFixed(2);
+  const anchor = marks[0] || best.section;
+  const box = textContainer.getBoundingClientRect();
+  textContainer.scrollTop += anchor.getBoundingClientRect().top - box.top - textContainer.clientHeight * 0.2;
+  return { section: best.section, marks };
+}
+
+async function openText(citation, documentId, page, passage) {
+  setStatus("Opening the document…");
+  showTextMode(true);
+  try {
+    const loaded = await loadText(documentId);
+    if (loaded === "deleted") return showDeleted(citation);
+    setStatus("");
+    const last = Math.max(page, Number(citation.page_end) || page);
+    const shown = highlightText(page, last, passage);
+    pageLabel.textContent = citation.location || "";
+    if (shown) panel.dataset.highlightedPage = String(shown.section.dataset.number);
+    if (passage && shown && !shown.marks.length) {
+      setStatus("The passage could not be located exactly; it is quoted above.", "warning");
+      showPassage(passage);
+    }
+  } catch (error) {
+    console.warn("text viewer:", error);
+    setStatus("This document could not be shown. The cited passage is quoted above.", "error");
+    showPassage(passage);
+  }
+}
+
+function isTextSource(citation) {
+  if (citation.whole) return Boolean(citation.format) && citation.format !== "pdf";
+  return Boolean(citation.location);
+}
+
 // Opens a citation ({document_id, title, page, quote, text, deleted}), or a whole document ({whole: true}).
 async function open(citation) {
   const documentId = Number(citation.document_id);
@@ -227,10 +320,15 @@ async function open(citation) {
   delete panel.dataset.highlightedPage;
   if (citation.deleted) return showDeleted(citation);
   panel.classList.remove("without-document");
+  if (isTextSource(citation)) {
+    downloadLink.href = fileUrl(documentId);
+    return openText(citation, documentId, page, passage);
+  }
+  showTextMode(false);
   setStatus("Opening the PDF…");
   try {
     await loadLibraries();
-    target = passage ? { documentId, page, passage } : null;
+    target = passage ? { documentId, page, passage, ocr: Boolean(citation.ocr) } : null;
     const loaded = await loadDocument(documentId);
     if (loaded === "deleted") return showDeleted(citation);
     viewerElement.hidden = false;
@@ -254,6 +352,8 @@ async function open(citation) {
 
 function showDeleted(citation) {
   panel.classList.add("without-document");
+  showTextMode(false);
+  loadedText = null;
   if (pdfViewer) pdfViewer.setDocument(null);
   loadedDocumentId = null;
   viewerElement.hidden = true;
@@ -287,7 +387,8 @@ if (window.__siloPendingSource) {
   window.__siloPendingSource = null;
 } else if (layout.dataset.documentId && !window.matchMedia("(max-width: 64rem)").matches) {
   // A document's own chat shows the document beside it from the start (on wide screens).
-  open({ document_id: layout.dataset.documentId, title: layout.dataset.documentTitle, page: 1, whole: true });
+  open({ document_id: layout.dataset.documentId, title: layout.dataset.documentTitle, page: 1, whole: true,
+    format: layout.dataset.documentFormat });
 } else {
   closePanel();
 }

@@ -378,7 +378,10 @@ def test_without_a_model_the_answer_quotes_the_sentences_that_answer_over_the_as
     assert best["quote"] and best["quote"] in best["text"]  # verbatim, for the viewer to highlight
     assert " ".join(best["quote"].split()) in answer
     assert all(citation["quote"] == "" for citation in citations if f"[{citation['number']}]" not in answer)
-    assert set(best) == {"number", "document_id", "title", "page", "page_end", "score", "text", "quote"}
+    assert set(best) == {
+        "number", "document_id", "title", "page", "page_end", "score", "text", "quote", "location", "ocr",
+    }  # fmt: skip
+    assert (best["location"], best["ocr"]) == ("", False)  # a PDF's text layer: cited by page
     conversation_id = events[0][1]["id"]
     assert events[0][1]["title"] == "How often should the espresso machine be descaled?"
     # The conversation and both messages are in the tenant's own database, the citations with their quotes.
@@ -781,6 +784,8 @@ def test_ask_json_prints_the_answer_alone_and_the_citations_in_rank_order(owner,
             "title": "espresso manual",
             "page": citation.page,
             "page_end": citation.page_end,
+            "location": "",
+            "ocr": False,
             "score": citation.score,
             "text": citation.text,
             "quote": citation.quote,

@@ -120,6 +120,9 @@ def test_make_run_starts_the_whole_stack_and_ctrl_c_stops_it(tmp_path):
     assert "stopping Silo" in output
     # The worker really ran: Celery prints its banner, then a warm shutdown on Ctrl-C.
     assert "celery@" in output and "Warm shutdown" in output
+    # So did the OCR worker, on the scanned-pages queue only.
+    ocr_queue = f"{environment.get('CELERY_QUEUE') or 'silo'}-ocr"
+    assert "ocr@" in output and f".> {ocr_queue} " in output
 
 
 def _pool_status(environment: dict[str, str]) -> dict:

@@ -23,7 +23,7 @@ from pypdf import PdfReader, PdfWriter
 
 from documents import services
 from documents.models import Document
-from documents.parsing import BlankPdf, CorruptPdf, EncryptedPdf, NoTextLayer
+from documents.parsing import BlankPdf, CorruptPdf, EncryptedPdf
 from tenants import services as tenant_services
 from tenants.crypto import decrypt_credentials
 from tenants.models import User, VectorDatabase
@@ -176,6 +176,9 @@ def test_upload_through_the_view_stores_the_file_and_queues_the_document(client,
                 "chunks": 0,
                 "chunks_total": 0,
                 "chunks_embedded": 0,
+                "format": "pdf",
+                "ocr_pages_total": 0,
+                "ocr_pages_done": 0,
                 "detail": "Waiting for your database to be set up; it starts by itself once it is ready.",
                 "error": "",
                 "busy": True,
@@ -417,7 +420,7 @@ def test_running_ingest_again_never_duplicates_chunks(owner, owner_database, med
 # What each kind of unreadable PDF tells its owner: one sentence they understand.
 UNREADABLE = {
     "encrypted": EncryptedPdf.default_message,
-    "image_only": NoTextLayer.default_message,
+    "image_only": "This PDF's pages are images in which Silo could read no text.",
     "blank": BlankPdf.default_message,
     "truncated": CorruptPdf.default_message,
 }
@@ -587,6 +590,9 @@ def test_an_upload_is_ingested_by_a_celery_worker(client, celery_worker, owner, 
             "chunks": len(rows),
             "chunks_total": len(rows),
             "chunks_embedded": len(rows),
+            "format": "pdf",
+            "ocr_pages_total": 0,
+            "ocr_pages_done": 0,
             "detail": "",
             "error": "",
             "busy": False,
@@ -620,6 +626,7 @@ def test_the_ingest_command_prints_json_and_fails_when_a_file_fails(owner, owner
                 "title": "class guide",
                 "file": str(good),
                 "status": "ready",
+                "format": "pdf",
                 "pages": SMALL_PDF_PAGES,
                 "chunks": len(_chunk_rows(owner_database, good_document.id)),
                 "error": None,
@@ -633,6 +640,7 @@ def test_the_ingest_command_prints_json_and_fails_when_a_file_fails(owner, owner
                 "title": "blank",
                 "file": str(blank),
                 "status": "failed",
+                "format": "pdf",
                 "pages": None,
                 "chunks": 0,
                 "error": BlankPdf.default_message,

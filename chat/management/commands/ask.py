@@ -12,7 +12,7 @@ from tenants.management.lookup import user_for_command
 from tenants.models import User
 from tenants.services import TenantDatabaseNotReady
 
-CITATION_FIELDS = ("document_id", "title", "page", "page_end", "score", "text", "quote")
+CITATION_FIELDS = ("document_id", "title", "page", "page_end", "location", "ocr", "score", "text", "quote")
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,9 @@ class Command(BaseCommand):
             self.stdout.write(services.NO_DOCUMENTS_ANSWER if retrieval.no_documents else services.NOT_FOUND_ANSWER)
         for citation in retrieval.citations:
             pages = str(citation.page) if citation.page == citation.page_end else f"{citation.page}-{citation.page_end}"
-            line = f"[{citation.number}] {citation.title}, p. {pages}"
+            line = f"[{citation.number}] {citation.title}, {citation.location or f'p. {pages}'}"
+            if citation.ocr:
+                line += " (OCR)"
             if options["retrieve_only"]:
                 line += f" ({citation.score:.3f}): {citation.text[:160]!r}"
             self.stdout.write(line)

@@ -13,7 +13,10 @@ from tenants.services import TenantDatabaseNotReady
 
 
 class Command(BaseCommand):
-    help = "Upload and ingest PDFs for a user, in this process, with a progress bar. Exit 0 only if all are ready."
+    help = (
+        "Upload and ingest documents (PDF, DOCX, PPTX, XLSX, CSV, HTML, Markdown, text) for a user, in this process "
+        "(scanned pages OCR'd here too), with a progress bar. Exit 0 only if all are ready."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--user", required=True, metavar="EMAIL")
@@ -68,6 +71,7 @@ class Command(BaseCommand):
             "title": document.title,
             "file": str(path),
             "status": document.status,
+            "format": document.file_format,
             "pages": document.page_count,
             "chunks": document.chunk_count,
             "error": document.error_message or None,
@@ -77,7 +81,10 @@ class Command(BaseCommand):
 def _summary(result: dict) -> str:
     """One line per file: what it became, or why it did not."""
     if result["status"] == Document.Status.READY:
-        return f"{result['file']}: ready, {result['pages']} pages, {result['chunks']} chunks (document {result['id']})"
+        units = "pages" if result.get("format", "pdf") == "pdf" else f"parts ({result['format']})"
+        return (
+            f"{result['file']}: ready, {result['pages']} {units}, {result['chunks']} chunks (document {result['id']})"
+        )
     return f"{result['file']}: {result['status']}: {result.get('error') or 'no reason recorded'}"
 
 
