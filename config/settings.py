@@ -154,6 +154,17 @@ def _tenant_postgres_servers() -> list[dict]:
         isinstance(server, dict) and {"name", "region", "admin_url"} <= server.keys() for server in servers
     ):
         raise ImproperEnvironment("TENANT_POSTGRES_SERVERS must be a list of {name, region, admin_url} objects")
+    for server in servers:
+        unknown = server.keys() - {"name", "region", "admin_url", "max_tenants"}
+        if unknown:
+            raise ImproperEnvironment(f"TENANT_POSTGRES_SERVERS: unknown key(s) {sorted(unknown)} for {server['name']}")
+        max_tenants = server.get("max_tenants")
+        if max_tenants is not None and (not isinstance(max_tenants, int) or max_tenants < 1):
+            raise ImproperEnvironment(
+                f"TENANT_POSTGRES_SERVERS: max_tenants of {server['name']} must be a positive whole number"
+            )
+    if len({server["name"] for server in servers}) != len(servers):
+        raise ImproperEnvironment("TENANT_POSTGRES_SERVERS: server names must be unique")
     return servers
 
 
@@ -187,6 +198,11 @@ CREDENTIALS_KEYS = _credential_keys
 # Connections into tenant databases, per process.
 TENANT_POOL_MAX_TOTAL_CONNECTIONS = env_int("TENANT_POOL_MAX_TOTAL_CONNECTIONS", 40, minimum=1)
 TENANT_POOL_MAX_PER_TENANT = env_int("TENANT_POOL_MAX_PER_TENANT", 4, minimum=1)
+# Many processes share each tenant server: every web and worker process (on every machine) may hold up to
+# TENANT_POOL_MAX_TOTAL_CONNECTIONS, so the total must stay under the server's max_connections (`manage.py check`
+# adds it up; put PgBouncer in front when it does not fit).
+SILO_APP_PROCESSES = env_int("SILO_APP_PROCESSES", 4, minimum=1)
+TENANT_SERVER_MAX_CONNECTIONS = env_int("TENANT_SERVER_MAX_CONNECTIONS", 500, minimum=1)
 TENANT_POOL_IDLE_SECONDS = env_float("TENANT_POOL_IDLE_SECONDS", 300.0, minimum=1)
 TENANT_MIGRATION_JOBS = env_int("TENANT_MIGRATION_JOBS", 8, minimum=1)
 

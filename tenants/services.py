@@ -12,17 +12,24 @@ from dataclasses import dataclass, field
 import psycopg
 from django.conf import settings
 from django.db import DatabaseError, transaction
+from django.db.models import F
 from django.dispatch import Signal
 from django.utils import timezone
 
 from config.celery import enqueue
 from tenants.crypto import decrypt_credentials, encrypt_credentials
-from tenants.models import User, VectorDatabase
+from tenants.models import MigrationRun, MigrationRunTenant, TenantServer, User, VectorDatabase
 from tenants.provisioners import ProvisionedDatabase, ProvisioningError, QuotaExceeded, get_provisioner
 from vectordb.advisory_locks import advisory_lock
-from vectordb.connections import TenantTarget, get_registry
-from vectordb.fleet import FleetMember, FleetOutcome, fleet_migrate
-from vectordb.schema import BreakingMigrationRefused, schema_target, tenant_database_prepare
+from vectordb.connections import TargetPurpose, TenantTarget, get_registry
+from vectordb.fleet import FleetMember, FleetOutcome, fleet_migrate, fleet_needing_contact, fleet_verify
+from vectordb.schema import (
+    BreakingMigrationRefused,
+    SchemaInspection,
+    latest_schema_version,
+    schema_target,
+    tenant_database_prepare,
+)
 from vectordb.tenant_embedding_model import (
     EmbeddingModel,
     EmbeddingModelMismatch,
@@ -288,17 +295,43 @@ def tenants_bound(apply: bool = False) -> BoundsReport:
 
 
 def fleet_members(tenant_email: str | None = None) -> list[FleetMember]:
-    """Every ready tenant database (or one tenant's), with credentials that may change its schema."""
+    """Every ready tenant database (or one tenant's), with credentials that may change its schema and the schema
+    version the registry records for it."""
     rows = VectorDatabase.objects.filter(status=Status.READY).select_related("tenant").order_by("id")
     if tenant_email:
         rows = rows.filter(tenant__email__iexact=tenant_email.strip())
     return [
         FleetMember(
             label=row.tenant.email if row.tenant else row.tenant_key,
-            target=schema_target(row.tenant_key, decrypt_credentials(row.encrypted_credentials)["migration_dsn"]),
+            target=_schema_target(row.tenant_key, row.encrypted_credentials),
+            schema_version=row.schema_version,
         )
         for row in rows
     ]
+
+
+def _schema_target(tenant_key: str, encrypted_credentials: str) -> TenantTarget:
+    """Decrypted only when a connection is made: a fleet decided from the registry never decrypts a credential."""
+    return TenantTarget(
+        key=tenant_key,
+        resolve_dsn=lambda _refresh: decrypt_credentials(encrypted_credentials)["migration_dsn"],
+        purpose=TargetPurpose.SCHEMA,
+    )
+
+
+@dataclass
+class FleetMigration:
+    run: MigrationRun
+    outcomes: list[FleetOutcome]  # the members that had to be reached: migrated, failed or not started
+    up_to_date: int  # members the registry already records at the latest version: not contacted
+
+    @property
+    def failures(self) -> list[FleetOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.error]
+
+    @property
+    def not_started(self) -> list[FleetOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.not_started]
 
 
 def tenants_migrate(
@@ -306,25 +339,164 @@ def tenants_migrate(
     jobs: int,
     allow_breaking: bool = False,
     on_done: Callable[[FleetOutcome], None] | None = None,
-) -> list[FleetOutcome]:
-    """Migrate the fleet, record each tenant's schema version, then bring the new-tenant template up to date."""
+    *,
+    canary: int | None = None,
+    max_failures: int | None = None,
+) -> FleetMigration:
+    """Migrate the members the registry records behind the latest migration (or at a version it cannot vouch for),
+    record each one's new schema version and a run record with every tenant's outcome, then bring the new-tenant
+    template up to date. Members already at the latest version are not contacted.
+
+    `canary`: migrate that many first and stop if any of them fails. `max_failures`: stop starting tenants once that
+    many have failed. Tenants a stop leaves out are recorded as not started; running again resumes."""
+    behind = fleet_needing_contact(members)
+    run = MigrationRun.objects.create(
+        target_version=latest_schema_version(),
+        tenants_in_registry=len(members),
+        tenants_to_migrate=len(behind),
+        jobs=jobs,
+        canary=canary,
+        max_failures=max_failures,
+        allow_breaking=allow_breaking,
+    )
 
     def record(outcome: FleetOutcome) -> None:
-        if outcome.ok:
-            VectorDatabase.objects.filter(tenant_key=outcome.member.key).update(
-                schema_version=outcome.schema_version, updated_at=timezone.now()
-            )
+        _migration_run_record(run, outcome)
         if on_done:
             on_done(outcome)
 
-    outcomes = fleet_migrate(members, jobs=jobs, allow_breaking=allow_breaking, on_done=record)
+    first, rest = (behind[:canary], behind[canary:]) if canary else ([], behind)
+    outcomes = fleet_migrate(first, jobs=jobs, allow_breaking=allow_breaking, on_done=record) if first else []
+    canary_failures = sum(1 for outcome in outcomes if outcome.error)
+    if canary_failures:
+        run.stop_reason = f"canary: {canary_failures} of {len(first)} tenants failed; the rest were not started"
+        for member in rest:
+            record(FleetOutcome(member=member, contacted=False, not_started=True))
+            outcomes.append(FleetOutcome(member=member, contacted=False, not_started=True))
+    elif rest:
+        outcomes += fleet_migrate(
+            rest, jobs=jobs, allow_breaking=allow_breaking, on_done=record, stop_after_failures=max_failures
+        )
+        if max_failures is not None and any(outcome.not_started for outcome in outcomes):
+            run.stop_reason = f"{max_failures} tenants failed (--max-failures): the rest were not started"
+    outcomes.sort(key=lambda outcome: outcome.member.label)
+    if not run.stop_reason:
+        _template_refresh(allow_breaking)
+    run.refresh_from_db(fields=["migrated", "failed", "not_started"])
+    run.status = (
+        MigrationRun.Status.STOPPED if run.stop_reason
+        else MigrationRun.Status.FAILED if run.failed
+        else MigrationRun.Status.SUCCEEDED
+    )  # fmt: skip
+    run.finished_at = timezone.now()
+    run.save(update_fields=["status", "finished_at", "stop_reason"])
+    return FleetMigration(run=run, outcomes=outcomes, up_to_date=len(members) - len(behind))
+
+
+def _migration_run_record(run: MigrationRun, outcome: FleetOutcome) -> None:
+    """One tenant's outcome in the run record and its progress counters; the registry learns a new schema version."""
+    if outcome.not_started:
+        result, counter = MigrationRunTenant.Outcome.NOT_STARTED, "not_started"
+    elif outcome.error:
+        result, counter = MigrationRunTenant.Outcome.FAILED, "failed"
+    else:
+        result, counter = MigrationRunTenant.Outcome.MIGRATED, "migrated"
+        VectorDatabase.objects.filter(tenant_key=outcome.member.key).update(
+            schema_version=outcome.schema_version, updated_at=timezone.now()
+        )
+    MigrationRunTenant.objects.create(
+        run=run,
+        tenant_key=outcome.member.key,
+        label=outcome.member.label[:254],
+        outcome=result,
+        applied=", ".join(outcome.applied),
+        error=outcome.error,
+        seconds=round(outcome.seconds, 3),
+    )
+    MigrationRun.objects.filter(id=run.id).update(**{counter: F(counter) + 1})
+
+
+def _template_refresh(allow_breaking: bool) -> None:
     provisioner = get_provisioner()
     if hasattr(provisioner, "template_refresh"):  # new tenants are cloned from it: same version as the fleet
         try:
             provisioner.template_refresh(allow_breaking=allow_breaking)
         except BreakingMigrationRefused:
             logger.warning("tenant template left at its version: the pending migrations are destructive")
-    return outcomes
+
+
+@dataclass
+class FleetVerification:
+    checked: int = 0
+    repaired: list[str] = field(default_factory=list)  # registry corrections, one line each
+    problems: dict[str, list[str]] = field(default_factory=dict)  # tenant label -> what its database lacks
+    unreachable: dict[str, str] = field(default_factory=dict)  # tenant label -> error
+
+    @property
+    def clean(self) -> bool:
+        return not (self.problems or self.unreachable)
+
+
+def tenants_verify(
+    jobs: int, per_second: float | None = None, on_done: Callable[[FleetOutcome], None] | None = None
+) -> FleetVerification:
+    """Connect to every ready tenant database (`jobs` at a time, at most `per_second` a second) and compare what it
+    has with the registry: schema version, pgvector, the indexes its version declares, its embedding model. The
+    registry is corrected to what the database says; what the database lacks is reported."""
+    members = fleet_members()
+    rows = {row.tenant_key: row for row in VectorDatabase.objects.filter(tenant_key__in=[m.key for m in members])}
+    report = FleetVerification()
+
+    def compare(outcome: FleetOutcome) -> None:
+        report.checked += 1
+        label = outcome.member.label
+        if outcome.error or outcome.inspection is None:
+            report.unreachable[label] = outcome.error
+        else:
+            report.repaired += _registry_repair(rows[outcome.member.key], label, outcome.inspection)
+            problems = list(outcome.inspection.problems)
+            if outcome.inspection.pending:
+                problems.append(f"{len(outcome.inspection.pending)} migration(s) pending: run migrate_tenants")
+            if problems:
+                report.problems[label] = problems
+        if on_done:
+            on_done(outcome)
+
+    fleet_verify(members, jobs=jobs, per_second=per_second, on_done=compare)
+    return report
+
+
+def _registry_repair(row: VectorDatabase, label: str, found: SchemaInspection) -> list[str]:
+    """Makes the registry row say what the database has; one line per correction."""
+    changes: dict[str, object] = {}
+    if row.schema_version != found.schema_version:
+        changes["schema_version"] = found.schema_version
+    if found.embedding_model and (row.embedding_model, row.embedding_dimensions) != (
+        found.embedding_model.name,
+        found.embedding_model.dimensions,
+    ):
+        changes["embedding_model"] = found.embedding_model.name
+        changes["embedding_dimensions"] = found.embedding_model.dimensions
+    if not changes:
+        return []
+    VectorDatabase.objects.filter(id=row.id).update(**changes, updated_at=timezone.now())
+    return [
+        f"{label}: {name} {getattr(row, name) or '(none)'} -> {value or '(none)'}" for name, value in changes.items()
+    ]
+
+
+class UnknownServer(Exception):
+    pass
+
+
+def tenant_server_drain(name: str, draining: bool) -> TenantServer:
+    """Mark an administered server draining (placement skips it) or open again; its tenants stay where they are."""
+    known = [server["name"] for server in settings.TENANT_POSTGRES_SERVERS]
+    if name not in known:
+        raise UnknownServer(f"no server {name!r} in TENANT_POSTGRES_SERVERS (known: {', '.join(known) or 'none'})")
+    server, _created = TenantServer.objects.update_or_create(name=name, defaults={"draining": draining})
+    logger.info("tenant database server %s %s", name, "draining" if draining else "open")
+    return server
 
 
 class TenantDatabaseNotReady(Exception):

@@ -36,6 +36,7 @@ class AdministeredServer:
     name: str
     region: str
     admin_url: str
+    max_tenants: int | None = None  # placement skips the server once it holds this many tenant databases
 
     def __repr__(self) -> str:
         return f"AdministeredServer(name={self.name!r}, region={self.region!r})"
@@ -112,12 +113,20 @@ class PostgresProvisioner:
     @contextlib.contextmanager
     def _locate(self, database: str, region: str | None):
         """(server, admin connection) for the tenant's database: the server that already has it (a retry), else the
-        least-loaded server in the requested region. One connection per server looked at, the chosen one kept."""
+        least-loaded server in the requested region that is up, not draining and under its `max_tenants`. One
+        connection per server looked at, the chosen one kept."""
+        closed = _draining_servers()
         with contextlib.ExitStack() as stack:
             counts: dict[str, int] = {}
             admins: dict[str, psycopg.Connection] = {}
+            down: list[str] = []
             for server in self.servers.values():
-                admin = stack.enter_context(self._admin(server))
+                try:
+                    admin = stack.enter_context(self._admin(server))
+                except ProvisioningError:  # a server that is down takes no new tenants; the others still do
+                    logger.warning("tenant database server %s is unreachable: placing elsewhere", server.name)
+                    down.append(server.name)
+                    continue
                 admins[server.name] = admin
                 exists, count = admin.execute(
                     "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %s), "
@@ -128,11 +137,34 @@ class PostgresProvisioner:
                     yield server, admin
                     return
                 counts[server.name] = count
-            candidates = [s for s in self.servers.values() if not region or s.region == region]
-            if not candidates:
+            in_region = [s for s in self.servers.values() if not region or s.region == region]
+            if not in_region:
                 raise ProvisioningError(f"no tenant database server in region {region!r}")
+            candidates = [
+                server
+                for server in in_region
+                if server.name in counts
+                and server.name not in closed
+                and (server.max_tenants is None or counts[server.name] < server.max_tenants)
+            ]
+            if not candidates:
+                raise ProvisioningError(
+                    f"no tenant database server in region {region!r} takes new tenants "
+                    f"(down: {', '.join(down) or 'none'}; draining: {', '.join(sorted(closed)) or 'none'}; "
+                    "the others are full): add a server or raise max_tenants"
+                )
             chosen = min(candidates, key=lambda server: (counts[server.name], server.name))
             yield chosen, admins[chosen.name]
+
+    def server_usage(self, server_name: str) -> tuple[int, int]:
+        """(tenant databases, their bytes on disk) on one server; ProvisioningError when it cannot be reached."""
+        with self._admin(self._server(server_name)) as admin:
+            count, size = admin.execute(
+                "SELECT count(*), coalesce(sum(pg_database_size(datname)), 0)::bigint FROM pg_database "
+                "WHERE starts_with(datname, %s)",
+                [DATABASE_PREFIX],
+            ).fetchone()
+        return count, size
 
     def _set_login(self, admin: psycopg.Connection, role: str, bounded: bool = True) -> str:
         """A new password for the role (created if missing); `bounded`: with a tenant role's limits."""
@@ -356,6 +388,12 @@ class PostgresProvisioner:
                 ).fetchall()
             found += [(server.name, row[0]) for row in rows]
         return found
+
+
+def _draining_servers() -> set[str]:
+    from tenants.models import TenantServer
+
+    return set(TenantServer.objects.filter(draining=True).values_list("name", flat=True))
 
 
 @lru_cache(maxsize=8)
