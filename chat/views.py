@@ -1,8 +1,10 @@
 import json
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
+import psycopg
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
@@ -16,8 +18,14 @@ from chat import selectors, services
 from documents.models import Document
 from documents.selectors import document_get_for_user, documents_for_user
 from tenants.services import TenantDatabaseNotReady
+from vectordb.connections import ConnectionCapacityExhausted
 
+logger = logging.getLogger(__name__)
 _END = object()
+UNREACHABLE_MESSAGE = (
+    "Your database cannot be reached right now; your documents and conversations are safe. "
+    "Chat opens again as soon as it is back: try again in a few minutes."
+)
 
 
 @lru_cache(maxsize=1)
@@ -43,6 +51,10 @@ def _chat_page(request: HttpRequest, document: Document | None) -> HttpResponse:
             context["history"] = [selectors.message_for_display(message, titles) for message in found[1]]
     except TenantDatabaseNotReady:
         context["unavailable"] = "Your database is still being set up. Chat opens as soon as it is ready."
+    except (psycopg.OperationalError, ConnectionCapacityExhausted) as error:
+        # Its server may be down: the other tenants' servers, and this page, keep working.
+        logger.warning("tenant database unreachable for the chat page: %s", type(error).__name__)
+        context["unavailable"] = UNREACHABLE_MESSAGE
     ready_documents = documents_for_user(request.user).filter(status=Document.Status.READY)
     context["ready_document_count"] = ready_documents.count()
     context["has_ready_documents"] = bool(context["ready_document_count"])

@@ -148,8 +148,9 @@ class PostgresProvisioner:
                 and (server.max_tenants is None or counts[server.name] < server.max_tenants)
             ]
             if not candidates:
+                where = f"region {region!r}" if region else "any region"
                 raise ProvisioningError(
-                    f"no tenant database server in region {region!r} takes new tenants "
+                    f"no tenant database server in {where} takes new tenants "
                     f"(down: {', '.join(down) or 'none'}; draining: {', '.join(sorted(closed)) or 'none'}; "
                     "the others are full): add a server or raise max_tenants"
                 )

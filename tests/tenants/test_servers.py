@@ -10,6 +10,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.urls import reverse
 
 from config.embedded_postgres import ensure_running, stop
 from tenants import services
@@ -83,16 +84,25 @@ def test_placement_honours_each_servers_capacity(two_servers, settings):
     _servers("drain", "embedded")
     assert _tenant("first@example.com").server == "second"
 
-    refused = _tenant("second@example.com")
+    user = User.objects.create_user(email="second@example.com")
+    refused = VectorDatabase.objects.create(tenant=user, provider="postgres")
+    with pytest.raises(
+        services.ProvisioningFailed,
+        match=r"no tenant database server in any region takes new tenants \(down: none; draining: embedded; the "
+        r"others are full\): add a server or raise max_tenants",
+    ):
+        services.vector_database_provision(refused.id)
 
-    assert refused.status == VectorDatabase.Status.FAILED
-    assert refused.external_id == ""
+    refused.refresh_from_db()
+    assert (refused.status, refused.external_id) == (VectorDatabase.Status.FAILED, "")
     out, _ = _servers()
     second = _line(out, "second")
     assert (second[3], second[5]) == ("1", "0")  # one tenant, no room left
 
 
-def test_a_server_that_is_down_shows_its_tenants_unavailable_and_the_others_keep_working(two_servers, second_server):
+def test_a_server_that_is_down_shows_its_tenants_unavailable_and_the_others_keep_working(
+    two_servers, second_server, client
+):
     data_root, _server = second_server
     _servers("drain", "embedded")
     on_second = _tenant("second-home@example.com")
@@ -110,5 +120,14 @@ def test_a_server_that_is_down_shows_its_tenants_unavailable_and_the_others_keep
         assert _tenant("newcomer@example.com").server == "embedded"
         with psycopg.connect(services.vector_database_credentials(on_embedded)["dsn"]) as connection:
             assert connection.execute("SELECT count(*) FROM embeddings").fetchone() == (0,)
+        # In the app: the tenant on the down server reads why chat is closed; the other chats as ever.
+        client.force_login(on_second.tenant)
+        page = client.get(reverse("chat"))
+        assert page.status_code == 200
+        assert "Your database cannot be reached right now" in page.content.decode()
+        client.force_login(on_embedded.tenant)
+        page = client.get(reverse("chat"))
+        assert page.status_code == 200
+        assert "cannot be reached" not in page.content.decode()
     finally:
         ensure_running(data_root, fast_unsafe=True)
