@@ -294,29 +294,46 @@ def tenants_bound(apply: bool = False) -> BoundsReport:
     return report
 
 
-def fleet_members(tenant_email: str | None = None) -> list[FleetMember]:
-    """Every ready tenant database (or one tenant's), with credentials that may change its schema and the schema
-    version the registry records for it."""
-    rows = VectorDatabase.objects.filter(status=Status.READY).select_related("tenant").order_by("id")
+def _fleet_rows(tenant_email: str | None):
+    rows = VectorDatabase.objects.filter(status=Status.READY)
     if tenant_email:
         rows = rows.filter(tenant__email__iexact=tenant_email.strip())
+    return rows
+
+
+def fleet_members(tenant_email: str | None = None, *, behind_only: bool = False) -> list[FleetMember]:
+    """Every ready tenant database (or one tenant's), with credentials that may change its schema (decrypted only if
+    a connection is made) and the schema version the registry records for it. `behind_only`: those the registry does
+    not record at the latest migration, selected by the database: a fleet at the latest version loads no row."""
+    rows = _fleet_rows(tenant_email)
+    if behind_only:
+        rows = rows.exclude(schema_version=latest_schema_version())
     return [
         FleetMember(
-            label=row.tenant.email if row.tenant else row.tenant_key,
-            target=_schema_target(row.tenant_key, row.encrypted_credentials),
-            schema_version=row.schema_version,
+            label=email or tenant_key,
+            target=_schema_target(tenant_key),
+            schema_version=schema_version,
         )
-        for row in rows
+        for tenant_key, email, schema_version in rows.order_by("id").values_list(
+            "tenant_key", "tenant__email", "schema_version"
+        )
     ]
 
 
-def _schema_target(tenant_key: str, encrypted_credentials: str) -> TenantTarget:
-    """Decrypted only when a connection is made: a fleet decided from the registry never decrypts a credential."""
-    return TenantTarget(
-        key=tenant_key,
-        resolve_dsn=lambda _refresh: decrypt_credentials(encrypted_credentials)["migration_dsn"],
-        purpose=TargetPurpose.SCHEMA,
-    )
+def fleet_size(tenant_email: str | None = None) -> int:
+    """How many ready tenant databases the registry has (or the tenant's: 0 or 1)."""
+    return _fleet_rows(tenant_email).count()
+
+
+def _schema_target(tenant_key: str) -> TenantTarget:
+    """Credentials are read and decrypted only when a connection is made: a fleet decided from the registry reads
+    none (at 10,000 tenants they would be most of what the plan loads)."""
+
+    def resolve_dsn(_refresh: bool) -> str:
+        encrypted = VectorDatabase.objects.values_list("encrypted_credentials", flat=True).get(tenant_key=tenant_key)
+        return decrypt_credentials(encrypted)["migration_dsn"]
+
+    return TenantTarget(key=tenant_key, resolve_dsn=resolve_dsn, purpose=TargetPurpose.SCHEMA)
 
 
 @dataclass
@@ -342,17 +359,20 @@ def tenants_migrate(
     *,
     canary: int | None = None,
     max_failures: int | None = None,
+    fleet_total: int | None = None,
 ) -> FleetMigration:
     """Migrate the members the registry records behind the latest migration (or at a version it cannot vouch for),
     record each one's new schema version and a run record with every tenant's outcome, then bring the new-tenant
     template up to date. Members already at the latest version are not contacted.
 
     `canary`: migrate that many first and stop if any of them fails. `max_failures`: stop starting tenants once that
-    many have failed. Tenants a stop leaves out are recorded as not started; running again resumes."""
+    many have failed. Tenants a stop leaves out are recorded as not started; running again resumes.
+    `fleet_total`: how many ready tenants the registry has, when `members` holds only those behind."""
     behind = fleet_needing_contact(members)
+    in_registry = len(members) if fleet_total is None else fleet_total
     run = MigrationRun.objects.create(
         target_version=latest_schema_version(),
-        tenants_in_registry=len(members),
+        tenants_in_registry=in_registry,
         tenants_to_migrate=len(behind),
         jobs=jobs,
         canary=canary,
@@ -390,7 +410,7 @@ def tenants_migrate(
     )  # fmt: skip
     run.finished_at = timezone.now()
     run.save(update_fields=["status", "finished_at", "stop_reason"])
-    return FleetMigration(run=run, outcomes=outcomes, up_to_date=len(members) - len(behind))
+    return FleetMigration(run=run, outcomes=outcomes, up_to_date=in_registry - len(behind))
 
 
 def _migration_run_record(run: MigrationRun, outcome: FleetOutcome) -> None:

@@ -193,12 +193,16 @@ def fleet_plan(
 ) -> list[FleetOutcome]:
     """What each member still needs, changing nothing: from the registry's record, asking only the databases whose
     recorded version this code does not know."""
-    members = list(members)
-    decided = [_plan_one(member) for member in members if catalog_pending(member.schema_version) is not None]
-    for outcome in decided:
-        if on_done:
+    decided, unknown = [], []
+    for member in members:
+        pending = catalog_pending(member.schema_version)
+        if pending is None:
+            unknown.append(member)
+        else:
+            decided.append(FleetOutcome(member=member, pending=pending, contacted=False))
+    if on_done:
+        for outcome in decided:
             on_done(outcome)
-    unknown = [member for member in members if catalog_pending(member.schema_version) is None]
     asked = _run_all(unknown, _plan_one, jobs, on_done) if unknown else []
     return sorted(decided + asked, key=lambda outcome: outcome.member.label)
 

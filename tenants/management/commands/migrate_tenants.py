@@ -43,9 +43,11 @@ class Command(BaseCommand):
             raise CommandError("--canary must be at least 1")
         if max_failures is not None and max_failures < 1:
             raise CommandError("--max-failures must be at least 1")
-        members = services.fleet_members(tenant)
-        if tenant and not members:
+        # Decided in the registry: only the tenants it does not record at the latest migration are loaded.
+        total = services.fleet_size(tenant)
+        if tenant and not total:
             raise CommandError(f"no ready tenant database for {tenant}")
+        members = services.fleet_members(tenant, behind_only=True)
         if plan:
             return self._plan(members, jobs)
         failed = 0
@@ -64,6 +66,7 @@ class Command(BaseCommand):
                 on_done=advance,
                 canary=canary,
                 max_failures=max_failures,
+                fleet_total=total,
             )
         if migration.outcomes:
             self._table(migration.outcomes)
@@ -80,14 +83,14 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{len(migration.failures)} of {len(migration.outcomes)} tenant databases failed; run again to resume"
             )
-        self.stdout.write(self.style.SUCCESS(f"{len(members)} tenant databases at the latest schema"))
+        self.stdout.write(self.style.SUCCESS(f"{total} tenant databases at the latest schema"))
 
     def _plan(self, members, jobs: int) -> None:
         outcomes = fleet_plan(members, jobs=jobs)
         unreachable = [outcome for outcome in outcomes if outcome.error]
         pending = [outcome for outcome in outcomes if outcome.ok and outcome.pending]
-        for outcome in pending:
-            self.stdout.write(f"{outcome.member.label}: {', '.join(outcome.pending)}")
+        if pending:  # one write: a plan may list every tenant of a large fleet
+            self.stdout.write("\n".join(f"{outcome.member.label}: {', '.join(outcome.pending)}" for outcome in pending))
         for outcome in unreachable:
             self.stderr.write(f"UNREACHABLE {outcome.member.label}: {outcome.error}")
         if not pending and not unreachable:
