@@ -26,6 +26,7 @@ from documents.chunking import Chunk, chunk_pages
 from documents.models import Document
 from documents.parsing import UnreadablePdf, extract_pages, inspect_pdf, page_count
 from documents.selectors import document_get_for_user
+from documents.storage import local_path, region_of, with_region
 from tenants.models import User
 from tenants.selectors import vector_database_embedding_model
 from tenants.services import TenantDatabaseNotReady, tenant_target, vector_database_embedding_model_switch
@@ -244,9 +245,9 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress) -> None:
         logger.error("document %s not ingested: %s", document.id, mismatch)
         return
     started = time.perf_counter()
-    path = document.file.path
-    inspect_pdf(path, max_bytes=settings.UPLOAD_MAX_BYTES, max_pages=settings.UPLOAD_MAX_PAGES)
-    pages = extract_pages(path)
+    with local_path(document.file) as path:  # a temporary copy when the file is on object storage
+        inspect_pdf(path, max_bytes=settings.UPLOAD_MAX_BYTES, max_pages=settings.UPLOAD_MAX_PAGES)
+        pages = extract_pages(path)
     timings.parse = time.perf_counter() - started
     _update(document, page_count=len(pages), progress=PROGRESS_PARSED)
     _notify(on_progress, document)
@@ -330,6 +331,27 @@ def document_reingest(user, document_id: int | str) -> Document:
         )
         _enqueue_ingest(document)
     return document
+
+
+def document_files_move_region(tenant, region: str) -> int:
+    """Move the tenant's files to `region` (its bucket when uploads are on object storage), when the tenant moves
+    there. Copy, switch the row, then delete the old copy: a reader sees one file or the other, never none; a run
+    that stops half way is finished by the next. Returns how many files moved."""
+    moved = 0
+    for document in Document.objects.filter(owner=tenant).order_by("id"):
+        old_name = document.file.name or ""
+        if not old_name or region_of(old_name) == region:
+            continue
+        storage = document.file.storage
+        with storage.open(old_name, "rb") as source:
+            new_name = storage.save(with_region(old_name, region), source)
+        if Document.objects.filter(id=document.id, file=old_name).update(file=new_name):
+            storage.delete(old_name)
+            moved += 1
+        else:  # the document changed meanwhile (deleted): the copy is the one to drop
+            storage.delete(new_name)
+    logger.info("moved %d file(s) of tenant %s to region %s", moved, tenant.id, region)
+    return moved
 
 
 def documents_erase_for_tenant(tenant) -> int:

@@ -9,7 +9,7 @@ from django.db.models import Count
 
 from tenants.models import TenantServer, User, VectorDatabase
 from tenants.provisioners import ProvisioningError
-from tenants.services import vector_database_target
+from tenants.services import default_region, vector_database_target
 from vectordb.connections import database_size_bytes, get_registry
 
 
@@ -20,6 +20,12 @@ def user_by_email(email: str) -> User | None:
 
 def vector_database_for_tenant(tenant: User) -> VectorDatabase | None:
     return VectorDatabase.objects.filter(tenant=tenant).first()
+
+
+def tenant_region(tenant_id: int) -> str:
+    """The region the tenant's data lives in: its database's, else where a new one would go."""
+    region = VectorDatabase.objects.filter(tenant_id=tenant_id).values_list("region", flat=True).first()
+    return region or default_region()
 
 
 def vector_database_embedding_model(tenant: User) -> tuple[str, int | None]:

@@ -63,7 +63,7 @@ def vector_database_request(tenant: User, region: str | None = None) -> VectorDa
     """Register the tenant's database and enqueue its provisioning (idempotent: one row per tenant)."""
     vector_database, _created = VectorDatabase.objects.get_or_create(
         tenant=tenant,
-        defaults={"provider": settings.TENANT_PROVIDER, "region": region or _default_region()},
+        defaults={"provider": settings.TENANT_PROVIDER, "region": region or default_region()},
     )
     if vector_database.status == Status.PENDING:
         _enqueue_provisioning(vector_database.id)
@@ -81,7 +81,7 @@ def vector_database_retry(tenant: User) -> VectorDatabase:
     return vector_database
 
 
-def _default_region() -> str:
+def default_region() -> str:
     return settings.NEON_REGION if settings.TENANT_PROVIDER == "neon" else settings.TENANT_DEFAULT_REGION
 
 

@@ -37,6 +37,7 @@ class AdministeredServer:
     region: str
     admin_url: str
     max_tenants: int | None = None  # placement skips the server once it holds this many tenant databases
+    pooler: str | None = None  # "host:port" of a PgBouncer in front of it: the app connects there, DDL goes direct
 
     def __repr__(self) -> str:
         return f"AdministeredServer(name={self.name!r}, region={self.region!r})"
@@ -46,6 +47,14 @@ class AdministeredServer:
         admin = Dsn.parse(self.admin_url)
         address = admin.replace(database=database, host=admin.host or "127.0.0.1")
         return (address if user is None else address.replace(user=user, password=password or "")).url()
+
+    def app_url_for(self, database: str, user: str, password: str) -> str:
+        """Where the app's connections for a tenant go: through the pooler when the server has one."""
+        direct = Dsn.parse(self.url_for(database, user, password))
+        if not self.pooler:
+            return direct.url()
+        host, _, port = self.pooler.rpartition(":")
+        return direct.replace(host=host, port=int(port)).url()
 
 
 def database_name(tenant_key: str) -> str:
@@ -330,13 +339,12 @@ class PostgresProvisioner:
             tenant_admin.execute("CREATE EXTENSION IF NOT EXISTS vector")
             if not cloned:  # a clone has the template's revocations already
                 tenant_admin.execute(_REVOKE_ADVISORY_LOCKS)
-        dsn = server.url_for(database, role, password)
         return ProvisionedDatabase(
             external_id=database,
             region=server.region,
             server=server.name,
-            dsn=dsn,
-            migration_dsn=dsn,
+            dsn=server.app_url_for(database, role, password),
+            migration_dsn=server.url_for(database, role, password),
             new_database=made_empty,
         )
 
@@ -374,9 +382,12 @@ class PostgresProvisioner:
             if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [external_id]).fetchone():
                 raise ProvisioningError(f"tenant database {external_id} does not exist on {server}")
             password = self._set_login(admin, external_id)
-        dsn = administered.url_for(external_id, external_id, password)
         return ProvisionedDatabase(
-            external_id=external_id, region=administered.region, server=server, dsn=dsn, migration_dsn=dsn
+            external_id=external_id,
+            region=administered.region,
+            server=server,
+            dsn=administered.app_url_for(external_id, external_id, password),
+            migration_dsn=administered.url_for(external_id, external_id, password),
         )
 
     def list_databases(self) -> list[tuple[str, str]]:
