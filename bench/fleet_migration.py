@@ -71,7 +71,7 @@ def run(quick: bool) -> dict:
                 _expect_column(members, present=False)
                 progress(f"[{repetition}/{REPETITIONS}] migrate_tenants with {jobs} jobs")
                 with stopwatch() as concurrent:
-                    outcomes = services.tenants_migrate(members, jobs=jobs)
+                    outcomes = services.tenants_migrate(members, jobs=jobs).outcomes
                 concurrent_runs.append(concurrent.seconds)
                 failed = [outcome for outcome in outcomes if not outcome.ok or outcome.applied != [NEW_MIGRATION]]
                 if failed:
@@ -81,7 +81,7 @@ def run(quick: bool) -> dict:
                 progress(f"[{repetition}/{REPETITIONS}] migrate_tenants with {jobs} jobs, Django's executor per tenant")
                 with mock.patch("vectordb.schema.compile_migrations", side_effect=_not_compilable):
                     with stopwatch() as executor:
-                        executed = services.tenants_migrate(members, jobs=jobs)
+                        executed = services.tenants_migrate(members, jobs=jobs).outcomes
                 executor_runs.append(executor.seconds)
                 if [outcome for outcome in executed if not outcome.ok or outcome.applied != [NEW_MIGRATION]]:
                     raise RuntimeError("tenants not migrated as expected through Django's executor")
@@ -143,6 +143,8 @@ def _naive_migrate(members: list[FleetMember], target: str | None = None) -> Non
             connections[alias].close()
             del connections[alias]
             del connections.settings[alias]
+    if target:  # behind the registry's back: tell it, or the catalog-driven migration would skip these tenants
+        VectorDatabase.objects.filter(tenant_key__in=[member.key for member in members]).update(schema_version=target)
 
 
 def _expect_column(members: list[FleetMember], present: bool) -> None:

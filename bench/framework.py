@@ -23,7 +23,16 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_PATH = BENCH_DIR / "results.json"
 
 # The order sections run and appear in results.json; a section module not listed here runs after these.
-SECTION_ORDER = ["provisioning", "fleet_migration", "ingest", "retrieval", "chat_overhead", "quality", "load"]
+SECTION_ORDER = [
+    "provisioning",
+    "fleet_migration",
+    "fleet_catalog",
+    "ingest",
+    "retrieval",
+    "chat_overhead",
+    "quality",
+    "load",
+]
 NOT_SECTIONS = {"framework", "common"}
 
 

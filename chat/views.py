@@ -21,9 +21,12 @@ from documents.selectors import document_get_for_user, documents_for_user
 from tenants.services import TenantDatabaseNotReady
 from vectordb.connections import ConnectionCapacityExhausted
 
-_END = object()
 logger = logging.getLogger(__name__)
-UNREACHABLE_MESSAGE = "Your database cannot be reached right now. Please try again in a moment."
+_END = object()
+UNREACHABLE_MESSAGE = (
+    "Your database cannot be reached right now; your documents and conversations are safe. "
+    "Chat opens again as soon as it is back: try again in a few minutes."
+)
 
 
 @lru_cache(maxsize=1)

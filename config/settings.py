@@ -146,6 +146,19 @@ if TENANT_PROVIDER not in {"postgres", "neon"}:
 TENANT_DEFAULT_REGION = env_str("TENANT_DEFAULT_REGION", "local")
 
 
+def _json_object(name: str) -> dict[str, str]:
+    raw = env_str(name)
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ImproperEnvironment(f"{name} is not valid JSON: {error}") from None
+    if not isinstance(value, dict) or not all(isinstance(v, str) and v for v in value.values()):
+        raise ImproperEnvironment(f'{name} must be a JSON object of names, e.g. {{"eu": "silo-uploads-eu"}}')
+    return value
+
+
 def _tenant_postgres_servers() -> list[dict]:
     raw = env_str("TENANT_POSTGRES_SERVERS")
     if not raw:
@@ -160,6 +173,20 @@ def _tenant_postgres_servers() -> list[dict]:
         isinstance(server, dict) and {"name", "region", "admin_url"} <= server.keys() for server in servers
     ):
         raise ImproperEnvironment("TENANT_POSTGRES_SERVERS must be a list of {name, region, admin_url} objects")
+    for server in servers:
+        unknown = server.keys() - {"name", "region", "admin_url", "max_tenants", "pooler"}
+        if unknown:
+            raise ImproperEnvironment(f"TENANT_POSTGRES_SERVERS: unknown key(s) {sorted(unknown)} for {server['name']}")
+        max_tenants = server.get("max_tenants")
+        if max_tenants is not None and (not isinstance(max_tenants, int) or max_tenants < 1):
+            raise ImproperEnvironment(
+                f"TENANT_POSTGRES_SERVERS: max_tenants of {server['name']} must be a positive whole number"
+            )
+        pooler = server.get("pooler")
+        if pooler is not None and not (isinstance(pooler, str) and pooler.rpartition(":")[2].isdigit()):
+            raise ImproperEnvironment(f"TENANT_POSTGRES_SERVERS: pooler of {server['name']} must be 'host:port'")
+    if len({server["name"] for server in servers}) != len(servers):
+        raise ImproperEnvironment("TENANT_POSTGRES_SERVERS: server names must be unique")
     return servers
 
 
@@ -220,6 +247,11 @@ CREDENTIALS_KEYS = _credential_keys
 # Connections into tenant databases, per process.
 TENANT_POOL_MAX_TOTAL_CONNECTIONS = env_int("TENANT_POOL_MAX_TOTAL_CONNECTIONS", 40, minimum=1)
 TENANT_POOL_MAX_PER_TENANT = env_int("TENANT_POOL_MAX_PER_TENANT", 4, minimum=1)
+# Many processes share each tenant server: every web and worker process (on every machine) may hold up to
+# TENANT_POOL_MAX_TOTAL_CONNECTIONS, so the total must stay under the server's max_connections (`manage.py check`
+# adds it up; put PgBouncer in front when it does not fit).
+SILO_APP_PROCESSES = env_int("SILO_APP_PROCESSES", 4, minimum=1)
+TENANT_SERVER_MAX_CONNECTIONS = env_int("TENANT_SERVER_MAX_CONNECTIONS", 500, minimum=1)
 TENANT_POOL_IDLE_SECONDS = env_float("TENANT_POOL_IDLE_SECONDS", 300.0, minimum=1)
 TENANT_MIGRATION_JOBS = env_int("TENANT_MIGRATION_JOBS", 8, minimum=1)
 
@@ -483,8 +515,20 @@ STATIC_URL = "/static/"
 STATIC_ROOT = DATA_DIR / "staticfiles"
 STATIC_ROOT.mkdir(exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# Uploaded files: the local MEDIA_ROOT folder, or S3-compatible object storage with a bucket per tenant region when
+# SILO_S3_BUCKETS is set (JSON {"region": "bucket"}; MinIO or any S3 API with SILO_S3_ENDPOINT_URL).
+S3_BUCKETS: dict[str, str] = _json_object("SILO_S3_BUCKETS")
+S3_ENDPOINT_URL = env_str("SILO_S3_ENDPOINT_URL")
+S3_ACCESS_KEY_ID = env_str("SILO_S3_ACCESS_KEY_ID")
+S3_SECRET_ACCESS_KEY = env_str("SILO_S3_SECRET_ACCESS_KEY")
+S3_REGION_NAME = env_str("SILO_S3_REGION_NAME")
+S3_SIGNED_URL_SECONDS = env_int("SILO_S3_SIGNED_URL_SECONDS", 300, minimum=1)
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": {
+        "BACKEND": "documents.storage.RegionalS3Storage"
+        if S3_BUCKETS
+        else "django.core.files.storage.FileSystemStorage"
+    },
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"
         if not DEBUG

@@ -9,9 +9,12 @@ from documents.formats import EXTENSIONS
 
 
 def document_upload_path(document: Document, filename: str) -> str:
-    # Random names: the user's file name never becomes a path on our disk.
-    extension = EXTENSIONS.get(document.file_format, "bin")
-    return f"documents/{document.owner_id}/{uuid.uuid4().hex}.{extension}"
+    # Random names: the user's file name never becomes a path on our disk. The region sends the file to the bucket
+    # of its tenant's region when uploads live on object storage (documents/storage.py).
+    from documents.storage import upload_name
+    from tenants.selectors import tenant_region
+
+    return upload_name(tenant_region(document.owner_id), document.owner_id, uuid.uuid4().hex, EXTENSIONS.get(document.file_format, "bin"))
 
 
 class Document(models.Model):

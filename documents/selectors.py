@@ -58,9 +58,12 @@ def document_text_units(document: Document) -> list[dict]:
     """The document's units as the viewer shows them: number (what citations call `page`), location and text. Read
     from the stored file again: the same parser, so the same units the chunks were cut from."""
     from documents.formats import extract_units
+    from documents.storage import local_path
 
     units, total = [], 0
-    for unit in extract_units(document.file.path, document.file_format, parse_limits()):
+    with local_path(document.file) as path:  # a temporary copy when the file is on object storage
+        extracted = extract_units(path, document.file_format, parse_limits())
+    for unit in extracted:
         units.append({"number": unit.page_number, "location": unit.location, "text": unit.text, "table": unit.table})
         total += len(unit.text)
         if total > VIEWER_MAX_CHARACTERS:

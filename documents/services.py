@@ -43,6 +43,7 @@ from documents.parsing import (
     page_count,
 )
 from documents.selectors import document_get_for_user, parse_limits
+from documents.storage import local_path, region_of, with_region
 from tenants.models import User
 from tenants.selectors import vector_database_embedding_model
 from tenants.services import TenantDatabaseNotReady, tenant_target, vector_database_embedding_model_switch
@@ -305,7 +306,8 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress, allow_oc
         logger.error("document %s not ingested: %s", document.id, mismatch)
         return
     started = time.perf_counter()
-    pages = _parse(document, allow_ocr, on_progress)
+    with local_path(document.file) as path:  # a temporary copy when the file is on object storage
+        pages = _parse(document, path, allow_ocr, on_progress)
     text_chars = sum(len(page.text) for page in pages)
     if text_chars > settings.DOCUMENT_MAX_TEXT_CHARS:
         raise DocumentTooBig(
@@ -397,9 +399,8 @@ def ocr_options() -> OcrOptions:
     return OcrOptions(dpi=settings.OCR_DPI, language=settings.OCR_LANGUAGE)
 
 
-def _parse(document: Document, allow_ocr: bool, on_progress) -> list[TextUnit]:
+def _parse(document: Document, path: str, allow_ocr: bool, on_progress) -> list[TextUnit]:
     """The document's located text units; scanned PDF pages OCR'd (NeedsOcr when this worker may not)."""
-    path = document.file.path
     if document.file_format != formats.PDF:
         return parse_in_bounded_process(extract_units, path, document.file_format, parse_limits())
     inspect_pdf(path, max_bytes=settings.UPLOAD_MAX_BYTES, max_pages=settings.UPLOAD_MAX_PAGES)
@@ -471,6 +472,27 @@ def document_reingest(user, document_id: int | str) -> Document:
         )
         _enqueue_ingest(document)
     return document
+
+
+def document_files_move_region(tenant, region: str) -> int:
+    """Move the tenant's files to `region` (its bucket when uploads are on object storage), when the tenant moves
+    there. Copy, switch the row, then delete the old copy: a reader sees one file or the other, never none; a run
+    that stops half way is finished by the next. Returns how many files moved."""
+    moved = 0
+    for document in Document.objects.filter(owner=tenant).order_by("id"):
+        old_name = document.file.name or ""
+        if not old_name or region_of(old_name) == region:
+            continue
+        storage = document.file.storage
+        with storage.open(old_name, "rb") as source:
+            new_name = storage.save(with_region(old_name, region), source)
+        if Document.objects.filter(id=document.id, file=old_name).update(file=new_name):
+            storage.delete(old_name)
+            moved += 1
+        else:  # the document changed meanwhile (deleted): the copy is the one to drop
+            storage.delete(new_name)
+    logger.info("moved %d file(s) of tenant %s to region %s", moved, tenant.id, region)
+    return moved
 
 
 def documents_erase_for_tenant(tenant) -> int:

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
-from tenants.models import User, VectorDatabase
+from tenants.models import MigrationRun, MigrationRunTenant, TenantServer, User, VectorDatabase
 
 
 @admin.register(User)
@@ -31,6 +31,49 @@ class VectorDatabaseAdmin(admin.ModelAdmin):
     search_fields = ["tenant__email", "tenant_key", "external_id"]
     exclude = ["encrypted_credentials"]
     readonly_fields = [field.name for field in VectorDatabase._meta.fields if field.name != "encrypted_credentials"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class MigrationRunTenantInline(admin.TabularInline):
+    model = MigrationRunTenant
+    fields = readonly_fields = ("label", "tenant_key", "outcome", "applied", "error", "seconds", "finished_at")
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(MigrationRun)
+class MigrationRunAdmin(admin.ModelAdmin):
+    """Each `migrate_tenants` run, its progress while it runs and every tenant's outcome; read-only."""
+
+    list_display = [
+        "id", "started_at", "finished_at", "status", "target_version", "tenants_to_migrate", "migrated", "failed",
+        "not_started",
+    ]  # fmt: skip
+    list_filter = ["status", "target_version"]
+    readonly_fields = [field.name for field in MigrationRun._meta.fields]
+    inlines = [MigrationRunTenantInline]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(TenantServer)
+class TenantServerAdmin(admin.ModelAdmin):
+    """Draining state of the administered servers; change it with `manage.py tenants servers drain|undrain`."""
+
+    list_display = ["name", "draining", "updated_at"]
+    readonly_fields = ["name", "draining", "updated_at"]
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -7,4 +7,4 @@ class TenantsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from tenants import receivers  # noqa: F401  (connects the sign-up signal)
+        from tenants import checks, receivers  # noqa: F401  (registers the checks, connects the sign-up signal)

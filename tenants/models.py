@@ -136,3 +136,76 @@ class AuthenticatedHttpRequest(HttpRequest):
     """The request a `login_required` view gets: its user is signed in (for type checking)."""
 
     user: User
+
+
+class MigrationRun(models.Model):
+    """One `migrate_tenants` run: when, with which bounds, how far it got (updated as tenants finish)."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"  # every tenant it had to reach is at the target version
+        FAILED = "failed"  # finished with failures; running again resumes
+        STOPPED = "stopped"  # the canary failed or --max-failures was reached: some tenants were not started
+
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RUNNING)
+    target_version = models.CharField(max_length=100)
+    tenants_in_registry = models.PositiveIntegerField(default=0)  # ready tenants looked at
+    tenants_to_migrate = models.PositiveIntegerField(default=0)  # those behind (or unknown): the ones contacted
+    migrated = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    not_started = models.PositiveIntegerField(default=0)
+    jobs = models.PositiveIntegerField(default=1)
+    canary = models.PositiveIntegerField(null=True, blank=True)
+    max_failures = models.PositiveIntegerField(null=True, blank=True)
+    allow_breaking = models.BooleanField(default=False)
+    stop_reason = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        db_table = "tenant_migration_runs"
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"migration run {self.id} to {self.target_version} ({self.status})"
+
+
+class MigrationRunTenant(models.Model):
+    """What one run did to one tenant database."""
+
+    class Outcome(models.TextChoices):
+        MIGRATED = "migrated"
+        FAILED = "failed"
+        NOT_STARTED = "not_started"
+
+    run = models.ForeignKey(MigrationRun, on_delete=models.CASCADE, related_name="tenants")
+    tenant_key = models.CharField(max_length=32)
+    label = models.CharField(max_length=254)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+    applied = models.TextField(blank=True)  # migration names, comma-separated
+    error = models.TextField(blank=True)
+    seconds = models.FloatField(default=0.0)
+    finished_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "tenant_migration_run_tenants"
+        ordering = ["run", "label"]
+        constraints = [models.UniqueConstraint(fields=["run", "tenant_key"], name="migration_run_tenant_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.label}: {self.outcome}"
+
+
+class TenantServer(models.Model):
+    """Operator state of an administered Postgres server listed in TENANT_POSTGRES_SERVERS (the list itself stays
+    in settings): a draining server takes no new tenants."""
+
+    name = models.CharField(max_length=100, unique=True)
+    draining = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "tenant_servers"
+
+    def __str__(self) -> str:
+        return f"{self.name}{' (draining)' if self.draining else ''}"

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from tenants.models import User, VectorDatabase
-from tenants.services import vector_database_target
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db.models import Count
+
+from tenants.models import TenantServer, User, VectorDatabase
+from tenants.provisioners import ProvisioningError
+from tenants.services import default_region, vector_database_target
 from vectordb.connections import database_size_bytes, get_registry
 
 
@@ -14,6 +20,12 @@ def user_by_email(email: str) -> User | None:
 
 def vector_database_for_tenant(tenant: User) -> VectorDatabase | None:
     return VectorDatabase.objects.filter(tenant=tenant).first()
+
+
+def tenant_region(tenant_id: int) -> str:
+    """The region the tenant's data lives in: its database's, else where a new one would go."""
+    region = VectorDatabase.objects.filter(tenant_id=tenant_id).values_list("region", flat=True).first()
+    return region or default_region()
 
 
 def vector_database_embedding_model(tenant: User) -> tuple[str, int | None]:
@@ -82,3 +94,58 @@ def vector_database_summary(vector_database: VectorDatabase, with_size: bool = F
     if with_size:
         summary["size_bytes"] = vector_database_size_bytes(vector_database)
     return summary
+
+
+@dataclass(frozen=True)
+class ServerUsage:
+    name: str
+    region: str
+    draining: bool
+    tenants: int  # live registry rows placed on it
+    size_bytes: int | None  # its tenant databases on disk (None: unreachable)
+    max_tenants: int | None
+    error: str = ""  # why it could not be reached
+
+    @property
+    def free(self) -> int | None:
+        return None if self.max_tenants is None else max(0, self.max_tenants - self.tenants)
+
+    @property
+    def state(self) -> str:
+        return "DOWN" if self.error else "draining" if self.draining else "open"
+
+
+def tenant_servers() -> list[ServerUsage]:
+    """Every administered server: its tenants by the registry, their size on disk and the room left."""
+    if not settings.TENANT_POSTGRES_SERVERS:
+        return []
+    from tenants.provisioners.postgres import PostgresProvisioner
+
+    provisioner = PostgresProvisioner.from_settings()
+    placed = dict(
+        VectorDatabase.objects.filter(provider="postgres")
+        .exclude(status=VectorDatabase.Status.DELETED)
+        .values_list("server")
+        .annotate(count=Count("id"))
+        .values_list("server", "count")
+    )
+    draining = set(TenantServer.objects.filter(draining=True).values_list("name", flat=True))
+    usage = []
+    for server in provisioner.servers.values():
+        size, error = None, ""
+        try:
+            _count, size = provisioner.server_usage(server.name)
+        except ProvisioningError as failure:
+            error = str(failure)
+        usage.append(
+            ServerUsage(
+                name=server.name,
+                region=server.region,
+                draining=server.name in draining,
+                tenants=placed.get(server.name, 0),
+                size_bytes=size,
+                max_tenants=server.max_tenants,
+                error=error,
+            )
+        )
+    return usage

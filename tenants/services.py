@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 import psycopg
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import F
 from django.dispatch import Signal
 from django.utils import timezone
 
 from config.celery import enqueue
 from tenants.crypto import decrypt_credentials, encrypt_credentials
-from tenants.models import User, VectorDatabase
+from tenants.models import MigrationRun, MigrationRunTenant, TenantServer, User, VectorDatabase
 from tenants.provisioners import (
     DatabaseMissing,
     ProvisionedDatabase,
@@ -27,10 +28,11 @@ from tenants.provisioners import (
     get_provisioner,
 )
 from vectordb.advisory_locks import advisory_lock
-from vectordb.connections import TenantTarget, get_registry
-from vectordb.fleet import FleetMember, FleetOutcome, fleet_migrate
+from vectordb.connections import TargetPurpose, TenantTarget, get_registry
+from vectordb.fleet import FleetMember, FleetOutcome, fleet_migrate, fleet_needing_contact, fleet_verify
 from vectordb.schema import (
     BreakingMigrationRefused,
+    SchemaInspection,
     latest_schema_version,
     schema_target,
     tenant_database_migrate,
@@ -69,7 +71,7 @@ def vector_database_request(tenant: User, region: str | None = None) -> VectorDa
     """Give the tenant a database: claim one from the warm pool, else register a new one; either way enqueue the
     provisioning task, which rotates a claimed database's credentials or creates a new one (idempotent: one row per
     tenant)."""
-    region = region or _default_region()
+    region = region or default_region()
     if not VectorDatabase.objects.filter(tenant=tenant).exists():
         claimed = vector_database_claim(tenant, region)
         if claimed is not None:
@@ -93,7 +95,7 @@ def vector_database_retry(tenant: User) -> VectorDatabase:
     return vector_database
 
 
-def _default_region() -> str:
+def default_region() -> str:
     return settings.NEON_REGION if settings.TENANT_PROVIDER == "neon" else settings.TENANT_DEFAULT_REGION
 
 
@@ -325,21 +327,62 @@ def tenants_bound(apply: bool = False) -> BoundsReport:
     return report
 
 
-def fleet_members(tenant_email: str | None = None) -> list[FleetMember]:
-    """Every ready tenant database and every pooled one (or one tenant's), with credentials that may change its
-    schema: a pooled database is never handed out behind the latest schema."""
-    rows = (
-        VectorDatabase.objects.filter(status__in=[Status.READY, Status.POOLED]).select_related("tenant").order_by("id")
-    )
+def _fleet_rows(tenant_email: str | None):
+    # Pooled databases too: a pooled database is never handed out behind the latest schema.
+    rows = VectorDatabase.objects.filter(status__in=[Status.READY, Status.POOLED])
     if tenant_email:
         rows = rows.filter(tenant__email__iexact=tenant_email.strip())
+    return rows
+
+
+def fleet_members(tenant_email: str | None = None, *, behind_only: bool = False) -> list[FleetMember]:
+    """Every ready and pooled tenant database (or one tenant's), with credentials that may change its schema (decrypted only if
+    a connection is made) and the schema version the registry records for it. `behind_only`: those the registry does
+    not record at the latest migration, selected by the database: a fleet at the latest version loads no row."""
+    rows = _fleet_rows(tenant_email)
+    if behind_only:
+        rows = rows.exclude(schema_version=latest_schema_version())
     return [
         FleetMember(
-            label=row.tenant.email if row.tenant else f"pool:{row.tenant_key}",
-            target=schema_target(row.tenant_key, decrypt_credentials(row.encrypted_credentials)["migration_dsn"]),
+            label=email or f"pool:{tenant_key}",
+            target=_schema_target(tenant_key),
+            schema_version=schema_version,
         )
-        for row in rows
+        for tenant_key, email, schema_version in rows.order_by("id").values_list(
+            "tenant_key", "tenant__email", "schema_version"
+        )
     ]
+
+
+def fleet_size(tenant_email: str | None = None) -> int:
+    """How many ready tenant databases the registry has (or the tenant's: 0 or 1)."""
+    return _fleet_rows(tenant_email).count()
+
+
+def _schema_target(tenant_key: str) -> TenantTarget:
+    """Credentials are read and decrypted only when a connection is made: a fleet decided from the registry reads
+    none (at 10,000 tenants they would be most of what the plan loads)."""
+
+    def resolve_dsn(_refresh: bool) -> str:
+        encrypted = VectorDatabase.objects.values_list("encrypted_credentials", flat=True).get(tenant_key=tenant_key)
+        return decrypt_credentials(encrypted)["migration_dsn"]
+
+    return TenantTarget(key=tenant_key, resolve_dsn=resolve_dsn, purpose=TargetPurpose.SCHEMA)
+
+
+@dataclass
+class FleetMigration:
+    run: MigrationRun
+    outcomes: list[FleetOutcome]  # the members that had to be reached: migrated, failed or not started
+    up_to_date: int  # members the registry already records at the latest version: not contacted
+
+    @property
+    def failures(self) -> list[FleetOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.error]
+
+    @property
+    def not_started(self) -> list[FleetOutcome]:
+        return [outcome for outcome in self.outcomes if outcome.not_started]
 
 
 def tenants_migrate(
@@ -347,25 +390,167 @@ def tenants_migrate(
     jobs: int,
     allow_breaking: bool = False,
     on_done: Callable[[FleetOutcome], None] | None = None,
-) -> list[FleetOutcome]:
-    """Migrate the fleet, record each tenant's schema version, then bring the new-tenant template up to date."""
+    *,
+    canary: int | None = None,
+    max_failures: int | None = None,
+    fleet_total: int | None = None,
+) -> FleetMigration:
+    """Migrate the members the registry records behind the latest migration (or at a version it cannot vouch for),
+    record each one's new schema version and a run record with every tenant's outcome, then bring the new-tenant
+    template up to date. Members already at the latest version are not contacted.
+
+    `canary`: migrate that many first and stop if any of them fails. `max_failures`: stop starting tenants once that
+    many have failed. Tenants a stop leaves out are recorded as not started; running again resumes.
+    `fleet_total`: how many ready tenants the registry has, when `members` holds only those behind."""
+    behind = fleet_needing_contact(members)
+    in_registry = len(members) if fleet_total is None else fleet_total
+    run = MigrationRun.objects.create(
+        target_version=latest_schema_version(),
+        tenants_in_registry=in_registry,
+        tenants_to_migrate=len(behind),
+        jobs=jobs,
+        canary=canary,
+        max_failures=max_failures,
+        allow_breaking=allow_breaking,
+    )
 
     def record(outcome: FleetOutcome) -> None:
-        if outcome.ok:
-            VectorDatabase.objects.filter(tenant_key=outcome.member.key).update(
-                schema_version=outcome.schema_version, updated_at=timezone.now()
-            )
+        _migration_run_record(run, outcome)
         if on_done:
             on_done(outcome)
 
-    outcomes = fleet_migrate(members, jobs=jobs, allow_breaking=allow_breaking, on_done=record)
+    first, rest = (behind[:canary], behind[canary:]) if canary else ([], behind)
+    outcomes = fleet_migrate(first, jobs=jobs, allow_breaking=allow_breaking, on_done=record) if first else []
+    canary_failures = sum(1 for outcome in outcomes if outcome.error)
+    if canary_failures:
+        run.stop_reason = f"canary: {canary_failures} of {len(first)} tenants failed; the rest were not started"
+        for member in rest:
+            record(FleetOutcome(member=member, contacted=False, not_started=True))
+            outcomes.append(FleetOutcome(member=member, contacted=False, not_started=True))
+    elif rest:
+        outcomes += fleet_migrate(
+            rest, jobs=jobs, allow_breaking=allow_breaking, on_done=record, stop_after_failures=max_failures
+        )
+        if max_failures is not None and any(outcome.not_started for outcome in outcomes):
+            run.stop_reason = f"{max_failures} tenants failed (--max-failures): the rest were not started"
+    outcomes.sort(key=lambda outcome: outcome.member.label)
+    if not run.stop_reason:
+        _template_refresh(allow_breaking)
+    run.refresh_from_db(fields=["migrated", "failed", "not_started"])
+    run.status = (
+        MigrationRun.Status.STOPPED if run.stop_reason
+        else MigrationRun.Status.FAILED if run.failed
+        else MigrationRun.Status.SUCCEEDED
+    )  # fmt: skip
+    run.finished_at = timezone.now()
+    run.save(update_fields=["status", "finished_at", "stop_reason"])
+    return FleetMigration(run=run, outcomes=outcomes, up_to_date=in_registry - len(behind))
+
+
+def _migration_run_record(run: MigrationRun, outcome: FleetOutcome) -> None:
+    """One tenant's outcome in the run record and its progress counters; the registry learns a new schema version."""
+    if outcome.not_started:
+        result, counter = MigrationRunTenant.Outcome.NOT_STARTED, "not_started"
+    elif outcome.error:
+        result, counter = MigrationRunTenant.Outcome.FAILED, "failed"
+    else:
+        result, counter = MigrationRunTenant.Outcome.MIGRATED, "migrated"
+        VectorDatabase.objects.filter(tenant_key=outcome.member.key).update(
+            schema_version=outcome.schema_version, updated_at=timezone.now()
+        )
+    MigrationRunTenant.objects.create(
+        run=run,
+        tenant_key=outcome.member.key,
+        label=outcome.member.label[:254],
+        outcome=result,
+        applied=", ".join(outcome.applied),
+        error=outcome.error,
+        seconds=round(outcome.seconds, 3),
+    )
+    MigrationRun.objects.filter(id=run.id).update(**{counter: F(counter) + 1})
+
+
+def _template_refresh(allow_breaking: bool) -> None:
     provisioner = get_provisioner()
     if hasattr(provisioner, "template_refresh"):  # new tenants are cloned from it: same version as the fleet
         try:
             provisioner.template_refresh(allow_breaking=allow_breaking)
         except BreakingMigrationRefused:
             logger.warning("tenant template left at its version: the pending migrations are destructive")
-    return outcomes
+
+
+@dataclass
+class FleetVerification:
+    checked: int = 0
+    repaired: list[str] = field(default_factory=list)  # registry corrections, one line each
+    problems: dict[str, list[str]] = field(default_factory=dict)  # tenant label -> what its database lacks
+    unreachable: dict[str, str] = field(default_factory=dict)  # tenant label -> error
+
+    @property
+    def clean(self) -> bool:
+        return not (self.problems or self.unreachable)
+
+
+def tenants_verify(
+    jobs: int, per_second: float | None = None, on_done: Callable[[FleetOutcome], None] | None = None
+) -> FleetVerification:
+    """Connect to every ready tenant database (`jobs` at a time, at most `per_second` a second) and compare what it
+    has with the registry: schema version, pgvector, the indexes its version declares, its embedding model. The
+    registry is corrected to what the database says; what the database lacks is reported."""
+    members = fleet_members()
+    rows = {row.tenant_key: row for row in VectorDatabase.objects.filter(tenant_key__in=[m.key for m in members])}
+    report = FleetVerification()
+
+    def compare(outcome: FleetOutcome) -> None:
+        report.checked += 1
+        label = outcome.member.label
+        if outcome.error or outcome.inspection is None:
+            report.unreachable[label] = outcome.error
+        else:
+            report.repaired += _registry_repair(rows[outcome.member.key], label, outcome.inspection)
+            problems = list(outcome.inspection.problems)
+            if outcome.inspection.pending:
+                problems.append(f"{len(outcome.inspection.pending)} migration(s) pending: run migrate_tenants")
+            if problems:
+                report.problems[label] = problems
+        if on_done:
+            on_done(outcome)
+
+    fleet_verify(members, jobs=jobs, per_second=per_second, on_done=compare)
+    return report
+
+
+def _registry_repair(row: VectorDatabase, label: str, found: SchemaInspection) -> list[str]:
+    """Makes the registry row say what the database has; one line per correction."""
+    changes: dict[str, object] = {}
+    if row.schema_version != found.schema_version:
+        changes["schema_version"] = found.schema_version
+    if found.embedding_model and (row.embedding_model, row.embedding_dimensions) != (
+        found.embedding_model.name,
+        found.embedding_model.dimensions,
+    ):
+        changes["embedding_model"] = found.embedding_model.name
+        changes["embedding_dimensions"] = found.embedding_model.dimensions
+    if not changes:
+        return []
+    VectorDatabase.objects.filter(id=row.id).update(**changes, updated_at=timezone.now())
+    return [
+        f"{label}: {name} {getattr(row, name) or '(none)'} -> {value or '(none)'}" for name, value in changes.items()
+    ]
+
+
+class UnknownServer(Exception):
+    pass
+
+
+def tenant_server_drain(name: str, draining: bool) -> TenantServer:
+    """Mark an administered server draining (placement skips it) or open again; its tenants stay where they are."""
+    known = [server["name"] for server in settings.TENANT_POSTGRES_SERVERS]
+    if name not in known:
+        raise UnknownServer(f"no server {name!r} in TENANT_POSTGRES_SERVERS (known: {', '.join(known) or 'none'})")
+    server, _created = TenantServer.objects.update_or_create(name=name, defaults={"draining": draining})
+    logger.info("tenant database server %s %s", name, "draining" if draining else "open")
+    return server
 
 
 class TenantDatabaseNotReady(Exception):
@@ -538,7 +723,7 @@ def tenant_pool_target(region: str) -> int:
 
 def tenant_pool_regions() -> list[str]:
     """The regions of the configured provider that may have a pool."""
-    regions = {_default_region(), *settings.TENANT_WARM_POOL_REGION_SIZES}
+    regions = {default_region(), *settings.TENANT_WARM_POOL_REGION_SIZES}
     if settings.TENANT_PROVIDER == "postgres":
         regions |= {server["region"] for server in settings.TENANT_POSTGRES_SERVERS}
     return sorted(regions)

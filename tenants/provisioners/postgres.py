@@ -37,6 +37,8 @@ class AdministeredServer:
     name: str
     region: str
     admin_url: str
+    max_tenants: int | None = None  # placement skips the server once it holds this many tenant databases
+    pooler: str | None = None  # "host:port" of a PgBouncer in front of it: the app connects there, DDL goes direct
 
     def __repr__(self) -> str:
         return f"AdministeredServer(name={self.name!r}, region={self.region!r})"
@@ -46,6 +48,14 @@ class AdministeredServer:
         admin = Dsn.parse(self.admin_url)
         address = admin.replace(database=database, host=admin.host or "127.0.0.1")
         return (address if user is None else address.replace(user=user, password=password or "")).url()
+
+    def app_url_for(self, database: str, user: str, password: str) -> str:
+        """Where the app's connections for a tenant go: through the pooler when the server has one."""
+        direct = Dsn.parse(self.url_for(database, user, password))
+        if not self.pooler:
+            return direct.url()
+        host, _, port = self.pooler.rpartition(":")
+        return direct.replace(host=host, port=int(port)).url()
 
 
 def database_name(tenant_key: str) -> str:
@@ -117,12 +127,20 @@ class PostgresProvisioner:
     @contextlib.contextmanager
     def _locate(self, database: str, region: str | None):
         """(server, admin connection) for the tenant's database: the server that already has it (a retry), else the
-        least-loaded server in the requested region. One connection per server looked at, the chosen one kept."""
+        least-loaded server in the requested region that is up, not draining and under its `max_tenants`. One
+        connection per server looked at, the chosen one kept."""
+        closed = _draining_servers()
         with contextlib.ExitStack() as stack:
             counts: dict[str, int] = {}
             admins: dict[str, psycopg.Connection] = {}
+            down: list[str] = []
             for server in self.servers.values():
-                admin = stack.enter_context(self._admin(server))
+                try:
+                    admin = stack.enter_context(self._admin(server))
+                except ProvisioningError:  # a server that is down takes no new tenants; the others still do
+                    logger.warning("tenant database server %s is unreachable: placing elsewhere", server.name)
+                    down.append(server.name)
+                    continue
                 admins[server.name] = admin
                 exists, count = admin.execute(
                     "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = %s), "
@@ -133,11 +151,35 @@ class PostgresProvisioner:
                     yield server, admin
                     return
                 counts[server.name] = count
-            candidates = [s for s in self.servers.values() if not region or s.region == region]
-            if not candidates:
+            in_region = [s for s in self.servers.values() if not region or s.region == region]
+            if not in_region:
                 raise ProvisioningError(f"no tenant database server in region {region!r}")
+            candidates = [
+                server
+                for server in in_region
+                if server.name in counts
+                and server.name not in closed
+                and (server.max_tenants is None or counts[server.name] < server.max_tenants)
+            ]
+            if not candidates:
+                where = f"region {region!r}" if region else "any region"
+                raise ProvisioningError(
+                    f"no tenant database server in {where} takes new tenants "
+                    f"(down: {', '.join(down) or 'none'}; draining: {', '.join(sorted(closed)) or 'none'}; "
+                    "the others are full): add a server or raise max_tenants"
+                )
             chosen = min(candidates, key=lambda server: (counts[server.name], server.name))
             yield chosen, admins[chosen.name]
+
+    def server_usage(self, server_name: str) -> tuple[int, int]:
+        """(tenant databases, their bytes on disk) on one server; ProvisioningError when it cannot be reached."""
+        with self._admin(self._server(server_name)) as admin:
+            count, size = admin.execute(
+                "SELECT count(*), coalesce(sum(pg_database_size(datname)), 0)::bigint FROM pg_database "
+                "WHERE starts_with(datname, %s)",
+                [DATABASE_PREFIX],
+            ).fetchone()
+        return count, size
 
     def _set_login(self, admin: psycopg.Connection, role: str, bounded: bool = True) -> str:
         """A new password for the role (created if missing); `bounded`: with a tenant role's limits."""
@@ -305,13 +347,12 @@ class PostgresProvisioner:
             tenant_admin.execute("CREATE EXTENSION IF NOT EXISTS vector")
             if not cloned:  # a clone has the template's revocations already
                 tenant_admin.execute(_REVOKE_ADVISORY_LOCKS)
-        dsn = server.url_for(database, role, password)
         return ProvisionedDatabase(
             external_id=database,
             region=server.region,
             server=server.name,
-            dsn=dsn,
-            migration_dsn=dsn,
+            dsn=server.app_url_for(database, role, password),
+            migration_dsn=server.url_for(database, role, password),
             new_database=made_empty,
         )
 
@@ -349,9 +390,12 @@ class PostgresProvisioner:
             if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [external_id]).fetchone():
                 raise DatabaseMissing(f"tenant database {external_id} does not exist on {server}")
             password = self._set_login(admin, external_id)
-        dsn = administered.url_for(external_id, external_id, password)
         return ProvisionedDatabase(
-            external_id=external_id, region=administered.region, server=server, dsn=dsn, migration_dsn=dsn
+            external_id=external_id,
+            region=administered.region,
+            server=server,
+            dsn=administered.app_url_for(external_id, external_id, password),
+            migration_dsn=administered.url_for(external_id, external_id, password),
         )
 
     def credentials_rotate(self, external_id: str, server: str, tenant_key: str) -> ProvisionedDatabase:
@@ -413,6 +457,12 @@ class PostgresProvisioner:
                 ).fetchall()
             found += [(server.name, row[0]) for row in rows]
         return found
+
+
+def _draining_servers() -> set[str]:
+    from tenants.models import TenantServer
+
+    return set(TenantServer.objects.filter(draining=True).values_list("name", flat=True))
 
 
 @lru_cache(maxsize=8)

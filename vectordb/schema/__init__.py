@@ -4,7 +4,9 @@ Three entry points, one path:
 - `tenant_database_prepare(target, model=, dimensions=)`: a database just provisioned gets the latest schema and
   records the embedding model it will hold (provisioning calls this);
 - `tenant_database_migrate(target)`: an existing database gets what is pending (the fleet migration, the template);
-- `tenant_database_plan(target)`: what is pending, changing nothing (`migrate_tenants --plan`).
+- `tenant_database_plan(target)`: what is pending, changing nothing (`migrate_tenants --plan` for a database whose
+  registry record cannot say);
+- `tenant_database_inspect(target)`: what the database really has (`tenants verify`).
 
 Each reads which tenant migrations the database has recorded in `django_migrations` and applies the rest, compiled
 to SQL once per process (`compiled.py`), in one transaction, with their records. Migrations that cannot be compiled
@@ -34,17 +36,20 @@ from vectordb.schema.breaking import BreakingMigrationRefused
 from vectordb.schema.compiled import (
     NotCompilable,
     compile_migrations,
+    expected_index_names,
     latest_schema_version,
     record_sql,
     tenant_migration_order,
 )
-from vectordb.tenant_embedding_model import EmbeddingModel, embedding_model_settle
+from vectordb.tenant_embedding_model import EmbeddingModel, embedding_model_recorded, embedding_model_settle
 
 __all__ = [
     "BreakingMigrationRefused",
     "MigrationResult",
+    "SchemaInspection",
     "latest_schema_version",
     "schema_target",
+    "tenant_database_inspect",
     "tenant_database_migrate",
     "tenant_database_plan",
     "tenant_database_prepare",
@@ -92,6 +97,50 @@ def tenant_database_plan(target: TenantTarget) -> list[str]:
     with get_registry().connection(target) as connection:
         applied = _recorded_migrations(connection)
     return [name for name in tenant_migration_order() if name not in (applied or set())]
+
+
+@dataclass(frozen=True)
+class SchemaInspection:
+    """What one tenant database really has, read over its own connection."""
+
+    schema_version: str  # the last migration of the order it has recorded ("" none)
+    pending: tuple[str, ...]  # what it still needs, in order
+    vector_extension: bool
+    missing_indexes: tuple[str, ...]  # declared at its schema version, absent from the database
+    embedding_model: EmbeddingModel | None
+
+    @property
+    def problems(self) -> list[str]:
+        found = []
+        if not self.vector_extension:
+            found.append("the vector extension is not installed")
+        if self.missing_indexes:
+            found.append(f"missing indexes: {', '.join(self.missing_indexes)}")
+        if self.embedding_model is None and self.schema_version:
+            found.append("no embedding model recorded")
+        return found
+
+
+def tenant_database_inspect(target: TenantTarget) -> SchemaInspection:
+    """Reads the database's migration record, pgvector, its indexes and its embedding model; changes nothing."""
+    order = tenant_migration_order()
+    with get_registry().connection(target) as connection:
+        applied = _recorded_migrations(connection) or set()
+        (extension,) = connection.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector')"
+        ).fetchone() or (False,)
+        present = {
+            name for (name,) in connection.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")
+        }
+        schema_version = next((name for name in reversed(order) if name in applied), "")
+        model = embedding_model_recorded(connection) if schema_version else None
+    return SchemaInspection(
+        schema_version=schema_version,
+        pending=tuple(name for name in order if name not in applied),
+        vector_extension=bool(extension),
+        missing_indexes=tuple(sorted(expected_index_names(schema_version) - present)),
+        embedding_model=model,
+    )
 
 
 def _migration_lock(target: TenantTarget) -> contextlib.AbstractContextManager[bool]:

@@ -47,6 +47,24 @@ def latest_schema_version() -> str:
     return order[-1] if order else ""
 
 
+def expected_index_names(schema_version: str) -> frozenset[str]:
+    """The indexes the tenant tables declare once `schema_version` is applied (from the migrations' model states)."""
+    return _expected_index_names(_migration_source(), schema_version)
+
+
+@lru_cache(maxsize=32)
+def _expected_index_names(_migration_modules: str, schema_version: str) -> frozenset[str]:
+    if not schema_version:
+        return frozenset()
+    state = MigrationLoader(None, ignore_no_migrations=True).project_state((TENANT_APP_LABEL, schema_version))
+    return frozenset(
+        index.name
+        for (app, _model), model_state in state.models.items()
+        if app == TENANT_APP_LABEL
+        for index in model_state.options.get("indexes", [])
+    )
+
+
 def _migration_source() -> str:
     return repr(getattr(settings, "MIGRATION_MODULES", {}))
 

@@ -1,5 +1,6 @@
 import json
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tenants import selectors, services
@@ -9,7 +10,7 @@ from tenants.models import User, VectorDatabase
 
 
 class Command(BaseCommand):
-    help = "Operate the fleet of tenant databases: add, show, dsn, remove, list, reconcile, limits, pool."
+    help = "Operate the fleet of tenant databases: add, show, dsn, remove, list, reconcile, limits, pool, verify, servers."
 
     def add_arguments(self, parser: CommandParser) -> None:
         subcommands = parser.add_subparsers(dest="subcommand", required=True)
@@ -36,6 +37,20 @@ class Command(BaseCommand):
                           "now, in this process (no worker needed); drain: erase every pooled database")  # fmt: skip
         pool.add_argument("--region", default=None, help="Only this region (default: every region).")
         pool.add_argument("--json", action="store_true", help="status and fill: print JSON.")
+        verify = subcommands.add_parser(
+            "verify",
+            help="Connect to every ready tenant database, check its schema, pgvector, indexes and embedding model, "
+            "and correct the registry to what the databases have.",
+        )
+        verify.add_argument("--jobs", type=int, default=settings.TENANT_MIGRATION_JOBS, help="Tenants at once.")
+        verify.add_argument(
+            "--rate", type=float, default=None, metavar="R", help="At most R new tenant connections a second."
+        )
+        servers = subcommands.add_parser(
+            "servers", help="Each administered server's tenants, size and free capacity; drain or undrain one."
+        )
+        servers.add_argument("action", nargs="?", choices=["drain", "undrain"], help="Mark a server (no new tenants).")
+        servers.add_argument("name", nargs="?", help="The server's name in TENANT_POSTGRES_SERVERS.")
 
     def handle(self, *args, subcommand: str, **options) -> None:
         getattr(self, f"_{subcommand}")(**options)
@@ -163,6 +178,48 @@ class Command(BaseCommand):
                 f"{count} tenant database{' is' if count == 1 else 's are'} not under the bounds; "
                 "run with --apply to fix"
             )
+
+    def _verify(self, jobs: int, rate: float | None, **_) -> None:
+        if jobs < 1:
+            raise CommandError("--jobs must be at least 1")
+        if rate is not None and rate <= 0:
+            raise CommandError("--rate must be above 0 (tenants a second)")
+        report = services.tenants_verify(jobs=jobs, per_second=rate)
+        for line in report.repaired:
+            self.stdout.write(f"registry corrected: {line}")
+        for label, problems in sorted(report.problems.items()):
+            self.stdout.write(f"{label}: {'; '.join(problems)}")
+        for label, error in sorted(report.unreachable.items()):
+            self.stderr.write(f"UNREACHABLE {label}: {error}")
+        self.stdout.write(f"{report.checked} tenant database(s) checked, {len(report.repaired)} registry correction(s)")
+        if not report.clean:
+            raise CommandError(
+                f"{len(report.problems)} tenant database(s) with problems, {len(report.unreachable)} unreachable"
+            )
+        self.stdout.write(self.style.SUCCESS("every tenant database matches the registry"))
+
+    def _servers(self, action: str | None, name: str | None, **_) -> None:
+        if action:
+            if not name:
+                raise CommandError(f"name the server to {action}: `tenants servers {action} NAME`")
+            try:
+                services.tenant_server_drain(name, draining=action == "drain")
+            except services.UnknownServer as error:
+                raise CommandError(str(error)) from None
+            verb = "draining: it takes no new tenants" if action == "drain" else "taking new tenants again"
+            self.stdout.write(self.style.SUCCESS(f"{name} is {verb}"))
+            return
+        rows = selectors.tenant_servers()
+        if not rows:
+            raise CommandError("no administered PostgreSQL servers are configured (TENANT_POSTGRES_SERVERS)")
+        self.stdout.write(f"{'server':<16} {'region':<16} {'state':<12} {'tenants':>8} {'size MB':>9} {'free':>8}")
+        for row in rows:
+            free = "-" if row.free is None else str(row.free)
+            size = "-" if row.size_bytes is None else f"{row.size_bytes / 1e6:.1f}"
+            self.stdout.write(f"{row.name:<16} {row.region:<16} {row.state:<12} {row.tenants:>8} {size:>9} {free:>8}")
+        for row in rows:
+            if row.error:
+                self.stderr.write(f"UNREACHABLE {row.name}: {row.error}; its {row.tenants} tenant(s) are unavailable")
 
 
 def _json(value) -> str:

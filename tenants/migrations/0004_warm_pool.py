@@ -5,7 +5,7 @@ class Migration(migrations.Migration):
     """The warm pool: pooled registry rows and what a claim records."""
 
     dependencies = [
-        ("tenants", "0002_vector_databases"),
+        ("tenants", "0003_drop_colliding_unverified_email_claims"),
     ]
 
     operations = [
