@@ -14,7 +14,12 @@ def document_upload_path(document: Document, filename: str) -> str:
     from documents.storage import upload_name
     from tenants.selectors import tenant_region
 
-    return upload_name(tenant_region(document.owner_id), document.owner_id, uuid.uuid4().hex, EXTENSIONS.get(document.file_format, "bin"))
+    return upload_name(
+        tenant_region(document.owner_id),
+        document.owner_id,
+        uuid.uuid4().hex,
+        EXTENSIONS.get(document.file_format, "bin"),
+    )
 
 
 class Document(models.Model):

@@ -22,13 +22,13 @@ from django.db.models import F
 from django.utils import timezone
 
 from config.celery import enqueue
+from documents import formats
 from documents.bounded_process import (
     BoundedProcessFailed,
     MemoryLimitExceeded,
     TimeLimitExceeded,
     run_in_bounded_process,
 )
-from documents import formats
 from documents.chunking import Chunk, chunk_pages
 from documents.formats import UnreadableDocument, detect_format, extract_units
 from documents.models import Document

@@ -13,7 +13,10 @@ def _compose() -> dict:
 
 
 def test_the_stack_has_its_services():
-    assert set(_compose()["services"]) == {"db", "pgbouncer", "redis", "minio", "minio-buckets", "web", "worker"}
+    assert set(_compose()["services"]) == {
+        *("db", "pgbouncer", "redis", "minio", "minio-buckets", "web"),
+        *("worker", "provisioner", "ocr-worker", "beat"),
+    }
 
 
 def test_web_and_worker_reach_postgres_through_pgbouncer_and_tenant_ddl_goes_direct():
@@ -47,9 +50,18 @@ def test_uploads_go_to_minio_with_a_bucket_made_before_the_app_starts():
 def test_web_migrates_then_serves_asgi_and_the_worker_runs_celery():
     services = _compose()["services"]
     assert "python manage.py migrate --noinput" in services["web"]["command"]
-    assert "uvicorn config.asgi:application --host 0.0.0.0 --port 8000" in services["web"]["command"]
+    # The bounded server (header timeout, 413 before the body, concurrency cap) in front of the ASGI app.
+    assert "python -m config.web_server --host 0.0.0.0 --port 8000" in services["web"]["command"]
     assert "8000:8000" in services["web"]["ports"]
     assert services["worker"]["command"][:4] == ["celery", "-A", "config", "worker"]
+
+
+def test_provisioning_and_scans_have_workers_of_their_own_and_beat_runs_once():
+    services = _compose()["services"]
+    queues = {name: services[name]["command"][services[name]["command"].index("--queues") + 1] for name in
+              ("worker", "provisioner", "ocr-worker")}  # fmt: skip
+    assert queues == {"worker": "silo", "provisioner": "silo-provisioning", "ocr-worker": "silo-ocr"}
+    assert services["beat"]["command"][:4] == ["celery", "-A", "config", "beat"]
 
 
 def test_the_connection_total_it_declares_fits_the_server():
@@ -57,4 +69,5 @@ def test_the_connection_total_it_declares_fits_the_server():
     db_command = _compose()["services"]["db"]["command"]
     max_connections = int(db_command[db_command.index("-c") + 1].split("=")[1])
     assert int(environment["TENANT_SERVER_MAX_CONNECTIONS"]) <= max_connections
-    assert int(environment["SILO_APP_PROCESSES"]) == 3  # uvicorn's one process, the worker's two
+    # uvicorn's one process, the ingest worker's two, the provisioner's and the OCR worker's one (beat holds none)
+    assert int(environment["SILO_APP_PROCESSES"]) == 5

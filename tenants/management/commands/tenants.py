@@ -10,7 +10,9 @@ from tenants.models import User, VectorDatabase
 
 
 class Command(BaseCommand):
-    help = "Operate the fleet of tenant databases: add, show, dsn, remove, list, reconcile, limits, pool, verify, servers."
+    help = (
+        "Operate the fleet of tenant databases: add, show, dsn, remove, list, reconcile, limits, pool, verify, servers."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         subcommands = parser.add_subparsers(dest="subcommand", required=True)
