@@ -1,5 +1,7 @@
+import asyncio
 import json
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
@@ -22,6 +24,13 @@ from vectordb.connections import ConnectionCapacityExhausted
 
 logger = logging.getLogger(__name__)
 _END = object()
+
+
+class _Failure:
+    def __init__(self, error: Exception):
+        self.error = error
+
+
 UNREACHABLE_MESSAGE = (
     "Your database cannot be reached right now; your documents and conversations are safe. "
     "Chat opens again as soon as it is back: try again in a few minutes."
@@ -106,20 +115,52 @@ async def chat_stream(request: HttpRequest) -> StreamingHttpResponse:
     await sync_to_async(close_old_connections)()
     turn = services.chat_turn(user, question, conversation_id=conversation_id, document_id=document_id)
 
-    def step():
-        try:
-            return next(turn, _END)
-        finally:
-            # This thread serves other streams next: hand its main-database connection back now.
-            close_old_connections()
+    return _event_stream(turn)
 
-    # The service is synchronous (database, embedder, model client); each step runs in a thread of a pool sized for
-    # concurrent streams, so the event loop keeps serving other streams meanwhile.
-    next_event = sync_to_async(step, thread_sensitive=False, executor=_stream_executor())
+
+def _event_stream(turn) -> StreamingHttpResponse:
+    """The turn's events as server-sent events. The service is synchronous (database, embedder, model client): it runs
+    in one thread of a pool sized for concurrent streams (CHAT_STREAM_THREADS), from its first event to its last,
+    handing each event to the event loop, which writes whatever has arrived in one piece. (A thread hop per event
+    cost more of the server's CPU than the token it carried, at ~200 tokens a turn: `make bench`, section load.)"""
 
     async def events():
-        while (event := await next_event()) is not _END:
-            yield _server_sent_event(event)
+        loop = asyncio.get_running_loop()
+        arrived: asyncio.Queue = asyncio.Queue()
+        stopped = threading.Event()  # the browser went away: stop asking the model
+
+        def produce() -> None:
+            try:
+                for event in turn:
+                    loop.call_soon_threadsafe(arrived.put_nowait, event)
+                    if stopped.is_set():
+                        turn.close()
+                        break
+            except Exception as error:  # handed to the response, where an error of the turn always went
+                loop.call_soon_threadsafe(arrived.put_nowait, _Failure(error))
+            finally:
+                close_old_connections()  # this thread serves other streams next: its main-database connection goes
+                loop.call_soon_threadsafe(arrived.put_nowait, _END)
+
+        loop.run_in_executor(_stream_executor(), produce)
+        try:
+            finished = False
+            while not finished:
+                batch = [await arrived.get()]
+                while not arrived.empty():
+                    batch.append(arrived.get_nowait())
+                text = []
+                for event in batch:
+                    if event is _END:
+                        finished = True
+                        break
+                    if isinstance(event, _Failure):
+                        raise event.error
+                    text.append(_server_sent_event(event))
+                if text:
+                    yield "".join(text)
+        finally:
+            stopped.set()
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
