@@ -130,9 +130,15 @@ def _event_stream(turn) -> StreamingHttpResponse:
         stopped = threading.Event()  # the browser went away: stop asking the model
 
         def produce() -> None:
+            streaming_tokens = False
             try:
                 for event in turn:
                     loop.call_soon_threadsafe(arrived.put_nowait, event)
+                    if not streaming_tokens:
+                        # The main-database connection goes back to the pool before the model's tokens stream in
+                        # (seconds); held for a whole turn, 50 streams exhausted the pool.
+                        close_old_connections()
+                    streaming_tokens = event.kind == "token"
                     if stopped.is_set():
                         turn.close()
                         break
