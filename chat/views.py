@@ -1,5 +1,7 @@
+import asyncio
 import json
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
@@ -15,7 +17,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import selectors, services
-from chat.limits import ChatLimitReached, chat_stream_admit
+from chat.limits import ChatLimitReached, ChatStreamSlot, chat_stream_admit
 from documents.models import Document
 from documents.selectors import document_get_for_user, documents_for_user
 from tenants.services import TenantDatabaseNotReady
@@ -23,6 +25,13 @@ from vectordb.connections import ConnectionCapacityExhausted
 
 logger = logging.getLogger(__name__)
 _END = object()
+
+
+class _Failure:
+    def __init__(self, error: Exception):
+        self.error = error
+
+
 UNREACHABLE_MESSAGE = (
     "Your database cannot be reached right now; your documents and conversations are safe. "
     "Chat opens again as soon as it is back: try again in a few minutes."
@@ -113,24 +122,60 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     await sync_to_async(close_old_connections)()
     turn = services.chat_turn(user, question, conversation_id=conversation_id, document_id=document_id)
 
-    def step():
-        try:
-            slot.renew()
-            return next(turn, _END)
-        finally:
-            # This thread serves other streams next: hand its main-database connection back now.
-            close_old_connections()
+    return _event_stream(turn, slot)
 
-    # The service is synchronous (database, embedder, model client); each step runs in a thread of a pool sized for
-    # concurrent streams, so the event loop keeps serving other streams meanwhile.
-    next_event = sync_to_async(step, thread_sensitive=False, executor=_stream_executor())
+
+def _event_stream(turn, slot: ChatStreamSlot) -> StreamingHttpResponse:
+    """The turn's events as server-sent events. The service is synchronous (database, embedder, model client): it runs
+    in one thread of a pool sized for concurrent streams (CHAT_STREAM_THREADS), from its first event to its last,
+    handing each event to the event loop, which writes whatever has arrived in one piece. (A thread hop per event
+    cost more of the server's CPU than the token it carried, at ~200 tokens a turn: `make bench`, section load.)"""
 
     async def events():
+        loop = asyncio.get_running_loop()
+        arrived: asyncio.Queue = asyncio.Queue()
+        stopped = threading.Event()  # the browser went away: stop asking the model
+
+        def produce() -> None:
+            streaming_tokens = False
+            try:
+                for event in turn:
+                    slot.renew()
+                    loop.call_soon_threadsafe(arrived.put_nowait, event)
+                    if not streaming_tokens:
+                        # The main-database connection goes back to the pool before the model's tokens stream in
+                        # (seconds); held for a whole turn, 50 streams exhausted the pool.
+                        close_old_connections()
+                    streaming_tokens = event.kind == "token"
+                    if stopped.is_set():
+                        turn.close()
+                        break
+            except Exception as error:  # handed to the response, where an error of the turn always went
+                loop.call_soon_threadsafe(arrived.put_nowait, _Failure(error))
+            finally:
+                close_old_connections()  # this thread serves other streams next: its main-database connection goes
+                loop.call_soon_threadsafe(arrived.put_nowait, _END)
+
+        loop.run_in_executor(_stream_executor(), produce)
         try:
-            while (event := await next_event()) is not _END:
-                yield _server_sent_event(event)
+            finished = False
+            while not finished:
+                batch = [await arrived.get()]
+                while not arrived.empty():
+                    batch.append(arrived.get_nowait())
+                text = []
+                for event in batch:
+                    if event is _END:
+                        finished = True
+                        break
+                    if isinstance(event, _Failure):
+                        raise event.error
+                    text.append(_server_sent_event(event))
+                if text:
+                    yield "".join(text)
         finally:
             # The stream ended, failed or its client went away (the server cancels or closes this generator).
+            stopped.set()
             await sync_to_async(slot.release, thread_sensitive=False)()
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")

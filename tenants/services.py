@@ -425,8 +425,9 @@ def tenants_migrate(
     if canary_failures:
         run.stop_reason = f"canary: {canary_failures} of {len(first)} tenants failed; the rest were not started"
         for member in rest:
-            record(FleetOutcome(member=member, contacted=False, not_started=True))
-            outcomes.append(FleetOutcome(member=member, contacted=False, not_started=True))
+            left_out = FleetOutcome(member=member, contacted=False, not_started=True)
+            record(left_out)
+            outcomes.append(left_out)
     elif rest:
         outcomes += fleet_migrate(
             rest, jobs=jobs, allow_breaking=allow_breaking, on_done=record, stop_after_failures=max_failures

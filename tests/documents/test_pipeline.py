@@ -157,7 +157,7 @@ def _post_files(client, *files: SimpleUploadedFile):
 
 
 @pytest.mark.django_db
-def test_upload_through_the_view_stores_the_file_and_queues_the_document(client, owner, media_root, pdfs):
+def test_upload_through_the_view_stores_the_file_and_queues_the_document(client, owner, media_root, pdfs, settings):
     client.force_login(owner)
 
     response = _post_files(client, SimpleUploadedFile("LaTeX_class_guide.pdf", pdfs.small, "application/pdf"))
@@ -193,8 +193,8 @@ def test_upload_through_the_view_stores_the_file_and_queues_the_document(client,
     stored = Path(document.file.path)
     assert stored_files(media_root) == [stored]
     assert stored.read_bytes() == pdfs.small
-    # The user's file name never becomes a path on our disk.
-    assert stored.parent == media_root / "documents" / str(owner.id)
+    # The user's file name never becomes a path on our disk; the tenant's region (no database yet: the default) does.
+    assert stored.parent == media_root / "documents" / settings.TENANT_DEFAULT_REGION / str(owner.id)
     assert "LaTeX" not in stored.name
 
 
