@@ -61,6 +61,8 @@ def ferry_scan(tmp_path) -> Path:
 def test_a_scan_and_a_word_document_are_read_and_cited_where_their_passages_are(
     page, asgi_server, screenshots, harbour_docx, ferry_scan
 ):
+    # OCR and a first embedding in a fresh worker take their time on a shared 2-core machine: wait for them longer.
+    page.context.set_default_timeout(60_000)
     base = asgi_server.url
     sign_up(page, base, "harbour@example.com", screenshots)
     wait_for_database_ready(page, screenshots)
