@@ -57,6 +57,7 @@ def ferry_scan(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.timeout(900)
 def test_a_scan_and_a_word_document_are_read_and_cited_where_their_passages_are(
     page, asgi_server, screenshots, harbour_docx, ferry_scan
 ):
