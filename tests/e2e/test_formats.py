@@ -110,6 +110,7 @@ def test_a_scan_and_a_word_document_are_read_and_cited_where_their_passages_are(
     screenshots.take(page, "scan-citation")
 
     page.set_viewport_size({"width": 390, "height": 844})
+    page.locator("#source-close").click()  # on a phone the panel covers the answer: close it, open it again
     open_citation(page, ferry["number"])
     expect(page.locator("#source-passage")).to_contain_text("north pier at seven")
     screenshots.take(page, "scan-citation-phone")
