@@ -11,19 +11,34 @@ from __future__ import annotations
 import codecs
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from documents.parsing import (
-    HEADER_SEARCH_BYTES,
-    EmptyFile,
-    TextUnit,
-    UnreadablePdf,
+from documents.parse_errors import (
+    ACCEPTED_DESCRIPTION,
+    ArchiveTooLarge,
+    EncryptedDocument,
+    NoText,
+    NotUtf8,
+    ParseLimits,
+    TooManyRows,
+    UnreadableDocument,
+    UnsupportedFormat,
 )
+from documents.parsing import HEADER_SEARCH_BYTES, EmptyFile, TextUnit
 
-# The base of every error a user can cause with a file; `str(error)` is the message to show.
-UnreadableDocument = UnreadablePdf
+__all__ = [
+    "ArchiveTooLarge",
+    "EncryptedDocument",
+    "NoText",
+    "NotUtf8",
+    "ParseLimits",
+    "TooManyRows",
+    "UnreadableDocument",
+    "UnsupportedFormat",
+    "detect_format",
+    "extract_units",
+]
 
 PDF = "pdf"
 DOCX = "docx"
@@ -47,7 +62,6 @@ EXTENSIONS = {
 }
 TEXT_FORMATS_BY_EXTENSION = {".csv": CSV, ".html": HTML, ".htm": HTML, ".md": MARKDOWN, ".markdown": MARKDOWN}
 TEXT_FORMATS_BY_EXTENSION[".txt"] = TEXT
-ACCEPTED_DESCRIPTION = "PDF, Word (.docx), PowerPoint (.pptx), Excel (.xlsx), CSV, HTML, Markdown or plain text (.txt)"
 # The upload form's `accept`: a hint for the file picker only; content decides.
 ACCEPT_ATTRIBUTE = ".pdf,.docx,.pptx,.xlsx,.csv,.html,.htm,.md,.markdown,.txt"
 
@@ -63,39 +77,6 @@ _IMAGE_SIGNATURES = (
     (b"II*\x00", "a TIFF image"),
     (b"MM\x00*", "a TIFF image"),
 )
-
-
-class UnsupportedFormat(UnreadableDocument):
-    default_message = f"Silo cannot read this kind of file; it reads {ACCEPTED_DESCRIPTION} files."
-
-
-class EncryptedDocument(UnreadableDocument):
-    default_message = "This document is password protected; remove the password and upload it again."
-
-
-class NotUtf8(UnreadableDocument):
-    default_message = "This file is not UTF-8 text; save it as UTF-8 (e.g. “CSV UTF-8” in Excel) and upload it again."
-
-
-class ArchiveTooLarge(UnreadableDocument):
-    default_message = "This file unpacks to far more data than its size suggests, so Silo does not open it."
-
-
-class TooManyRows(UnreadableDocument):
-    default_message = "This spreadsheet has too many rows."
-
-
-class NoText(UnreadableDocument):
-    default_message = "This document has no text Silo could read."
-
-
-@dataclass(frozen=True)
-class ParseLimits:
-    """What a parser may take on; the pipeline fills it from settings."""
-
-    max_rows: int = 100_000  # spreadsheet rows (all sheets together)
-    max_unpacked_bytes: int = 200 * 1024 * 1024  # an Office file's parts, unpacked
-    max_compression_ratio: int = 100  # of an Office file's unpacked parts to its packed size, above 1 MB unpacked
 
 
 def detect_format(source: str | Path | BinaryIO, filename: str) -> str:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from documents.formats import ParseLimits
 from documents.office import BEFORE_FIRST_HEADING, _SectionedUnits
+from documents.parse_errors import ParseLimits
 from documents.parsing import TextUnit, normalise_text
 
 _HEADINGS = {f"h{level}": level for level in range(1, 7)}

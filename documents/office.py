@@ -14,7 +14,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from documents.formats import ParseLimits, TooManyRows, UnsupportedFormat
+from documents.parse_errors import ParseLimits, TooManyRows, UnsupportedFormat
 from documents.parsing import SectionStart, TextUnit, normalise_text
 
 # A spreadsheet becomes blocks of rows of about this many characters, each repeating the header row: a sheet of
