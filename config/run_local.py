@@ -25,7 +25,7 @@ def _worker_command(python: str, queue: str, concurrency: int, name: str) -> lis
 
 
 def ingest_worker_command(python: str) -> list[str]:
-    return _worker_command(python, os.environ.get("CELERY_QUEUE") or "silo", 2, "ingest")  # settings' default queue
+    return _worker_command(python, os.environ.get("CELERY_QUEUE") or "silo", 2, "celery")  # settings' default queue
 
 
 def provisioning_worker_command(python: str, beat_schedule: Path) -> list[str]:

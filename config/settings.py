@@ -341,7 +341,7 @@ PARSE_TIME_LIMIT_SECONDS = env_int("PARSE_TIME_LIMIT_SECONDS", 120, minimum=1)
 DOCUMENT_MAX_TEXT_CHARS = env_int("DOCUMENT_MAX_TEXT_CHARS", 5_000_000, minimum=1)
 DOCUMENT_MAX_CHUNKS = env_int("DOCUMENT_MAX_CHUNKS", 10_000, minimum=1)
 # Runs of one document that may start and never finish (their worker died) before it fails with a reason.
-INGEST_MAX_ATTEMPTS = env_int("INGEST_MAX_ATTEMPTS", 3, minimum=1)
+INGEST_MAX_ATTEMPTS = env_int("INGEST_MAX_ATTEMPTS", 5, minimum=1)
 # The largest request body the web server lets in (413 before reading it, config/asgi.py): one upload with room for
 # the form around it. The browser sends each file in a request of its own.
 REQUEST_MAX_BODY_BYTES = env_int("REQUEST_MAX_BODY_BYTES", UPLOAD_MAX_BYTES + 1024 * 1024, minimum=1024)

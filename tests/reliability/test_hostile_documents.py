@@ -263,4 +263,4 @@ def test_provisioning_has_a_queue_of_its_own_that_ingest_never_uses(settings):
     # So does docker-compose (its queue names are the defaults: CELERY_QUEUE unset there).
     compose = (BASE_DIR / "docker-compose.yml").read_text()
     assert '"--queues", "silo-provisioning"' in compose
-    assert '"--queues", "silo",' in compose
+    assert '"--queues", "silo"]' in compose
