@@ -1,4 +1,5 @@
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
@@ -93,12 +94,23 @@ async def chat_stream(request: HttpRequest) -> StreamingHttpResponse:
     # The request's own main-database connection would otherwise stay checked out of the pool for the whole stream.
     await sync_to_async(close_old_connections)()
     turn = services.chat_turn(user, question, conversation_id=conversation_id, document_id=document_id)
+    # A step may still be running in its thread when the reader goes away: closing waits for it.
+    turn_lock = threading.Lock()
 
     def step():
         try:
-            return next(turn, _END)
+            with turn_lock:
+                return next(turn, _END)
         finally:
             # This thread serves other streams next: hand its main-database connection back now.
+            close_old_connections()
+
+    def stop():
+        """The reader stopped the answer or left: the service stores what was streamed, marked as stopped."""
+        try:
+            with turn_lock:
+                turn.close()
+        finally:
             close_old_connections()
 
     # The service is synchronous (database, embedder, model client); each step runs in a thread of a pool sized for
@@ -106,8 +118,12 @@ async def chat_stream(request: HttpRequest) -> StreamingHttpResponse:
     next_event = sync_to_async(step, thread_sensitive=False, executor=_stream_executor())
 
     async def events():
-        while (event := await next_event()) is not _END:
-            yield _server_sent_event(event)
+        try:
+            while (event := await next_event()) is not _END:
+                yield _server_sent_event(event)
+        finally:
+            # On a disconnect Django cancels this stream; the turn is closed in a thread, without waiting here.
+            _stream_executor().submit(stop)
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
