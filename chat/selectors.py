@@ -8,6 +8,7 @@ import logging
 import psycopg
 from django.core.cache import cache
 
+from chat.services import answer_split_stopped
 from chat.starters import LeadingChunk, starter_questions
 from documents.models import Document
 from documents.selectors import documents_for_user
@@ -71,13 +72,18 @@ def conversation_listing(conversation, titles: dict[int, str]) -> dict:
 
 
 def message_for_display(message, titles: dict[int, str]) -> dict:
-    """A stored message with its citations marked when their document has been deleted since."""
+    """A stored message with its citations marked when their document has been deleted since, and an answer the
+    reader stopped without its stop mark (the page shows it as the live chat did)."""
     citations = [
         {**citation, "deleted": citation.get("document_id") not in titles} for citation in (message.citations or [])
     ]
+    content, stopped = (
+        answer_split_stopped(message.content) if message.role == "assistant" else (message.content, False)
+    )
     return {
         "role": message.role,
-        "content": message.content,
+        "content": content,
+        "stopped": stopped,
         "citations": citations,
         "citations_json": json.dumps(citations),
         "created_at": message.created_at,

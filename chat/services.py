@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import psycopg
@@ -37,6 +37,8 @@ NOT_FOUND_ANSWER = (
     "I couldn't find this in your documents. Try the words your documents would use, or upload a document that "
     "covers it."
 )
+# The last line of an answer the reader stopped (the stop button, or the page closed while it streamed).
+STOPPED_MARK = "*Stopped.*"
 NO_DOCUMENTS_ANSWER = "None of your documents is ready yet: upload a PDF, and ask again once it shows “Ready”."
 SYSTEM_PROMPT = (
     "You are Silo, an assistant that answers questions about the user's documents using only the numbered sources "
@@ -447,7 +449,7 @@ def _model_errors() -> tuple[type[BaseException], ...]:
 
 def chat_turn(
     user, question: str, conversation_id: str | None = None, document_id: int | None = None
-) -> Iterator[ChatEvent]:
+) -> Generator[ChatEvent, None, None]:
     """One question and its streamed answer, stored in the tenant's database. Never raises for expected failures:
     they end the stream with an `error` event the user can read."""
     try:
@@ -465,27 +467,41 @@ def chat_turn(
                 conversation = conversations.conversation_create(connection, _title(question), document_id)
             history = conversations.messages_list(connection, conversation.id)
             conversations.message_add(connection, conversation.id, "user", question)
-        yield ChatEvent("conversation", {"id": str(conversation.id), "title": conversation.title})
-        exchanges = history_from_messages(history)
-        retrieval = passages_for_turn(user, question, exchanges, conversation.document_id, target=target)
-        citations = [asdict(citation) for citation in retrieval.citations]
-        yield ChatEvent("sources", {"citations": citations})
-        answer = []
+        answer: list[str] = []
+        citations: list[dict] = []
+        answered = False  # the assistant message is stored
         try:
-            for piece in answer_stream(question, retrieval, exchanges):
-                answer.append(piece)
-                yield ChatEvent("token", {"text": piece})
-        except _model_errors() as error:
-            logger.warning("chat model failed mid-answer: %s", type(error).__name__)
-            partial = "".join(answer)
-            message = "The language model stopped responding before the answer was complete. Please try again."
+            yield ChatEvent("conversation", {"id": str(conversation.id), "title": conversation.title})
+            exchanges = history_from_messages(history)
+            retrieval = passages_for_turn(user, question, exchanges, conversation.document_id, target=target)
+            citations = [asdict(citation) for citation in retrieval.citations]
+            yield ChatEvent("sources", {"citations": citations})
+            pieces = answer_stream(question, retrieval, exchanges)
+            try:
+                for piece in pieces:
+                    answer.append(piece)
+                    yield ChatEvent("token", {"text": piece})
+            except _model_errors() as error:
+                logger.warning("chat model failed mid-answer: %s", type(error).__name__)
+                partial = "".join(answer)
+                message = "The language model stopped responding before the answer was complete. Please try again."
+                with registry.connection(target) as connection:
+                    conversations.message_add(connection, conversation.id, "assistant", partial, citations)
+                answered = True
+                yield ChatEvent("error", {"message": message})
+                return
+            finally:
+                _close(pieces)  # a model's stream is a connection: closed now, not when collected
             with registry.connection(target) as connection:
-                conversations.message_add(connection, conversation.id, "assistant", partial, citations)
-            yield ChatEvent("error", {"message": message})
-            return
-        with registry.connection(target) as connection:
-            conversations.message_add(connection, conversation.id, "assistant", "".join(answer), citations)
-        yield ChatEvent("done", {"extractive": not settings.OPENAI_API_KEY, "found": retrieval.found})
+                conversations.message_add(connection, conversation.id, "assistant", "".join(answer), citations)
+            answered = True
+            yield ChatEvent("done", {"extractive": not settings.OPENAI_API_KEY, "found": retrieval.found})
+        except GeneratorExit:
+            # The reader stopped the answer (stop button, closed tab: the view closes this generator). What was
+            # streamed so far stays in the conversation, marked as stopped, so that a reload shows what they saw.
+            if not answered:
+                _answer_store_stopped(target, conversation.id, "".join(answer), citations)
+            raise
     except QuestionRejected as error:
         yield ChatEvent("error", {"message": str(error)})
     except TenantDatabaseNotReady as error:
@@ -498,6 +514,36 @@ def chat_turn(
     except (psycopg.OperationalError, ConnectionCapacityExhausted) as error:
         logger.warning("tenant database unreachable during chat: %s", type(error).__name__)
         yield ChatEvent("error", {"message": "Your database cannot be reached right now. Please try again shortly."})
+
+
+def answer_stopped(partial: str) -> str:
+    """A stopped answer as stored: the text streamed before the stop, then STOPPED_MARK on a line of its own."""
+    partial = partial.rstrip()
+    return f"{partial}\n\n{STOPPED_MARK}" if partial else STOPPED_MARK
+
+
+def answer_split_stopped(content: str) -> tuple[str, bool]:
+    """A stored answer's text without the stop mark, and whether the reader stopped it."""
+    if content == STOPPED_MARK:
+        return "", True
+    if content.endswith(f"\n\n{STOPPED_MARK}"):
+        return content[: -len(STOPPED_MARK) - 2], True
+    return content, False
+
+
+def _answer_store_stopped(target: TenantTarget, conversation_id, partial: str, citations: list[dict]) -> None:
+    try:
+        with get_registry().connection(target) as connection:
+            conversations.message_add(connection, conversation_id, "assistant", answer_stopped(partial), citations)
+    except (psycopg.Error, ConnectionCapacityExhausted) as error:
+        # Nobody is listening any more: the question stays stored, the partial answer is lost; say why in the log.
+        logger.warning("a stopped answer could not be stored: %s", type(error).__name__)
+
+
+def _close(pieces: Iterator[str]) -> None:
+    close = getattr(pieces, "close", None)
+    if close is not None:
+        close()
 
 
 def _title(question: str) -> str:

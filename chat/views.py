@@ -148,7 +148,7 @@ def _event_stream(turn, slot: ChatStreamSlot) -> StreamingHttpResponse:
                         close_old_connections()
                     streaming_tokens = event.kind == "token"
                     if stopped.is_set():
-                        turn.close()
+                        turn.close()  # the reader stopped the answer or left: the service stores what was streamed
                         break
             except Exception as error:  # handed to the response, where an error of the turn always went
                 loop.call_soon_threadsafe(arrived.put_nowait, _Failure(error))

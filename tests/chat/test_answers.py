@@ -105,18 +105,38 @@ def test_passages_are_reordered_by_their_best_window_and_navigation_goes_last():
 
 
 def test_quotes_are_the_best_window_and_close_ones_from_other_passages_within_the_limit():
+    # The quotes follow quote_score (the window with its best sentence), not the passages' ranking score.
     scored = [
-        answers.ScoredWindow(passage=1, start=0, end=200, score=0.80),
-        answers.ScoredWindow(passage=1, start=100, end=300, score=0.79),  # same passage: one quote per citation
-        answers.ScoredWindow(passage=0, start=0, end=250, score=0.75),  # would not fit beside the first
-        answers.ScoredWindow(passage=3, start=0, end=150, score=0.72),
-        answers.ScoredWindow(passage=2, start=0, end=20, score=0.60),  # too far below the best
+        answers.ScoredWindow(passage=2, start=0, end=20, score=0.95, quote_score=0.60),  # too far below the best
+        answers.ScoredWindow(passage=1, start=0, end=200, score=0.80, quote_score=0.80),
+        answers.ScoredWindow(passage=1, start=100, end=300, score=0.79, quote_score=0.79),  # one quote per citation
+        answers.ScoredWindow(passage=0, start=0, end=250, score=0.75, quote_score=0.75),  # would not fit
+        answers.ScoredWindow(passage=3, start=0, end=150, score=0.60, quote_score=0.72),
     ]
 
     chosen = answers.quotes_select(scored, limit=400)
 
     assert [(window.passage, window.start) for window in chosen] == [(1, 0), (3, 0)]
     assert sum(window.end - window.start + answers.QUOTE_OVERHEAD_CHARS for window in chosen) <= 400
+
+
+def test_section_headings_are_found_and_do_not_make_a_window_win():
+    text = (
+        "3.4 A minimal class file\n"
+        "Most of the work of a class or package is in defining new commands, or changing the appearance of documents.\n"
+        "There are four things that every class file must contain: a definition of the normal size, values for the "
+        "text width and text height, and a specification for page numbering."
+    )
+    assert answers.heading_spans(text) == [(0, len("3.4 A minimal class file"))]
+    assert answers.heading_spans("1. Use it when the value is 2.\nAnd more.") == []  # a sentence, not a heading
+    embedder = get_embedder()
+    question = "What must a minimal class file contain?"
+
+    scored = answers.windows_score(question, embedder.embed_query(question), [text], embedder)
+
+    best_quote = max(scored, key=lambda window: window.quote_score)
+    assert "every class file must contain" in text[best_quote.start : best_quote.end]
+    assert all(window.quote_score > window.score for window in scored)  # each window's best sentence counts
 
 
 def test_a_quote_is_one_markdown_blockquote_line_with_its_marker():

@@ -489,6 +489,76 @@ def test_a_model_failing_mid_stream_ends_with_a_readable_error_and_keeps_the_par
     ]
 
 
+def test_a_stopped_answer_keeps_what_was_streamed_marked_as_stopped(owner, espresso, emulator):
+    emulator.answer = " ".join(f"word{number}" for number in range(50))
+    turn = services.chat_turn(owner, "How long is the warranty?")
+    events = [next(turn) for _ in range(5)]  # conversation, sources and three pieces of the answer
+
+    turn.close()  # what the view does when the reader stops the answer or goes away
+
+    assert kinds([(event.kind, event.data) for event in events]) == [
+        "conversation",
+        "sources",
+        "token",
+        "token",
+        "token",
+    ]
+    streamed = "".join(event.data["text"] for event in events[2:])
+    assert streamed.split() == ["word0", "word1", "word2"]
+    stored = f"{streamed.rstrip()}\n\n{services.STOPPED_MARK}"
+    assert tenant_rows(owner, "SELECT role, content FROM messages ORDER BY id") == [
+        ("user", "How long is the warranty?"),
+        ("assistant", stored),
+    ]
+    assert services.answer_split_stopped(stored) == (streamed.rstrip(), True)
+    assert services.answer_split_stopped(streamed) == (streamed, False)
+
+
+def test_a_stop_before_the_answer_began_stores_an_empty_stopped_answer(owner, espresso, without_model):
+    turn = services.chat_turn(owner, "How long is the warranty?")
+    assert next(turn).kind == "conversation"
+
+    turn.close()
+
+    assert tenant_rows(owner, "SELECT role, content FROM messages ORDER BY id") == [
+        ("user", "How long is the warranty?"),
+        ("assistant", services.STOPPED_MARK),
+    ]
+    assert services.answer_split_stopped(services.STOPPED_MARK) == ("", True)
+
+
+def test_a_reader_leaving_mid_stream_stops_the_answer_and_the_page_shows_it_stopped(
+    owner, espresso, browser_for, emulator
+):
+    emulator.answer = " ".join(f"word{number}" for number in range(400))
+    emulator.token_delay_seconds = 0.05
+    browser = browser_for(owner)
+    form = {"question": "How long is the warranty?", "conversation": "", "document": ""}
+    received, kind = [], ""
+    with browser.http.stream("POST", reverse("chat_stream"), data=form, headers=browser._csrf()) as response:
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                kind = line[len("event: ") :]
+            elif line.startswith("data: ") and kind == "token":
+                received.append(json.loads(line[len("data: ") :])["text"])
+            if len(received) == 3:
+                break  # leaving the with block closes the connection, as a closed tab or the stop button does
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(tenant_rows(owner, "SELECT id FROM messages")) < 2:
+        time.sleep(0.1)
+    ((conversation_id, answer),) = tenant_rows(
+        owner, "SELECT conversation_id, content FROM messages WHERE role = 'assistant'"
+    )
+    partial, stopped = services.answer_split_stopped(answer)
+    assert stopped
+    assert partial.startswith("".join(received).rstrip())
+    assert emulator.answer.startswith(partial) and len(partial) < len(emulator.answer)  # cut short, not finished
+    page = browser.get(f"{reverse('chat')}?c={conversation_id}").text
+    assert '<p class="stopped-note">Stopped.</p>' in page
+    assert services.STOPPED_MARK not in page
+
+
 def test_a_model_answering_500_ends_the_stream_with_an_error_not_a_hang(owner, espresso, browser_for, emulator):
     emulator.fault_rate = 1.0
     emulator.fault_status = 500

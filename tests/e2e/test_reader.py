@@ -141,6 +141,17 @@ def test_stop_ends_a_streaming_answer_where_it_is_and_the_next_question_goes_out
     expect(wait_for_answer(page).locator(".turn-text")).to_have_text(
         "A group at the TUG Annual General Meeting in Cork specified it 1."
     )
+    stopped_text = page.locator("#transcript .turn-assistant").first.locator(".turn-text").inner_text()
+
+    page.reload()  # the stopped answer was stored as far as it went, and says it was stopped
+    answers = page.locator("#transcript .turn-assistant")
+    expect(answers).to_have_count(2)
+    expect(answers.first.locator(".stopped-note")).to_have_text("Stopped.")
+    reloaded_text = answers.first.locator(".turn-text").inner_text()
+    assert reloaded_text.startswith(stopped_text.strip()) and "word5" in reloaded_text
+    assert "word399" not in reloaded_text and "Stopped" not in reloaded_text
+    expect(answers.nth(1).locator(".stopped-note")).to_have_count(0)
+    screenshots.take(page, "stopped-after-reload")
     assert_no_script_errors(page)
 
 
