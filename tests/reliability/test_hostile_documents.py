@@ -9,6 +9,7 @@ import json
 import resource
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 from django.core.files.base import ContentFile
@@ -22,8 +23,8 @@ from documents.bounded_process import MemoryLimitExceeded, TimeLimitExceeded, ru
 from documents.models import Document
 from documents.parsing import NotAPdf, extract_pages, inspect_pdf
 from tests.pdf_factory import text_pdf
-from vectordb.embeddings import get_embedder
 from tests.reliability.test_abuse import provision, tenant_rows
+from vectordb.embeddings import get_embedder
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
@@ -258,7 +259,7 @@ def test_provisioning_has_a_queue_of_its_own_that_ingest_never_uses(settings):
     assert queue_of("tenants.tasks.provision_vector_database") == provisioning
     assert queue_of("documents.tasks.ingest_document") == settings.CELERY_TASK_DEFAULT_QUEUE
     # `make run` starts a worker that serves that queue alone.
-    command = provisioning_worker_command("python")
+    command = provisioning_worker_command("python", Path("celerybeat-schedule"))
     assert command[command.index("--queues") + 1] == provisioning
     # So does docker-compose (its queue names are the defaults: CELERY_QUEUE unset there).
     compose = (BASE_DIR / "docker-compose.yml").read_text()
