@@ -72,6 +72,9 @@ def _worker_environment(database_name: str) -> dict[str, str]:
         SILO_MAIN_DATABASE=database_name,
         REDIS_URL=settings.REDIS_URL,
         CELERY_QUEUE=settings.CELERY_TASK_DEFAULT_QUEUE,
+        # The session's worker never fills warm pools on its own: a refill after some test's sign-up would leave
+        # pooled databases behind for the tests after it. The pool's tests fill pools themselves.
+        TENANT_WARM_POOL_SIZE="0",
         PYTHONUNBUFFERED="1",
     )
 
