@@ -42,7 +42,7 @@ def test_the_chat_page_says_the_database_cannot_be_reached_instead_of_failing(un
 
     assert response.status_code == 200
     page = response.content.decode()
-    assert "Your database cannot be reached right now. Please try again in a moment." in page
+    assert "Your database cannot be reached right now; your documents and conversations are safe." in page
     assert 'id="question"' in page and "disabled></textarea>" in page  # nothing can be asked meanwhile
 
 
