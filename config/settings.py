@@ -381,7 +381,6 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "silo")
 # Provisioning (sign-up, deletion, reconcile) has a queue and a worker of its own: an hour of ingest on every other
 # worker must not keep a new account's database pending.
 CELERY_PROVISIONING_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}-provisioning"
-CELERY_TASK_ROUTES = {"tenants.tasks.*": {"queue": CELERY_PROVISIONING_QUEUE}}
 # Celery beat (`make run` runs it inside the worker, docker-compose as a service of its own).
 CELERY_BEAT_SCHEDULE = {
     "refill-tenant-warm-pool": {
@@ -392,6 +391,10 @@ CELERY_BEAT_SCHEDULE = {
 # Scanned PDFs are ingested on a queue of their own, by workers of their own: one tenant's 300-page scan never stalls
 # everyone's text documents.
 CELERY_OCR_QUEUE = env_str("CELERY_OCR_QUEUE", f"{CELERY_TASK_DEFAULT_QUEUE}-ocr")
+CELERY_TASK_ROUTES = {
+    "tenants.tasks.*": {"queue": CELERY_PROVISIONING_QUEUE},
+    "documents.tasks.ingest_scanned_document": {"queue": CELERY_OCR_QUEUE},
+}
 
 CACHE_KEY_PREFIX_FOR_SLOTS = env_str("CACHE_KEY_PREFIX", "silo")
 CACHES = {

@@ -1,7 +1,6 @@
 import logging
 
 from celery import Task, shared_task
-from django.conf import settings
 
 from documents import services
 from documents.fairness import tenant_ingest_slot
@@ -32,7 +31,7 @@ def ingest_document(self, document_id: int, fairness_waits: int = 0) -> None:
     _ingest_in_turn(self, ingest_document, document_id, fairness_waits, allow_ocr=False)
 
 
-@shared_task(bind=True, base=IngestTask, max_retries=None, queue=settings.CELERY_OCR_QUEUE)
+@shared_task(bind=True, base=IngestTask, max_retries=None)  # routed to CELERY_OCR_QUEUE (settings)
 def ingest_scanned_document(self, document_id: int, fairness_waits: int = 0) -> None:
     """A PDF with scanned pages, on the OCR queue's own workers: slow work never holds up the main queue."""
     _ingest_in_turn(self, ingest_scanned_document, document_id, fairness_waits, allow_ocr=True)

@@ -381,6 +381,7 @@ def test_the_tenant_database_going_away_during_the_write_is_retried_and_leaves_n
 
     settled = wait_for(document, lambda row: row["status"] in {Status.READY, Status.FAILED}, "settled", worker=worker)
 
-    assert settled["attempts"] >= 2, worker.log()
+    # Two runs, but the transient failure gave its attempt back: only runs that die count against the document.
+    assert settled["attempts"] == 1, worker.log()
     assert "Retry in" in worker.log()  # the task's TransientIngestError retry, not a redelivery
     assert_ingested_exactly_once(document, tenant_database)
