@@ -134,7 +134,7 @@ class _TimedEmulator(openai_emulator.OpenAIEmulator):
 
 def _tenant_with_document() -> str:
     [row] = create_tenants(PREFIX, 1)
-    user = row.tenant
+    user = row.workspace.owner
     user.set_password(PASSWORD)
     user.save(update_fields=["password"])
     ready = tenant_services.vector_database_provision(row.id)

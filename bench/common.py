@@ -16,7 +16,7 @@ from django.db import transaction
 from psycopg import sql
 
 from tenants import services
-from tenants.models import User, VectorDatabase
+from tenants.models import Membership, User, VectorDatabase, Workspace, new_workspace_slug
 
 Status = VectorDatabase.Status
 EMAIL_DOMAIN = "bench.invalid"
@@ -37,8 +37,23 @@ def create_tenants(prefix: str, count: int, provider: str = "postgres") -> list[
         users = User.objects.bulk_create(
             [User(email=bench_email(prefix, number), password="!") for number in range(count)]
         )
+        workspaces = Workspace.objects.bulk_create(
+            [
+                Workspace(name=user.email, slug=new_workspace_slug(user.email.split("@")[0]), owner=user, personal=True)
+                for user in users
+            ]
+        )
+        Membership.objects.bulk_create(
+            [
+                Membership(workspace=workspace, user=workspace.owner, role=Membership.Role.OWNER)
+                for workspace in workspaces
+            ]
+        )
         rows = VectorDatabase.objects.bulk_create(
-            [VectorDatabase(tenant=user, provider=provider, region=_region(provider)) for user in users]
+            [
+                VectorDatabase(workspace=workspace, provider=provider, region=_region(provider))
+                for workspace in workspaces
+            ]
         )
     return rows
 
@@ -51,13 +66,14 @@ def remove_tenants(prefix: str) -> int:
     """Deprovision every tenant database of this prefix's users (including leftovers of a crashed run), then delete
     the users and the registry rows. Returns how many databases were dropped."""
     users = User.objects.filter(email__startswith=f"{prefix}-", email__endswith=f"@{EMAIL_DOMAIN}")
-    row_ids = list(VectorDatabase.objects.filter(tenant__in=users).values_list("id", flat=True))
+    row_ids = list(VectorDatabase.objects.filter(workspace__owner__in=users).values_list("id", flat=True))
     dropped = 0
     for row_id in row_ids:
         if VectorDatabase.objects.filter(id=row_id).exclude(status=Status.DELETED).exists():
             services.vector_database_deprovision(row_id)
             dropped += 1
     VectorDatabase.objects.filter(id__in=row_ids).delete()
+    Workspace.objects.filter(owner__in=users).delete()  # their documents and memberships go with them
     users.delete()
     return dropped
 

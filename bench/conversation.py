@@ -48,7 +48,7 @@ def run(quick: bool) -> dict:
 
     remove_tenants(TENANT_PREFIX)
     (row,) = create_tenants(TENANT_PREFIX, 1)
-    user = row.tenant
+    user = row.workspace.owner
     try:
         tenant_services.vector_database_provision(row.id)
         with stopwatch() as ingest_watch:

@@ -17,7 +17,7 @@ from django.db import transaction
 from bench.common import EMAIL_DOMAIN, bench_email, progress, stopwatch
 from bench.framework import Target
 from tenants.crypto import encrypt_credentials
-from tenants.models import MigrationRun, User, VectorDatabase
+from tenants.models import MigrationRun, User, VectorDatabase, Workspace, new_workspace_slug
 from vectordb.schema import latest_schema_version, tenant_migration_order
 
 TARGETS = [
@@ -79,10 +79,17 @@ def _create(count: int) -> None:
         users = User.objects.bulk_create(
             [User(email=bench_email(PREFIX, number), password="!") for number in range(count)], batch_size=2000
         )
+        workspaces = Workspace.objects.bulk_create(
+            [
+                Workspace(name=user.email, slug=new_workspace_slug(user.email.split("@")[0]), owner=user, personal=True)
+                for user in users
+            ],
+            batch_size=2000,
+        )
         VectorDatabase.objects.bulk_create(
             [
                 VectorDatabase(
-                    tenant=user,
+                    workspace=workspace,
                     provider="postgres",
                     server="nowhere",
                     external_id=f"silo_t_catalog{number:05d}",
@@ -90,7 +97,7 @@ def _create(count: int) -> None:
                     encrypted_credentials=credentials,
                     schema_version=version,
                 )
-                for number, user in enumerate(users)
+                for number, workspace in enumerate(workspaces)
             ],
             batch_size=2000,
         )
@@ -98,5 +105,6 @@ def _create(count: int) -> None:
 
 def _remove() -> None:
     users = User.objects.filter(email__startswith=f"{PREFIX}-", email__endswith=f"@{EMAIL_DOMAIN}")
-    VectorDatabase.objects.filter(tenant__in=users).delete()
+    VectorDatabase.objects.filter(workspace__owner__in=users).delete()
+    Workspace.objects.filter(owner__in=users).delete()
     users.delete()

@@ -173,7 +173,7 @@ def _provision_tenant(prefix: str):
     provisioned = services.vector_database_provision(row.id)
     if provisioned.status != VectorDatabase.Status.READY:
         raise RuntimeError(f"bench tenant ended {provisioned.status}: {provisioned.last_error}")
-    return provisioned.tenant
+    return provisioned.workspace.owner
 
 
 def _ours(tenant, path: Path) -> dict:
@@ -382,9 +382,9 @@ def _rate(pages: int, seconds: float) -> float:
 
 
 def _cleanup() -> None:
-    from documents.services import documents_erase_for_tenant
+    from documents.services import documents_erase_for_workspace
     from tenants.models import User
-    from tenants.services import TenantDatabaseNotReady, tenant_target
+    from tenants.services import TenantDatabaseNotReady, tenant_target, tenant_workspace
     from vectordb.connections import get_registry
 
     for user in User.objects.filter(email__startswith=f"{PREFIX}-"):
@@ -392,7 +392,7 @@ def _cleanup() -> None:
             get_registry().close_tenant(tenant_target(user).key)
         except TenantDatabaseNotReady:
             pass
-        documents_erase_for_tenant(user)
+        documents_erase_for_workspace(tenant_workspace(user))
     remove_tenants(f"{PREFIX}-local")
     remove_tenants(f"{PREFIX}-remote")
     drop_database(NAIVE_DATABASE)

@@ -209,7 +209,7 @@ def _prepare_tenants(count: int) -> list[BenchSession]:
     _prepare_tenant(rows[0], 0, vectors)
     with ThreadPoolExecutor(PROVISIONING_THREADS) as pool:
         list(pool.map(_prepare_tenant, rows[1:], range(1, count), [vectors] * (count - 1)))
-    return [_session_for(row.tenant, database_name(row.tenant_key)) for row in rows]
+    return [_session_for(row.workspace.owner, database_name(row.tenant_key)) for row in rows]
 
 
 def _prepare_tenant(row: VectorDatabase, number: int, vectors: list[list[float]]) -> None:
@@ -217,9 +217,10 @@ def _prepare_tenant(row: VectorDatabase, number: int, vectors: list[list[float]]
         provisioned = tenant_services.vector_database_provision(row.id)
         if provisioned.status != VectorDatabase.Status.READY:
             raise RuntimeError(f"tenant {row.tenant_key} ended {provisioned.status}: {provisioned.last_error}")
-        user = row.tenant
+        user = row.workspace.owner
         document = Document.objects.create(
-            owner=user,
+            workspace=row.workspace,
+            uploaded_by=user,
             title=f"Handbook {number}",
             file=f"bench/{PREFIX}-{number}.pdf",  # never opened: chat reads chunks, not the file
             original_filename=f"handbook-{number}.pdf",
@@ -276,7 +277,9 @@ def _delete_sessions(sessions: list[BenchSession]) -> None:
 def _remove_tenants_in_parallel() -> int:
     """Drop the databases with a few threads (one by one takes minutes for 200), then remove_tenants() the rows."""
     ids = list(
-        VectorDatabase.objects.filter(tenant__email__startswith=f"{PREFIX}-", tenant__email__endswith="@bench.invalid")
+        VectorDatabase.objects.filter(
+            workspace__owner__email__startswith=f"{PREFIX}-", workspace__owner__email__endswith="@bench.invalid"
+        )
         .exclude(status=VectorDatabase.Status.DELETED)
         .values_list("id", flat=True)
     )

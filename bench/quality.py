@@ -33,7 +33,7 @@ def run(quick: bool) -> dict:
     questions = json.loads((EVAL_DIR / "qa.json").read_text())
     remove_tenants(TENANT_PREFIX)  # leftovers of a crashed run
     (row,) = create_tenants(TENANT_PREFIX, 1)
-    user = row.tenant
+    user = row.workspace.owner
     try:
         tenant_services.vector_database_provision(row.id)
         with stopwatch() as ingest_watch:
@@ -71,9 +71,10 @@ def _ingest_eval_pdfs(user) -> dict[int, str]:
 
 
 def _remove_documents(user) -> None:
-    from documents.services import documents_erase_for_tenant
+    from documents.services import documents_erase_for_workspace
+    from tenants.services import tenant_workspace
 
-    documents_erase_for_tenant(user)
+    documents_erase_for_workspace(tenant_workspace(user))
 
 
 def _first_hit_rank(citations, question: dict, filenames: dict[int, str]) -> int | None:
@@ -97,7 +98,6 @@ def _searches(hybrid: bool) -> dict[int, int]:
 
 def _score(user, questions: list[dict], filenames: dict[int, str]) -> dict:
     from chat.services import chunks_retrieve
-
     from vectordb.embeddings import get_embedder
 
     embedder = get_embedder()

@@ -160,7 +160,7 @@ def _search_section(quick: bool) -> dict:
     remove_tenants(PREFIX)
     registry = get_registry()
     [row] = _provision(PREFIX, 1)
-    target = services.tenant_target(row.tenant)
+    target = services.tenant_target(row.workspace)
     try:
         data = _ClusteredVectors()
         document_ids = list(range(1, documents + 1))
@@ -287,7 +287,7 @@ def _connection_section(quick: bool) -> dict:
     try:
         progress(f"connections: provisioning {tenants} tenants with {POOL_CHUNKS_PER_TENANT} chunks each")
         rows = _provision(POOL_PREFIX, tenants)
-        targets = [services.tenant_target(row.tenant) for row in rows]
+        targets = [services.tenant_target(row.workspace) for row in rows]
         database_names = [conninfo_to_dict(target.resolve_dsn(False))["dbname"] for target in targets]
         rng = numpy.random.default_rng(11)
         for target in targets:

@@ -154,7 +154,7 @@ def _recall_as_scans(quick: bool) -> dict:
                     content = _scan(content, list(range(count)))
                     scanned_pages += count
                 document = document_services.document_upload(
-                    row.tenant, ContentFile(content, name=path.name), enqueue=False
+                    row.workspace.owner, ContentFile(content, name=path.name), enqueue=False, workspace=row.workspace
                 )
                 document_services.document_ingest(document.id)
                 document.refresh_from_db()
@@ -168,7 +168,9 @@ def _recall_as_scans(quick: bool) -> dict:
                 result["scan_ingest_pages_per_second"] = round(scanned_pages / elapsed, 3)
             hits = 0
             for question in questions:
-                citations = chunks_retrieve(row.tenant, question["question"], k=5, hybrid=True)
+                citations = chunks_retrieve(
+                    row.workspace.owner, question["question"], k=5, hybrid=True, workspace=row.workspace
+                )
                 hits += _first_hit_rank(citations, question, filenames) is not None
             recalls[label] = hits / len(questions)
             result[f"recall_at_5_{label}"] = round(recalls[label], 3)
@@ -176,7 +178,7 @@ def _recall_as_scans(quick: bool) -> dict:
         return result
     finally:
         for row in (text_row, scan_row):
-            document_services.documents_erase_for_tenant(row.tenant)
+            document_services.documents_erase_for_workspace(row.workspace)
         remove_tenants(prefix)
 
 
@@ -270,7 +272,9 @@ def _office_throughput(quick: bool) -> dict:
         inputs += [(label, name, content) for label, (name, content) in _office_files(quick).items()]
         totals: dict[str, list[float]] = {}
         for label, name, content in inputs:
-            document = document_services.document_upload(row.tenant, ContentFile(content, name=name), enqueue=False)
+            document = document_services.document_upload(
+                row.workspace.owner, ContentFile(content, name=name), enqueue=False, workspace=row.workspace
+            )
             started = time.perf_counter()
             report = document_services.document_ingest(document.id)
             elapsed = time.perf_counter() - started
@@ -292,7 +296,7 @@ def _office_throughput(quick: bool) -> dict:
             result[f"parse_mb_per_second_{group}"] = round(size / max(parse_seconds, 1e-6) / 1_000_000, 2)
         return result
     finally:
-        document_services.documents_erase_for_tenant(row.tenant)
+        document_services.documents_erase_for_workspace(row.workspace)
         remove_tenants(prefix)
 
 
@@ -301,7 +305,7 @@ def _chunk_texts(row, document_id: int) -> list[str]:
     from vectordb.chunks import chunks_export
     from vectordb.connections import get_registry
 
-    with get_registry().connection(tenant_target(row.tenant)) as connection:
+    with get_registry().connection(tenant_target(row.workspace)) as connection:
         return [chunk["content"] for chunk in chunks_export(connection, [document_id])]
 
 

@@ -23,11 +23,11 @@ import numpy
 
 from bench.common import create_tenants, milliseconds, percentile, progress, remove_tenants
 from bench.framework import Target
+from bench.langchain_baseline import document_filter, hybrid_search_config, tenant_vector_store
 from tenants import services
 from tenants.models import VectorDatabase
 from vectordb import chunks, search
 from vectordb.connections import get_registry
-from bench.langchain_baseline import document_filter, hybrid_search_config, tenant_vector_store
 
 TARGETS: list[Target] = []  # a comparison, not a gate
 
@@ -90,7 +90,7 @@ def run(quick: bool) -> dict:
     if provisioned.status != VectorDatabase.Status.READY:
         raise RuntimeError(f"bench tenant ended {provisioned.status}: {provisioned.last_error}")
     registry = get_registry()
-    target = services.tenant_target(provisioned.tenant)
+    target = services.tenant_target(provisioned.workspace)
     try:
         corpus = _corpus(documents, per_document)
         result: dict = {"chunks": documents * per_document, "dimensions": DIMENSIONS, "queries": queries, "k": K}

@@ -12,6 +12,7 @@ from chat.services import answer_split_stopped
 from chat.starters import LeadingChunk, starter_questions
 from documents.models import Document
 from documents.selectors import documents_for_user
+from tenants.models import Workspace
 from tenants.services import TenantDatabaseNotReady, tenant_target
 from vectordb.chunks import chunks_leading
 from vectordb.connections import ConnectionCapacityExhausted, get_registry
@@ -24,10 +25,11 @@ STARTER_CHUNKS_PER_DOCUMENT = 12
 STARTER_DOCUMENTS = 6  # the most recent ready documents take part in the all-documents chat
 
 
-def starter_questions_for_user(user, document_id: int | None = None) -> list[str]:
-    """A few questions drawn from the user's ready documents (or one of them). Cached until a document changes;
+def starter_questions_for_user(user, document_id: int | None = None, workspace: Workspace | None = None) -> list[str]:
+    """A few questions drawn from the workspace's ready documents (or one of them). Cached until a document changes;
     [] when the documents or the tenant database cannot be read right now (the chat works without them)."""
-    ready = documents_for_user(user).filter(status=Document.Status.READY)
+    workspace = workspace or Workspace.objects.personal_for(user)
+    ready = documents_for_user(user, workspace).filter(status=Document.Status.READY)
     if document_id is not None:
         ready = ready.filter(id=document_id)
     documents = list(ready.values("id", "title", "ingested_at")[:STARTER_DOCUMENTS])
@@ -36,11 +38,11 @@ def starter_questions_for_user(user, document_id: int | None = None) -> list[str
     key = "starters:" + ",".join(
         f"{d['id']}@{d['ingested_at'].timestamp() if d['ingested_at'] else 0}" for d in documents
     )
-    cached = cache.get(f"{key}:{user.id}")
+    cached = cache.get(f"{key}:{workspace.id}")
     if cached is not None:
         return cached
     try:
-        with get_registry().connection(tenant_target(user)) as connection:
+        with get_registry().connection(tenant_target(workspace)) as connection:
             rows = chunks_leading(connection, [d["id"] for d in documents], STARTER_CHUNKS_PER_DOCUMENT)
     except (TenantDatabaseNotReady, psycopg.OperationalError, ConnectionCapacityExhausted) as error:
         logger.info("no starter questions for now: %s", type(error).__name__)
@@ -48,17 +50,19 @@ def starter_questions_for_user(user, document_id: int | None = None) -> list[str
     questions = starter_questions(
         [LeadingChunk(**row) for row in rows], {d["id"]: d["title"] for d in documents}, limit=STARTER_QUESTIONS
     )
-    cache.set(f"{key}:{user.id}", questions, timeout=24 * 3600)
+    cache.set(f"{key}:{workspace.id}", questions, timeout=24 * 3600)
     return questions
 
 
-def document_titles_for_user(user) -> dict[int, str]:
-    """Titles of the user's documents that still exist, by id: conversations and citations name their document, and
-    say so when it was deleted."""
-    return dict(documents_for_user(user).values_list("id", "title"))
+def document_titles_for_user(user, workspace: Workspace | None = None) -> dict[int, str]:
+    """Titles of the workspace's documents that still exist, by id: conversations and citations name their document,
+    and say so when it was deleted."""
+    return dict(documents_for_user(user, workspace).values_list("id", "title"))
 
 
-def conversation_listing(conversation, titles: dict[int, str]) -> dict:
+def conversation_listing(
+    conversation, titles: dict[int, str], viewer_id: int | None = None, owner: bool = False
+) -> dict:
     """A conversation as the pages show it: its title, when it was last used, and which document it is about."""
     document_id = conversation.document_id
     return {
@@ -68,6 +72,9 @@ def conversation_listing(conversation, titles: dict[int, str]) -> dict:
         "document_id": document_id,
         "document_title": titles.get(document_id, "") if document_id else "",
         "document_deleted": bool(document_id) and document_id not in titles,
+        "shared": conversation.shared,
+        # Another member's shared conversation: readable, not continued or deleted by this person.
+        "mine": viewer_id is None or conversation.started_by_person(viewer_id, owner),
     }
 
 

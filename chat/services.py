@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Generator, Iterator, Sequence
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import psycopg
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 
 from chat import answers
 from documents.models import Document
 from documents.selectors import document_get_for_user, documents_for_user
+from tenants.models import Workspace
+from tenants.permissions import Action, WorkspaceNotFound, membership_require, membership_still_allows
 from tenants.services import TenantDatabaseNotReady, tenant_target
 from vectordb import conversations
 from vectordb.connections import ConnectionCapacityExhausted, TenantTarget, get_registry
@@ -199,12 +203,12 @@ def _recent(history: Sequence[Exchange]) -> Sequence[Exchange]:
 # --- retrieval -----------------------------------------------------------------------------------------------------------
 
 
-def _ready_titles(user, document_id: int | None) -> dict[int, str]:
+def _ready_titles(user, document_id: int | None, workspace: Workspace) -> dict[int, str]:
     # The titles come with the ids (one query of the main database rather than a second one after the search).
     if document_id is not None:
-        document = document_get_for_user(user, document_id)
+        document = document_get_for_user(user, document_id, workspace)
         return {document.id: document.title} if document.status == Document.Status.READY else {}
-    return dict(documents_for_user(user).filter(status=Document.Status.READY).values_list("id", "title"))
+    return dict(documents_for_user(user, workspace).filter(status=Document.Status.READY).values_list("id", "title"))
 
 
 def _search(connection, embedding, query: str, document_ids: list[int], k: int, hybrid: bool) -> list[SearchHit]:
@@ -263,17 +267,20 @@ def chunks_retrieve(
     k: int | None = None,
     hybrid: bool | None = None,
     target: TenantTarget | None = None,
+    workspace: Workspace | None = None,
 ) -> list[Citation]:
-    """The k best passages for the query among the user's ready documents (or one of them), in rank order, without
-    a relevance floor or reranking: the plain search, as `make bench` measures it.
+    """The k best passages for the query among the workspace's ready documents (or one of them), in rank order,
+    without a relevance floor or reranking: the plain search, as `make bench` measures it. `workspace` defaults to
+    the user's personal one.
 
-    `target`: the user's tenant target when the caller already has it (a chat turn), saving a registry lookup."""
+    `target`: the workspace's tenant target when the caller already has it (a chat turn), saving a registry lookup."""
     k = k or settings.RETRIEVAL_K
     hybrid = settings.RETRIEVAL_HYBRID if hybrid is None else hybrid
-    titles = _ready_titles(user, document_id)
+    workspace = workspace or Workspace.objects.personal_for(user)
+    titles = _ready_titles(user, document_id, workspace)
     if not titles:
         return []
-    target = target or tenant_target(user)
+    target = target or tenant_target(workspace)
     query_embedding = get_embedder().embed_query(query)
     with get_registry().connection(target) as connection:
         hits = _search(connection, query_embedding, query, list(titles), k, hybrid)
@@ -290,6 +297,7 @@ def passages_for_turn(
     target: TenantTarget | None = None,
     with_model: bool | None = None,
     rerank: bool | None = None,
+    workspace: Workspace | None = None,
 ) -> Retrieval:
     """What this turn means and the passages that answer it, over the user's ready documents (or one of them).
 
@@ -300,10 +308,11 @@ def passages_for_turn(
     hybrid = settings.RETRIEVAL_HYBRID if hybrid is None else hybrid
     with_model = bool(settings.OPENAI_API_KEY) if with_model is None else with_model
     rerank = (not with_model) if rerank is None else rerank
-    titles = _ready_titles(user, document_id)
+    workspace = workspace or Workspace.objects.personal_for(user)
+    titles = _ready_titles(user, document_id, workspace)
     if not titles:
         return Retrieval(query=question, strategy="question", found=False, relevance=None, no_documents=True)
-    target = target or tenant_target(user)
+    target = target or tenant_target(workspace)
     embedder = get_embedder()
     strategy, queries = "question", [question]
     if history and with_model:
@@ -447,24 +456,63 @@ def _model_errors() -> tuple[type[BaseException], ...]:
     return (openai.APIError, httpx.HTTPError)
 
 
+ACCESS_LOST_MESSAGE = "You no longer have access to this workspace, so the answer stopped here."
+NOT_YOURS_MESSAGE = "This conversation was shared by another member: start a new one to ask your own questions."
+
+
+class _AccessLost(Exception):
+    """The person was removed from the workspace (or lost the role to chat) while their answer streamed."""
+
+
+def _still_allowed(user, workspace: Workspace) -> Callable[..., None]:
+    """A check a streaming answer calls between pieces: at most every CHAT_ACCESS_RECHECK_SECONDS it asks the main
+    database whether the person may still chat there, and raises _AccessLost as soon as they may not."""
+    checked_at = time.monotonic()
+
+    def check(force: bool = False) -> None:
+        nonlocal checked_at
+        if not force and time.monotonic() - checked_at < settings.CHAT_ACCESS_RECHECK_SECONDS:
+            return
+        checked_at = time.monotonic()
+        if not membership_still_allows(user.id, workspace.id, Action.CHAT):
+            raise _AccessLost()
+
+    return check
+
+
 def chat_turn(
-    user, question: str, conversation_id: str | None = None, document_id: int | None = None
+    user,
+    question: str,
+    conversation_id: str | None = None,
+    document_id: int | None = None,
+    workspace: Workspace | None = None,
 ) -> Generator[ChatEvent, None, None]:
-    """One question and its streamed answer, stored in the tenant's database. Never raises for expected failures:
-    they end the stream with an `error` event the user can read."""
+    """One question and its streamed answer, stored in the workspace's database (default: the user's personal one).
+    Never raises for expected failures: they end the stream with an `error` event the user can read. A person removed
+    from the workspace while the answer streams loses it at once: the stream ends with an error, nothing more is
+    stored. A reader who stops the answer keeps what was streamed so far in the conversation, marked as stopped."""
     try:
         question = question_validate(question)
+        workspace = workspace or Workspace.objects.personal_for(user)
+        membership_require(user, workspace, Action.CHAT)
+        is_owner = workspace.owner_id == user.id
         if document_id is not None:
-            document_get_for_user(user, document_id)  # 404 for someone else's document
-        target = tenant_target(user)
+            document_get_for_user(user, document_id, workspace)  # 404 for another workspace's document
+        allowed = _still_allowed(user, workspace)
+        target = tenant_target(workspace)
         registry = get_registry()
         with registry.connection(target) as connection:
             conversation = conversations.conversation_get(connection, conversation_id) if conversation_id else None
+            if conversation is not None and not conversation.visible_to(user.id, is_owner):
+                conversation = None  # another member's private conversation: it does not exist for this person
             if conversation_id and conversation is None:
                 yield ChatEvent("error", {"message": "That conversation no longer exists."})
                 return
+            if conversation is not None and not conversation.started_by_person(user.id, is_owner):
+                yield ChatEvent("error", {"message": NOT_YOURS_MESSAGE})
+                return
             if conversation is None:
-                conversation = conversations.conversation_create(connection, _title(question), document_id)
+                conversation = conversations.conversation_create(connection, _title(question), document_id, user.id)
             history = conversations.messages_list(connection, conversation.id)
             conversations.message_add(connection, conversation.id, "user", question)
         answer: list[str] = []
@@ -473,14 +521,19 @@ def chat_turn(
         try:
             yield ChatEvent("conversation", {"id": str(conversation.id), "title": conversation.title})
             exchanges = history_from_messages(history)
-            retrieval = passages_for_turn(user, question, exchanges, conversation.document_id, target=target)
+            retrieval = passages_for_turn(
+                user, question, exchanges, conversation.document_id, target=target, workspace=workspace
+            )
+            allowed(force=True)
             citations = [asdict(citation) for citation in retrieval.citations]
             yield ChatEvent("sources", {"citations": citations})
             pieces = answer_stream(question, retrieval, exchanges)
             try:
                 for piece in pieces:
+                    allowed()
                     answer.append(piece)
                     yield ChatEvent("token", {"text": piece})
+                allowed(force=True)
             except _model_errors() as error:
                 logger.warning("chat model failed mid-answer: %s", type(error).__name__)
                 partial = "".join(answer)
@@ -503,6 +556,10 @@ def chat_turn(
                 _answer_store_stopped(target, conversation.id, "".join(answer), citations)
             raise
     except QuestionRejected as error:
+        yield ChatEvent("error", {"message": str(error)})
+    except (_AccessLost, WorkspaceNotFound):
+        yield ChatEvent("error", {"message": ACCESS_LOST_MESSAGE})
+    except PermissionDenied as error:
         yield ChatEvent("error", {"message": str(error)})
     except TenantDatabaseNotReady as error:
         message = (
@@ -554,22 +611,59 @@ def _title(question: str) -> str:
 # --- conversations -----------------------------------------------------------------------------------------------------
 
 
-def conversations_for_user(user, document_id: int | None = None) -> list[conversations.ConversationRecord]:
-    with get_registry().connection(tenant_target(user)) as connection:
-        return conversations.conversations_list(connection, document_id)
+def _member_workspace(user, workspace: Workspace | None) -> Workspace:
+    workspace = workspace or Workspace.objects.personal_for(user)
+    membership_require(user, workspace, Action.CHAT)
+    return workspace
+
+
+def conversations_for_user(
+    user, document_id: int | None = None, workspace: Workspace | None = None
+) -> list[conversations.ConversationRecord]:
+    """The person's own conversations in the workspace and those other members shared."""
+    workspace = _member_workspace(user, workspace)
+    with get_registry().connection(tenant_target(workspace)) as connection:
+        return conversations.conversations_list(
+            connection, document_id, visible_to=user.id, workspace_owner=workspace.owner_id == user.id
+        )
+
+
+def _own_conversation(connection, user, workspace: Workspace, conversation_id: str, own: bool):
+    """The conversation if the person may see it (`own`: and started it), else None."""
+    conversation = conversations.conversation_get(connection, conversation_id)
+    is_owner = workspace.owner_id == user.id
+    if conversation is None or not conversation.visible_to(user.id, is_owner):
+        return None
+    if own and not conversation.started_by_person(user.id, is_owner):
+        return None
+    return conversation
 
 
 def conversation_with_messages(
-    user, conversation_id: str
+    user, conversation_id: str, workspace: Workspace | None = None
 ) -> tuple[conversations.ConversationRecord, list[conversations.MessageRecord]] | None:
-    with get_registry().connection(tenant_target(user)) as connection:
-        conversation = conversations.conversation_get(connection, conversation_id)
+    workspace = _member_workspace(user, workspace)
+    with get_registry().connection(tenant_target(workspace)) as connection:
+        conversation = _own_conversation(connection, user, workspace, conversation_id, own=False)
         if conversation is None:
             return None
         return conversation, conversations.messages_list(connection, conversation.id)
 
 
-def conversation_delete(user, conversation_id: str) -> bool:
-    with get_registry().connection(tenant_target(user)) as connection:
-        conversation = conversations.conversation_get(connection, conversation_id)
+def conversation_delete(user, conversation_id: str, workspace: Workspace | None = None) -> bool:
+    """Only the person who started a conversation deletes it."""
+    workspace = _member_workspace(user, workspace)
+    with get_registry().connection(tenant_target(workspace)) as connection:
+        conversation = _own_conversation(connection, user, workspace, conversation_id, own=True)
         return conversation is not None and conversations.conversation_delete(connection, conversation.id)
+
+
+def conversation_share(user, conversation_id: str, shared: bool, workspace: Workspace | None = None) -> bool:
+    """Share a conversation with the workspace's members (or make it private again); only its starter may."""
+    workspace = _member_workspace(user, workspace)
+    with get_registry().connection(tenant_target(workspace)) as connection:
+        conversation = _own_conversation(connection, user, workspace, conversation_id, own=True)
+        if conversation is None:
+            return False
+        conversations.conversation_share(connection, conversation.id, shared)
+        return True

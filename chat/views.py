@@ -14,13 +14,17 @@ from django.contrib.auth.decorators import login_required
 from django.db import close_old_connections, transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import selectors, services
 from chat.limits import ChatLimitReached, ChatStreamSlot, chat_stream_admit
 from documents.models import Document
 from documents.selectors import document_get_for_user, documents_for_user
+from tenants.models import AuthenticatedHttpRequest
+from tenants.permissions import Action
 from tenants.services import TenantDatabaseNotReady
+from tenants.workspaces import membership_current
 from vectordb.connections import ConnectionCapacityExhausted
 
 logger = logging.getLogger(__name__)
@@ -44,34 +48,44 @@ def _stream_executor() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=settings.CHAT_STREAM_THREADS, thread_name_prefix="chat-stream")
 
 
-def _chat_page(request: HttpRequest, document: Document | None) -> HttpResponse:
+def _chat_page(request: AuthenticatedHttpRequest, document: Document | None) -> HttpResponse:
     conversation_id = request.GET.get("c") or ""
+    workspace = membership_current(request, Action.CHAT).workspace
+    user = request.user
     context: dict[str, Any] = {
         "document": document, "conversations": [], "conversation": None, "history": [], "unavailable": "",
     }  # fmt: skip
-    titles = selectors.document_titles_for_user(request.user)
+    titles = selectors.document_titles_for_user(user, workspace)
+    is_owner = workspace.owner_id == user.id
     try:
-        conversations = services.conversations_for_user(request.user, document.id if document else None)
-        context["conversations"] = [selectors.conversation_listing(item, titles) for item in conversations]
+        conversations = services.conversations_for_user(user, document.id if document else None, workspace)
+        context["conversations"] = [
+            selectors.conversation_listing(item, titles, user.id, is_owner) for item in conversations
+        ]
         if conversation_id:
-            found = services.conversation_with_messages(request.user, conversation_id)
+            found = services.conversation_with_messages(user, conversation_id, workspace)
             if found is None or (document and found[0].document_id != document.id):
                 raise Http404("No such conversation")
-            context["conversation"] = selectors.conversation_listing(found[0], titles)
+            context["conversation"] = selectors.conversation_listing(found[0], titles, user.id, is_owner)
             context["history"] = [selectors.message_for_display(message, titles) for message in found[1]]
     except TenantDatabaseNotReady:
         context["unavailable"] = "Your database is still being set up. Chat opens as soon as it is ready."
     except (psycopg.OperationalError, ConnectionCapacityExhausted) as error:
-        logger.warning("chat page of user %s: tenant database unreachable: %s", request.user.pk, type(error).__name__)
+        logger.warning(
+            "chat page of user %s in workspace %s: tenant database unreachable: %s",
+            request.user.pk,
+            workspace.id,
+            type(error).__name__,
+        )
         context["unavailable"] = UNREACHABLE_MESSAGE
-    ready_documents = documents_for_user(request.user).filter(status=Document.Status.READY)
+    ready_documents = documents_for_user(user, workspace).filter(status=Document.Status.READY)
     context["ready_document_count"] = ready_documents.count()
     context["has_ready_documents"] = bool(context["ready_document_count"])
     if document is not None:
         context["has_ready_documents"] = document.status == Document.Status.READY
     if not context["history"] and not context["unavailable"] and context["has_ready_documents"]:
         context["starter_questions"] = selectors.starter_questions_for_user(
-            request.user, document.id if document else None
+            user, document.id if document else None, workspace
         )
     context["max_question_chars"] = settings.CHAT_MAX_QUESTION_CHARS
     return render(request, "chat/chat.html", context)
@@ -79,16 +93,17 @@ def _chat_page(request: HttpRequest, document: Document | None) -> HttpResponse:
 
 @login_required
 @require_GET
-def chat_all(request: HttpRequest) -> HttpResponse:
-    """Chat across every ready document of the tenant."""
+def chat_all(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """Chat across every ready document of the workspace."""
     return _chat_page(request, None)
 
 
 @login_required
 @require_GET
-def document_chat(request: HttpRequest, document_id: int) -> HttpResponse:
+def document_chat(request: AuthenticatedHttpRequest, document_id: int) -> HttpResponse:
     """One document: its PDF beside a chat limited to it."""
-    return _chat_page(request, document_get_for_user(request.user, document_id))
+    workspace = membership_current(request, Action.CHAT).workspace
+    return _chat_page(request, document_get_for_user(request.user, document_id, workspace))
 
 
 def _server_sent_event(event: services.ChatEvent) -> str:
@@ -101,6 +116,9 @@ def _server_sent_event(event: services.ChatEvent) -> str:
 async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     """One chat turn as server-sent events: conversation, sources, token..., then done or error."""
     user = await request.auser()
+    # 404/403 now, while the response can still say so; the stream re-checks while it runs.
+    membership = await sync_to_async(membership_current)(request, Action.CHAT)
+    workspace = membership.workspace
     question = request.POST.get("question", "")
     conversation_id = request.POST.get("conversation") or None
     raw_document = request.POST.get("document") or None
@@ -111,7 +129,7 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     if document_id is not None:
         # Someone else's document is a 404 now: raised inside the stream, after the 200 went out, it would only cut
         # the connection.
-        await sync_to_async(document_get_for_user)(user, document_id)
+        await sync_to_async(document_get_for_user)(user, document_id, workspace)
     try:
         slot = await sync_to_async(chat_stream_admit, thread_sensitive=False)(user.pk)
     except ChatLimitReached as error:
@@ -120,7 +138,9 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
         return refused
     # The request's own main-database connection would otherwise stay checked out of the pool for the whole stream.
     await sync_to_async(close_old_connections)()
-    turn = services.chat_turn(user, question, conversation_id=conversation_id, document_id=document_id)
+    turn = services.chat_turn(
+        user, question, conversation_id=conversation_id, document_id=document_id, workspace=workspace
+    )
 
     return _event_stream(turn, slot)
 
@@ -186,9 +206,10 @@ def _event_stream(turn, slot: ChatStreamSlot) -> StreamingHttpResponse:
 
 @login_required
 @require_POST
-def conversation_delete(request: HttpRequest, conversation_id: str) -> HttpResponse:
+def conversation_delete(request: AuthenticatedHttpRequest, conversation_id: str) -> HttpResponse:
+    workspace = membership_current(request, Action.CHAT).workspace
     try:
-        deleted = services.conversation_delete(request.user, conversation_id)
+        deleted = services.conversation_delete(request.user, conversation_id, workspace)
     except TenantDatabaseNotReady:
         deleted = False
     if not deleted:
@@ -197,3 +218,21 @@ def conversation_delete(request: HttpRequest, conversation_id: str) -> HttpRespo
         return JsonResponse({"deleted": conversation_id})
     messages.success(request, "Conversation deleted.")
     return redirect("chat")
+
+
+@login_required
+@require_POST
+def conversation_share(request: AuthenticatedHttpRequest, conversation_id: str) -> HttpResponse:
+    """Share a conversation with the workspace (or make it private again): its starter only."""
+    workspace = membership_current(request, Action.CHAT).workspace
+    shared = request.POST.get("shared", "1") == "1"
+    try:
+        changed = services.conversation_share(request.user, conversation_id, shared, workspace)
+    except TenantDatabaseNotReady:
+        changed = False
+    if not changed:
+        raise Http404("No such conversation")
+    if "application/json" in request.headers.get("Accept", ""):
+        return JsonResponse({"id": conversation_id, "shared": shared})
+    messages.success(request, "Conversation shared with the workspace." if shared else "Conversation made private.")
+    return redirect(f"{reverse('chat')}?c={conversation_id}")

@@ -90,6 +90,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "config.context_processors.silo",
+                "tenants.context_processors.workspaces",
             ],
         },
     },
@@ -434,6 +435,11 @@ ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_FORMS = {"signup": "tenants.forms.SignupForm"}
 ACCOUNT_SESSION_REMEMBER = True
 ACCOUNT_ADAPTER = "tenants.adapters.AccountAdapter"
+# Mail (workspace invitations, allauth's messages): see "email" below.
+# How long a workspace invitation link can be accepted.
+WORKSPACE_INVITATION_EXPIRY_HOURS = env_int("WORKSPACE_INVITATION_EXPIRY_HOURS", 72, minimum=1)
+# While an answer streams, how often the person's membership is checked again: removed members lose it this fast.
+CHAT_ACCESS_RECHECK_SECONDS = env_float("CHAT_ACCESS_RECHECK_SECONDS", 0.5, minimum=0.0)
 SOCIALACCOUNT_ADAPTER = "tenants.adapters.SocialAccountAdapter"
 SOCIALACCOUNT_LOGIN_ON_GET = False
 SOCIALACCOUNT_EMAIL_AUTHENTICATION = True
@@ -463,7 +469,8 @@ SOCIALACCOUNT_PROVIDERS = {"google": _google}
 
 # --- email ---------------------------------------------------------------------------------------------------------
 
-# Unset: SMTP when EMAIL_HOST is set (production), else the console (`make run` prints password-reset mail).
+# Password resets, address verification and workspace invitations. Unset: SMTP when EMAIL_HOST is set (production),
+# else the console (`make run` prints the mail).
 _EMAIL_BACKENDS = {
     "smtp": "django.core.mail.backends.smtp.EmailBackend",
     "console": "django.core.mail.backends.console.EmailBackend",

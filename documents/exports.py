@@ -1,4 +1,5 @@
-"""A tenant's data export: account, documents' metadata, their chunks and the conversations (GDPR access)."""
+"""A data export: the account, and of one workspace the documents' metadata, their chunks and the conversations the
+person can see (GDPR access)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,23 @@ from typing import Any
 
 from django.utils import timezone
 
-from documents.models import Document
-from tenants.selectors import vector_database_for_tenant
+from documents.selectors import documents_for_user
+from tenants.models import Workspace
+from tenants.selectors import vector_database_for_tenant, workspace_summary
 from tenants.services import TenantDatabaseNotReady, tenant_target
 from vectordb import conversations
 from vectordb.chunks import chunks_export
 from vectordb.connections import get_registry
 
 
-def tenant_export(user) -> dict:
-    documents = list(Document.objects.filter(owner=user).order_by("id"))
-    vector_database = vector_database_for_tenant(user)
+def tenant_export(user, workspace: Workspace | None = None) -> dict:
+    """What Silo holds for this person in the workspace (default: their personal one); members only."""
+    workspace = workspace or Workspace.objects.personal_for(user)
+    documents = list(documents_for_user(user, workspace).order_by("id"))  # checks membership
+    vector_database = vector_database_for_tenant(workspace)
     export: dict[str, Any] = {
         "exported_at": timezone.now().isoformat(),
+        "workspace": workspace_summary(workspace),
         "account": {"email": user.email, "name": user.name, "date_joined": user.date_joined.isoformat()},
         "database": {
             "provider": vector_database.provider if vector_database else None,
@@ -43,17 +48,22 @@ def tenant_export(user) -> dict:
         "conversations": [],
     }
     try:
-        target = tenant_target(user)
+        target = tenant_target(workspace)
     except TenantDatabaseNotReady:
         return export
     with get_registry().connection(target) as connection:
         export["chunks"] = chunks_export(connection, [document.id for document in documents])
-        for conversation in conversations.conversations_list(connection, limit=10_000):
+        visible = conversations.conversations_list(
+            connection, limit=10_000, visible_to=user.id, workspace_owner=workspace.owner_id == user.id
+        )
+        for conversation in visible:
             export["conversations"].append(
                 {
                     "id": str(conversation.id),
                     "title": conversation.title,
                     "document_id": conversation.document_id,
+                    "started_by_you": conversation.started_by_person(user.id, workspace.owner_id == user.id),
+                    "shared": conversation.shared,
                     "created_at": conversation.created_at.isoformat(),
                     "messages": [
                         {

@@ -10,21 +10,21 @@ from documents.formats import EXTENSIONS
 
 def document_upload_path(document: Document, filename: str) -> str:
     # Random names: the user's file name never becomes a path on our disk. The region sends the file to the bucket
-    # of its tenant's region when uploads live on object storage (documents/storage.py).
+    # of its workspace's region when uploads live on object storage (documents/storage.py).
     from documents.storage import upload_name
-    from tenants.selectors import tenant_region
+    from tenants.selectors import workspace_region
 
     return upload_name(
-        tenant_region(document.owner_id),
-        document.owner_id,
+        workspace_region(document.workspace_id),
+        document.workspace_id,
         uuid.uuid4().hex,
         EXTENSIONS.get(document.file_format, "bin"),
     )
 
 
 class Document(models.Model):
-    """A document a tenant uploaded (PDF, office file or text). Its chunks and embeddings live in the tenant's own
-    database."""
+    """A document uploaded to a workspace (PDF, office file or text). Its chunks and embeddings live in the
+    workspace's own database."""
 
     class Format(models.TextChoices):
         PDF = "pdf", "PDF"
@@ -43,7 +43,17 @@ class Document(models.Model):
         READY = "ready"
         FAILED = "failed"
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="documents")
+    workspace = models.ForeignKey("tenants.Workspace", on_delete=models.CASCADE, related_name="documents")
+    # Who uploaded it; the document stays with the workspace when that person leaves or deletes their account. The
+    # column keeps the name it had when documents belonged to a person (renaming it would break the running app).
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="uploaded_documents",
+        db_column="owner_id",
+    )
     title = models.CharField(max_length=255)
     file = models.FileField(upload_to=document_upload_path, max_length=255)
     original_filename = models.CharField(max_length=255)
@@ -73,7 +83,7 @@ class Document(models.Model):
     class Meta:
         db_table = "documents"
         ordering = ["-created_at"]
-        indexes = [models.Index(name="documents_owner_created", fields=["owner", "-created_at"])]
+        indexes = [models.Index(name="documents_workspace_created", fields=["workspace", "-created_at"])]
 
     def __str__(self) -> str:
         return self.title

@@ -5,5 +5,5 @@ from tenants.services import tenant_erasing
 
 
 @receiver(tenant_erasing, dispatch_uid="documents.erase_tenant_documents")
-def erase_tenant_documents(sender, tenant, **kwargs) -> None:
-    services.documents_erase_for_tenant(tenant)
+def erase_workspace_documents(sender, workspace, **kwargs) -> None:
+    services.documents_erase_for_workspace(workspace)

@@ -1,4 +1,5 @@
-"""Reads of documents. Every lookup by id goes through `document_get_for_user`, so no view forgets ownership."""
+"""Reads of documents. Every lookup goes through `documents_for_user` or `document_get_for_user`, which check the
+person's role in the workspace (tenants.permissions), so no view, task or command forgets it."""
 
 from __future__ import annotations
 
@@ -8,18 +9,29 @@ from django.http import Http404
 
 from documents.formats import ParseLimits
 from documents.models import Document
-from tenants.models import VectorDatabase
+from tenants.models import VectorDatabase, Workspace
+from tenants.permissions import Action, membership_require
 from tenants.selectors import vector_database_for_tenant
 
 
-def documents_for_user(user) -> QuerySet[Document]:
-    return Document.objects.filter(owner=user).order_by("-created_at")
+def documents_for_user(user, workspace: Workspace | None = None) -> QuerySet[Document]:
+    """The documents of a workspace the person may read (default: their personal workspace); WorkspaceNotFound for
+    one they are not a member of."""
+    workspace = workspace or Workspace.objects.personal_for(user)
+    membership_require(user, workspace, Action.READ)
+    return Document.objects.filter(workspace=workspace).order_by("-created_at")
 
 
-def document_get_for_user(user, document_id: int | str) -> Document:
-    """The user's document, or 404 (the same answer whether it exists for someone else or not at all)."""
+def document_get_for_user(
+    user, document_id: int | str, workspace: Workspace | None = None, action: Action = Action.READ
+) -> Document:
+    """The workspace's document, for a person whose role allows `action` there: 404 for a workspace they are not in
+    and for a document of another workspace (the same answer whether it exists elsewhere or not at all), 403 for a
+    role that lacks the action."""
+    workspace = workspace or Workspace.objects.personal_for(user)
+    membership_require(user, workspace, action)
     try:
-        return Document.objects.get(owner=user, id=int(document_id))
+        return Document.objects.select_related("workspace").get(workspace=workspace, id=int(document_id))
     except (Document.DoesNotExist, ValueError, TypeError):
         raise Http404("No such document") from None
 
@@ -71,10 +83,11 @@ def document_text_units(document: Document) -> list[dict]:
     return units
 
 
-def document_statuses_for_user(user) -> list[dict]:
-    """Every document of the user with its status, and for a queued one what it waits for."""
-    documents = list(documents_for_user(user))
-    waiting = _queued_reasons(user, documents)
+def document_statuses_for_user(user, workspace: Workspace | None = None) -> list[dict]:
+    """Every document of the workspace with its status, and for a queued one what it waits for."""
+    workspace = workspace or Workspace.objects.personal_for(user)
+    documents = list(documents_for_user(user, workspace))
+    waiting = _queued_reasons(workspace, documents)
     return [document_status_payload(document, waiting.get(document.id, "")) for document in documents]
 
 
@@ -97,14 +110,14 @@ def _status_detail(document: Document, waiting_for: str) -> str:
     return ""
 
 
-def _queued_reasons(user, documents: list[Document]) -> dict[int, str]:
-    """Why each queued document has not started: its database, the user's other documents (ingested a few at a time,
-    so that one person's bulk upload cannot hold up everyone else's), or a retry after a temporary failure."""
+def _queued_reasons(workspace: Workspace, documents: list[Document]) -> dict[int, str]:
+    """Why each queued document has not started: its database, the workspace's other documents (ingested a few at a
+    time, so that one workspace's bulk upload cannot hold up everyone else's), or a retry after a temporary failure."""
     Status = Document.Status
     queued = sorted((d for d in documents if d.status == Status.QUEUED), key=lambda d: (d.created_at, d.id))
     if not queued:
         return {}
-    vector_database = vector_database_for_tenant(user)
+    vector_database = vector_database_for_tenant(workspace)
     if vector_database is None or vector_database.status in {
         VectorDatabase.Status.PENDING,
         VectorDatabase.Status.PROVISIONING,

@@ -44,9 +44,16 @@ from documents.parsing import (
 )
 from documents.selectors import document_get_for_user, parse_limits
 from documents.storage import local_path, region_of, with_region
-from tenants.models import User
+from tenants.models import Workspace
+from tenants.permissions import Action, membership_require
 from tenants.selectors import vector_database_embedding_model
-from tenants.services import TenantDatabaseNotReady, tenant_target, vector_database_embedding_model_switch
+from tenants.services import (
+    Tenant,
+    TenantDatabaseNotReady,
+    tenant_target,
+    tenant_workspace,
+    vector_database_embedding_model_switch,
+)
 from vectordb.advisory_locks import advisory_lock
 from vectordb.chunks import ChunkRecord, chunks_delete, chunks_replace
 from vectordb.connections import ConnectionCapacityExhausted, get_registry
@@ -108,9 +115,14 @@ def _title_from_filename(filename: str) -> str:
     return (stem or "Untitled document")[:255]
 
 
-def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = True) -> Document:
-    """Store an uploaded PDF and queue its ingestion (unless the caller ingests in-process). Refuses what is plainly
-    not an acceptable PDF."""
+def document_upload(
+    uploader, uploaded_file: UploadedFile | File, enqueue: bool = True, workspace: Workspace | None = None
+) -> Document:
+    """Store a document uploaded to the workspace (default: the uploader's personal one) and queue its ingestion
+    (unless the caller ingests in-process). Refuses a role that cannot upload, and what is plainly not an acceptable
+    document (a format Silo does not read, a PDF over the page limit)."""
+    workspace = workspace or Workspace.objects.personal_for(uploader)
+    membership_require(uploader, workspace, Action.EDIT_DOCUMENTS)
     # Django's uploads and the commands' files always have them (the types allow None).
     assert uploaded_file.name is not None and uploaded_file.size is not None and uploaded_file.file is not None
     if uploaded_file.size == 0:
@@ -135,14 +147,15 @@ def document_upload(owner, uploaded_file: UploadedFile | File, enqueue: bool = T
     for block in uploaded_file.chunks():
         digest.update(block)
     uploaded_file.seek(0)
-    _refuse_duplicate(owner, uploaded_file.name, digest.hexdigest())
-    _count_upload(owner)  # only uploads that would be stored count against the hourly limit
+    _refuse_duplicate(workspace, uploaded_file.name, digest.hexdigest())
+    _count_upload(uploader)  # only uploads that would be stored count against the hourly limit
     with transaction.atomic():
-        # The owner's row lock orders concurrent uploads of the same bytes: the second one sees the first.
-        User.objects.select_for_update().filter(id=owner.id).exists()
-        _refuse_duplicate(owner, uploaded_file.name, digest.hexdigest())
+        # The workspace's row lock orders concurrent uploads of the same bytes: the second one sees the first.
+        Workspace.objects.select_for_update().filter(id=workspace.id).exists()
+        _refuse_duplicate(workspace, uploaded_file.name, digest.hexdigest())
         document = Document.objects.create(
-            owner=owner,
+            workspace=workspace,
+            uploaded_by=uploader,
             file_format=file_format,
             title=_title_from_filename(uploaded_file.name),
             original_filename=Path(uploaded_file.name).name[:255],
@@ -160,20 +173,20 @@ def _sentence_inside(message: str) -> str:
     return "t" + message[1:] if message.startswith("This ") else message
 
 
-def _refuse_duplicate(owner, filename: str, sha256: str) -> None:
+def _refuse_duplicate(workspace: Workspace, filename: str, sha256: str) -> None:
     """The same bytes twice would only repeat every passage in the answers: say where the first copy is."""
-    existing = Document.objects.filter(owner=owner, sha256=sha256).order_by("created_at").first()
+    existing = Document.objects.filter(workspace=workspace, sha256=sha256).order_by("created_at").first()
     if existing is None:
         return
-    already = f"{Path(filename).name}: you already uploaded this file as “{existing.title}”"
+    already = f"{Path(filename).name}: this workspace already has this file as “{existing.title}”"
     if existing.status == Status.FAILED:
         raise DocumentRejected(
             f"{already}, which could not be processed ({existing.error_message or 'no reason recorded'}). "
-            "Delete it from your documents to upload it again."
+            "Delete it from the documents to upload it again."
         )
     if existing.is_busy:
         raise DocumentRejected(f"{already}; it is being processed and will be ready shortly.")
-    raise DocumentRejected(f"{already}; it is in your documents, ready to chat with.")
+    raise DocumentRejected(f"{already}; it is in the documents, ready to chat with.")
 
 
 def _count_upload(owner) -> None:
@@ -243,7 +256,7 @@ def document_ingest(
     reason. With `allow_ocr` False (the main queue's workers), a PDF with scanned pages raises NeedsOcr and goes back
     to `queued`, for the OCR queue.
     """
-    report = IngestReport(document=Document.objects.select_related("owner").get(id=document_id))
+    report = IngestReport(document=Document.objects.select_related("workspace").get(id=document_id))
     document = report.document
     with _document_lock(document_id) as acquired:
         if not acquired:
@@ -252,7 +265,7 @@ def document_ingest(
         document.refresh_from_db()
         if document.status == Status.READY:
             return report
-        target = tenant_target(document.owner)  # TenantDatabaseNotReady propagates: the task waits for it
+        target = tenant_target(document.workspace)  # TenantDatabaseNotReady propagates: the task waits for it
         if document.attempts >= settings.INGEST_MAX_ATTEMPTS:
             # Every earlier run started and never reported back: its worker died (killed for memory, or the
             # machine went away). Another delivery would only do the same again.
@@ -299,7 +312,7 @@ def _notify(on_progress, document) -> None:
 
 def _run_pipeline(document, target, timings: StageTimings, on_progress, allow_ocr: bool = True) -> None:
     embedder = get_embedder()
-    mismatch = _embedding_model_mismatch(document.owner, embedder)
+    mismatch = _embedding_model_mismatch(document.workspace, embedder)
     if mismatch:
         # An operator's job, not the user's: vectors of two models in one table would make search return nonsense.
         _update(document, status=Status.FAILED, error_message=mismatch, progress=0.0)
@@ -439,11 +452,11 @@ def document_mark_failed(document_id: int, message: str) -> None:
 # --- delete and re-ingest -------------------------------------------------------------------------------------------
 
 
-def document_delete(user, document_id: int | str) -> None:
-    """Remove the document's chunks from the tenant database, its file, then its row."""
-    document = document_get_for_user(user, document_id)
+def document_delete(user, document_id: int | str, workspace: Workspace | None = None) -> None:
+    """Remove the document's chunks from the workspace's database, its file, then its row (editors and above)."""
+    document = document_get_for_user(user, document_id, workspace, Action.EDIT_DOCUMENTS)
     try:
-        target = tenant_target(user)
+        target = tenant_target(document.workspace)
     except TenantDatabaseNotReady:
         target = None  # no database, so no chunks to remove
     if target is not None:
@@ -453,9 +466,9 @@ def document_delete(user, document_id: int | str) -> None:
     document.delete()
 
 
-def document_reingest(user, document_id: int | str) -> Document:
-    """Rebuild a document's chunks (e.g. after the embedding model changed)."""
-    document = document_get_for_user(user, document_id)
+def document_reingest(user, document_id: int | str, workspace: Workspace | None = None) -> Document:
+    """Rebuild a document's chunks (e.g. after the embedding model changed); editors and above."""
+    document = document_get_for_user(user, document_id, workspace, Action.EDIT_DOCUMENTS)
     if document.is_busy:
         return document
     _count_upload(user)  # the same work as an upload, and the same budget: DocumentRejected past it
@@ -474,12 +487,13 @@ def document_reingest(user, document_id: int | str) -> Document:
     return document
 
 
-def document_files_move_region(tenant, region: str) -> int:
-    """Move the tenant's files to `region` (its bucket when uploads are on object storage), when the tenant moves
-    there. Copy, switch the row, then delete the old copy: a reader sees one file or the other, never none; a run
+def document_files_move_region(tenant: Tenant, region: str) -> int:
+    """Move the workspace's files to `region` (its bucket when uploads are on object storage), when the workspace
+    moves there. Copy, switch the row, then delete the old copy: a reader sees one file or the other, never none; a run
     that stops half way is finished by the next. Returns how many files moved."""
     moved = 0
-    for document in Document.objects.filter(owner=tenant).order_by("id"):
+    workspace = tenant_workspace(tenant)
+    for document in Document.objects.filter(workspace=workspace).order_by("id"):
         old_name = document.file.name or ""
         if not old_name or region_of(old_name) == region:
             continue
@@ -491,41 +505,41 @@ def document_files_move_region(tenant, region: str) -> int:
             moved += 1
         else:  # the document changed meanwhile (deleted): the copy is the one to drop
             storage.delete(new_name)
-    logger.info("moved %d file(s) of tenant %s to region %s", moved, tenant.id, region)
+    logger.info("moved %d file(s) of workspace %s to region %s", moved, workspace.id, region)
     return moved
 
 
-def documents_erase_for_tenant(tenant) -> int:
-    """Called while a tenant is erased (its database is already gone): delete every file and row."""
-    documents = list(Document.objects.filter(owner=tenant))
+def documents_erase_for_workspace(workspace: Workspace) -> int:
+    """Called while a workspace is erased (its database is already gone): delete every file and row."""
+    documents = list(Document.objects.filter(workspace=workspace))
     for document in documents:
         document.file.delete(save=False)
-    Document.objects.filter(owner=tenant).delete()
+    Document.objects.filter(workspace=workspace).delete()
     return len(documents)
 
 
 # --- changing the embedding model -----------------------------------------------------------------------------------
 
 
-def _embedding_model_mismatch(tenant, embedder) -> str:
+def _embedding_model_mismatch(workspace: Workspace, embedder) -> str:
     """Why this tenant's documents cannot be embedded with `embedder` now ("" when they can).
 
     The registry records the model the tenant database was filled with; vectors of two models are never comparable,
     so ingest stops rather than mixing them. An empty record (a row from before models were recorded) is no evidence
     of a mismatch.
     """
-    model, dimensions = vector_database_embedding_model(tenant)
+    model, dimensions = vector_database_embedding_model(workspace)
     if not model or (model == embedder.model_name and dimensions in (None, embedder.dimensions)):
         return ""
     return (
         f"Silo's embedding model changed from {model} to {embedder.model_name}, so this document cannot be processed "
-        f"until an operator runs `manage.py reembed --user {tenant.email}`."
+        f"until an operator runs `manage.py reembed --workspace {workspace.label}`."
     )
 
 
 @dataclass
 class ReembedReport:
-    tenant: User
+    workspace: Workspace
     previous_model: EmbeddingModel | None  # what the tenant database recorded before the run
     model: EmbeddingModel  # the configured model and dimension, recorded now
     model_changed: bool
@@ -535,8 +549,8 @@ class ReembedReport:
     skipped: list[int] = field(default_factory=list)  # being ingested by a worker, or deleted, meanwhile
 
 
-def documents_reembed(tenant: User, on_document: Callable[[Document], None] | None = None) -> ReembedReport:
-    """Re-ingest every ready or failed document of the tenant with the configured embedding model.
+def documents_reembed(tenant: Tenant, on_document: Callable[[Document], None] | None = None) -> ReembedReport:
+    """Re-ingest every ready or failed document of the workspace with the configured embedding model.
 
     When the tenant database holds another model's embeddings (or its column has another dimension), every chunk is
     deleted, the column changed to the configured dimension and the new model recorded before anything is re-embedded:
@@ -545,10 +559,11 @@ def documents_reembed(tenant: User, on_document: Callable[[Document], None] | No
     """
     get_embedder()  # a model that cannot be loaded (no API key) fails here, before anything is changed
     # Only after this may ingest use the configured model (see _embedding_model_mismatch).
-    switch = vector_database_embedding_model_switch(tenant)
+    workspace = tenant_workspace(tenant)
+    switch = vector_database_embedding_model_switch(workspace)
     changed = switch.changed
     report = ReembedReport(
-        tenant=tenant,
+        workspace=workspace,
         previous_model=switch.previous,
         model=EmbeddingModel(settings.EMBEDDING_MODEL, settings.EMBEDDING_DIMENSIONS),
         model_changed=changed,
@@ -556,7 +571,9 @@ def documents_reembed(tenant: User, on_document: Callable[[Document], None] | No
     )
     settled = [Status.READY, Status.FAILED]
     reset = {"chunk_count": 0} if changed else {}  # after a change the old chunks are gone
-    document_ids = Document.objects.filter(owner=tenant, status__in=settled).order_by("id").values_list("id", flat=True)
+    document_ids = (
+        Document.objects.filter(workspace=workspace, status__in=settled).order_by("id").values_list("id", flat=True)
+    )
     for document_id in list(document_ids):
         claimed = Document.objects.filter(id=document_id, status__in=settled).update(
             status=Status.QUEUED, progress=0.0, error_message="", attempts=0, updated_at=timezone.now(), **reset

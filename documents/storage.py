@@ -1,7 +1,7 @@
 """Where uploaded files live: the local media folder (the embedded default) or S3-compatible object storage with a
 bucket per region (`SILO_S3_BUCKETS`), so web and worker processes on different machines see the same files.
 
-A file's name carries its tenant's region (`documents/<region>/<owner>/<random>.pdf`); the regional storage sends
+A file's name carries its workspace's region (`documents/<region>/workspace-<id>/<random>.pdf`); the regional storage sends
 each name to that region's bucket. Files are never public: the app streams them to workspace members
 (`documents.views.file`).
 """
@@ -23,8 +23,8 @@ from django.utils.deconstruct import deconstructible
 UPLOAD_ROOT = "documents"
 
 
-def upload_name(region: str, owner_id: int, random_part: str, extension: str = "pdf") -> str:
-    return f"{UPLOAD_ROOT}/{region}/{owner_id}/{random_part}.{extension}"
+def upload_name(region: str, workspace_id: int, random_part: str, extension: str = "pdf") -> str:
+    return f"{UPLOAD_ROOT}/{region}/workspace-{workspace_id}/{random_part}.{extension}"
 
 
 def region_of(name: str) -> str | None:

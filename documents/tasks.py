@@ -38,10 +38,10 @@ def ingest_scanned_document(self, document_id: int, fairness_waits: int = 0) -> 
 
 
 def _ingest_in_turn(task, task_function, document_id: int, fairness_waits: int, allow_ocr: bool) -> None:
-    owner_id = Document.objects.filter(id=document_id).values_list("owner_id", flat=True).first()
-    if owner_id is None:
+    workspace_id = Document.objects.filter(id=document_id).values_list("workspace_id", flat=True).first()
+    if workspace_id is None:
         return  # deleted before its turn came
-    with tenant_ingest_slot(owner_id) as acquired:
+    with tenant_ingest_slot(workspace_id) as acquired:
         if not acquired and fairness_waits < MAX_FAIRNESS_WAITS:
             # Back of the queue: other tenants' documents go first.
             task_function.apply_async((document_id, fairness_waits + 1), countdown=FAIRNESS_DELAY_SECONDS)

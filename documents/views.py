@@ -14,6 +14,8 @@ from documents.formats import ACCEPT_ATTRIBUTE, EXTENSIONS, UnreadableDocument
 from documents.models import Document
 from tenants import selectors as tenant_selectors
 from tenants.models import AuthenticatedHttpRequest
+from tenants.permissions import Action, role_allows
+from tenants.workspaces import membership_current
 from vectordb.connections import ConnectionCapacityExhausted
 
 logger = logging.getLogger(__name__)
@@ -25,11 +27,13 @@ EXPORT_UNREACHABLE_MESSAGE = (
 @login_required
 @require_GET
 def dashboard(request: AuthenticatedHttpRequest) -> HttpResponse:
-    """The tenant's home: their documents with live progress and a compact upload control. The database is only
-    mentioned while it is not ready (its facts are on the account page)."""
-    vector_database = tenant_selectors.vector_database_for_tenant(request.user)
-    documents = selectors.documents_for_user(request.user)
-    statuses = {payload["id"]: payload for payload in selectors.document_statuses_for_user(request.user)}
+    """The workspace's home: its documents with live progress and, for editors, a compact upload control. The
+    database is only mentioned while it is not ready (its facts are on the account page)."""
+    membership = membership_current(request)
+    workspace = membership.workspace
+    vector_database = tenant_selectors.vector_database_for_tenant(workspace)
+    documents = selectors.documents_for_user(request.user, workspace)
+    statuses = {payload["id"]: payload for payload in selectors.document_statuses_for_user(request.user, workspace)}
     return render(
         request,
         "documents/dashboard.html",
@@ -38,6 +42,7 @@ def dashboard(request: AuthenticatedHttpRequest) -> HttpResponse:
             "documents": [(document, statuses[document.id]) for document in documents],
             "has_ready_documents": any(payload["status"] == "ready" for payload in statuses.values()),
             "upload_max_mb": settings.UPLOAD_MAX_BYTES // (1024 * 1024),
+            "can_edit_documents": role_allows(membership.role, Action.EDIT_DOCUMENTS),
             "upload_accept": ACCEPT_ATTRIBUTE,
         },
     )
@@ -49,18 +54,19 @@ def _wants_json(request: HttpRequest) -> bool:
 
 @login_required
 @require_POST
-def upload(request: HttpRequest) -> HttpResponse:
+def upload(request: AuthenticatedHttpRequest) -> HttpResponse:
+    workspace = membership_current(request, Action.EDIT_DOCUMENTS).workspace  # 403 for viewers, before any file
     files = request.FILES.getlist("files")
     accepted, rejected = [], []
     for uploaded in files:
         try:
-            accepted.append(services.document_upload(request.user, uploaded))
+            accepted.append(services.document_upload(request.user, uploaded, workspace=workspace))
         except services.DocumentRejected as error:
             rejected.append(str(error))
     if _wants_json(request):
         status = 400 if rejected and not accepted else 200
         accepted_ids = {document.id for document in accepted}
-        payloads = [p for p in selectors.document_statuses_for_user(request.user) if p["id"] in accepted_ids]
+        payloads = [p for p in selectors.document_statuses_for_user(request.user, workspace) if p["id"] in accepted_ids]
         return JsonResponse({"documents": payloads, "errors": rejected}, status=status)
     if not files:
         messages.error(request, "Choose one or more PDF files to upload.")
@@ -73,15 +79,17 @@ def upload(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_GET
-def status(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"documents": selectors.document_statuses_for_user(request.user)})
+def status(request: AuthenticatedHttpRequest) -> JsonResponse:
+    workspace = membership_current(request).workspace
+    return JsonResponse({"documents": selectors.document_statuses_for_user(request.user, workspace)})
 
 
 @xframe_options_sameorigin
 @login_required
 @require_GET
-def file(request: HttpRequest, document_id: int) -> FileResponse:
-    document = selectors.document_get_for_user(request.user, document_id)
+def file(request: AuthenticatedHttpRequest, document_id: int) -> FileResponse:
+    workspace = membership_current(request).workspace
+    document = selectors.document_get_for_user(request.user, document_id, workspace)
     extension = EXTENSIONS.get(document.file_format, "bin")
     if document.file_format == Document.Format.PDF:
         response = FileResponse(document.file.open("rb"), content_type="application/pdf")
@@ -99,10 +107,10 @@ def file(request: HttpRequest, document_id: int) -> FileResponse:
 
 @login_required
 @require_GET
-def text(request: HttpRequest, document_id: int) -> JsonResponse:
+def text(request: AuthenticatedHttpRequest, document_id: int) -> JsonResponse:
     """A non-PDF document as the viewer shows it: its located text units, as JSON (the browser renders them as
     text, never as HTML)."""
-    document = selectors.document_get_for_user(request.user, document_id)
+    document = selectors.document_get_for_user(request.user, document_id, membership_current(request).workspace)
     try:
         units = selectors.document_text_units(document)
     except UnreadableDocument as error:
@@ -112,8 +120,8 @@ def text(request: HttpRequest, document_id: int) -> JsonResponse:
 
 @login_required
 @require_POST
-def delete(request: HttpRequest, document_id: int) -> HttpResponse:
-    services.document_delete(request.user, document_id)
+def delete(request: AuthenticatedHttpRequest, document_id: int) -> HttpResponse:
+    services.document_delete(request.user, document_id, membership_current(request).workspace)
     if _wants_json(request):
         return JsonResponse({"deleted": document_id})
     messages.success(request, "Document deleted.")
@@ -122,9 +130,9 @@ def delete(request: HttpRequest, document_id: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def reingest(request: HttpRequest, document_id: int) -> HttpResponse:
+def reingest(request: AuthenticatedHttpRequest, document_id: int) -> HttpResponse:
     try:
-        document = services.document_reingest(request.user, document_id)
+        document = services.document_reingest(request.user, document_id, membership_current(request).workspace)
     except services.DocumentRejected as error:
         if _wants_json(request):
             return JsonResponse({"error": str(error)}, status=429)
@@ -138,12 +146,13 @@ def reingest(request: HttpRequest, document_id: int) -> HttpResponse:
 
 @login_required
 @require_GET
-def account_export(request: HttpRequest) -> HttpResponse:
-    """Download everything Silo holds for this tenant, as JSON."""
+def account_export(request: AuthenticatedHttpRequest) -> HttpResponse:
+    """Download everything Silo holds for this person in the current workspace, as JSON."""
     from documents.exports import tenant_export
 
+    workspace = membership_current(request).workspace
     try:
-        export = tenant_export(request.user)
+        export = tenant_export(request.user, workspace)
     except (psycopg.OperationalError, ConnectionCapacityExhausted) as error:
         # An export without the chunks and conversations would look complete and not be: say so instead.
         logger.warning("export of user %s: tenant database unreachable: %s", request.user.pk, type(error).__name__)

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
-from tenants.models import MigrationRun, MigrationRunTenant, TenantServer, User, VectorDatabase
+from tenants.models import Membership, MigrationRun, MigrationRunTenant, TenantServer, User, VectorDatabase, Workspace
 
 
 @admin.register(User)
@@ -20,20 +20,42 @@ class UserAdmin(BaseUserAdmin):
 
 @admin.register(VectorDatabase)
 class VectorDatabaseAdmin(admin.ModelAdmin):
-    """Read-only view of the registry, warm pool included (status `pooled`, no tenant; `claimed at` on databases taken
+    """Read-only view of the registry, warm pool included (status `pooled`, no workspace; `claimed at` on databases taken
     from it). Credentials are never shown; lifecycle changes go through `manage.py tenants` (`tenants pool ...`)."""
 
     list_display = [
-        "tenant", "tenant_key", "provider", "region", "status", "schema_version", "embedding_model", "claimed_at",
+        "workspace", "tenant_key", "provider", "region", "status", "schema_version", "embedding_model", "claimed_at",
         "updated_at",
     ]  # fmt: skip
     list_filter = ["provider", "region", "status"]
-    search_fields = ["tenant__email", "tenant_key", "external_id"]
+    search_fields = ["workspace__slug", "workspace__owner__email", "tenant_key", "external_id"]
     exclude = ["encrypted_credentials"]
     readonly_fields = [field.name for field in VectorDatabase._meta.fields if field.name != "encrypted_credentials"]
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    raw_id_fields = ["user"]
+
+
+@admin.register(Workspace)
+class WorkspaceAdmin(admin.ModelAdmin):
+    """Workspaces and their members. Deleting one goes through `manage.py tenants remove SLUG` (it drops the
+    database too)."""
+
+    list_display = ["slug", "name", "owner", "personal", "created_at"]
+    list_filter = ["personal"]
+    search_fields = ["slug", "name", "owner__email"]
+    readonly_fields = ["slug", "personal", "created_at"]
+    raw_id_fields = ["owner"]
+    inlines = [MembershipInline]
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
-from django.db import models
+from django.db import models, transaction
 from django.db.models.functions import Lower
 from django.http import HttpRequest
 from django.utils import timezone
@@ -31,7 +31,7 @@ class UserManager(BaseUserManager["User"]):
 
 
 class User(AbstractBaseUser, PermissionsMixin):
-    """A person who signs in. Today each user is one tenant with a vector database of their own."""
+    """A person who signs in. They belong to workspaces (the tenants), starting with their personal one."""
 
     email = models.EmailField("email address", unique=True)
     name = models.CharField(max_length=150, blank=True)
@@ -58,6 +58,115 @@ class User(AbstractBaseUser, PermissionsMixin):
         return self.name or self.email.split("@")[0]
 
 
+class WorkspaceManager(models.Manager["Workspace"]):
+    def personal_for(self, user: User) -> Workspace:
+        """The user's personal workspace, made (with its owner membership) the first time it is asked for. Race-safe:
+        one personal workspace per owner is a unique constraint."""
+        workspace = self.filter(owner=user, personal=True).first()
+        if workspace is not None:
+            return workspace
+        with transaction.atomic():
+            User.objects.select_for_update().filter(id=user.id).exists()  # two first requests: one creates
+            workspace = self.filter(owner=user, personal=True).first()
+            if workspace is None:
+                workspace = self.create(
+                    name=f"{user.display_name}'s workspace"[:150],
+                    slug=new_workspace_slug(user.email.split("@")[0]),
+                    owner=user,
+                    personal=True,
+                )
+                Membership.objects.create(workspace=workspace, user=user, role=Membership.Role.OWNER)
+        return workspace
+
+
+def new_workspace_slug(name: str) -> str:
+    """A slug for a new workspace: its name, made URL-safe, and a random suffix (slugs never collide or leak ids)."""
+    import secrets
+
+    from django.utils.text import slugify
+
+    return f"{(slugify(name)[:40].strip('-') or 'workspace')}-{secrets.token_hex(3)}"
+
+
+class Workspace(models.Model):
+    """The tenant: a team (or one person's personal workspace) that owns exactly one tenant database, shared by its
+    members according to their role."""
+
+    name = models.CharField(max_length=150)
+    slug = models.SlugField(max_length=60, unique=True)
+    # The owner who is listed and billed; other members may hold the owner role too (see Membership).
+    owner = models.ForeignKey(User, on_delete=models.PROTECT, related_name="owned_workspaces")
+    personal = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = WorkspaceManager()
+
+    class Meta:
+        db_table = "workspaces"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner"], condition=models.Q(personal=True), name="workspaces_one_personal_per_owner"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def label(self) -> str:
+        """How commands name it, in the form they accept it: a personal workspace by its person's email."""
+        return self.owner.email if self.personal else self.slug
+
+
+class Membership(models.Model):
+    """A person's place in a workspace: their role decides what they may do there (tenants.permissions)."""
+
+    class Role(models.TextChoices):
+        OWNER = "owner"
+        ADMIN = "admin"
+        EDITOR = "editor"
+        VIEWER = "viewer"
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "workspace_memberships"
+        constraints = [models.UniqueConstraint(fields=["workspace", "user"], name="memberships_one_per_person")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.workspace_id} as {self.role}"
+
+
+class Invitation(models.Model):
+    """An invitation to join a workspace, sent by email. Only a digest of its token is stored: the link in the mail is
+    the one copy, so the database cannot be read for a way in."""
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()
+    role = models.CharField(max_length=10, choices=Membership.Role.choices)
+    token_digest = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "workspace_invitations"
+        indexes = [models.Index(name="invitations_workspace_email", fields=["workspace", "email"])]
+
+    def __str__(self) -> str:
+        return f"{self.email} to {self.workspace_id}"
+
+    @property
+    def is_pending(self) -> bool:
+        return self.accepted_at is None and self.revoked_at is None and self.expires_at > timezone.now()
+
+
 def new_tenant_key() -> str:
     import secrets
 
@@ -66,7 +175,7 @@ def new_tenant_key() -> str:
 
 
 class VectorDatabase(models.Model):
-    """The registry entry for one tenant's dedicated vector database (`vector_databases`)."""
+    """The registry entry for one workspace's dedicated vector database (`vector_databases`)."""
 
     class Status(models.TextChoices):
         PENDING = "pending"
@@ -78,10 +187,10 @@ class VectorDatabase(models.Model):
         # A warm-pool database: created, migrated and checked, owned by no tenant yet, waiting to be claimed.
         POOLED = "pooled"
 
-    tenant = models.OneToOneField(
-        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="vector_database"
+    workspace = models.OneToOneField(
+        Workspace, null=True, blank=True, on_delete=models.SET_NULL, related_name="vector_database"
     )
-    # Kept after the account is gone (as a record of erasure) with the tenant's email hashed away.
+    # Kept after the workspace is gone, as a record of erasure, with nothing that names who it belonged to.
     tenant_key = models.CharField(max_length=32, unique=True, default=new_tenant_key)
     provider = models.CharField(max_length=20)
     server = models.CharField(max_length=100, blank=True)  # administered server's name, or "neon"
@@ -129,7 +238,7 @@ class VectorDatabase(models.Model):
     @property
     def is_pool_member(self) -> bool:
         """Made for the warm pool and not claimed yet (pooled, or still being made or erased for it)."""
-        return self.tenant_id is None and self.claimed_at is None and self.status != self.Status.DELETED
+        return self.workspace_id is None and self.claimed_at is None and self.status != self.Status.DELETED
 
 
 class AuthenticatedHttpRequest(HttpRequest):

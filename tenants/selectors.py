@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db.models import Count
 
-from tenants.models import TenantServer, User, VectorDatabase
+from tenants.models import TenantServer, User, VectorDatabase, Workspace
 from tenants.provisioners import ProvisioningError
-from tenants.services import default_region, vector_database_target
+from tenants.services import Tenant, default_region, tenant_workspace, vector_database_target
 from vectordb.connections import database_size_bytes, get_registry
 
 
@@ -18,19 +18,21 @@ def user_by_email(email: str) -> User | None:
     return User.objects.filter(email__iexact=email.strip()).first()
 
 
-def vector_database_for_tenant(tenant: User) -> VectorDatabase | None:
-    return VectorDatabase.objects.filter(tenant=tenant).first()
+def vector_database_for_tenant(tenant: Tenant) -> VectorDatabase | None:
+    return VectorDatabase.objects.filter(workspace=tenant_workspace(tenant)).first()
 
 
-def tenant_region(tenant_id: int) -> str:
-    """The region the tenant's data lives in: its database's, else where a new one would go."""
-    region = VectorDatabase.objects.filter(tenant_id=tenant_id).values_list("region", flat=True).first()
+def workspace_region(workspace_id: int) -> str:
+    """The region the workspace's data lives in: its database's, else where a new one would go."""
+    region = VectorDatabase.objects.filter(workspace_id=workspace_id).values_list("region", flat=True).first()
     return region or default_region()
 
 
-def vector_database_embedding_model(tenant: User) -> tuple[str, int | None]:
-    """The embedding model and dimension the registry records for the tenant's database ("", None: none yet)."""
-    recorded = VectorDatabase.objects.filter(tenant=tenant).values_list("embedding_model", "embedding_dimensions")
+def vector_database_embedding_model(tenant: Tenant) -> tuple[str, int | None]:
+    """The embedding model and dimension the registry records for the workspace's database ("", None: none yet)."""
+    recorded = VectorDatabase.objects.filter(workspace=tenant_workspace(tenant)).values_list(
+        "embedding_model", "embedding_dimensions"
+    )
     return recorded.first() or ("", None)
 
 
@@ -77,8 +79,10 @@ def vector_database_size_bytes(vector_database: VectorDatabase) -> int | None:
 
 def vector_database_summary(vector_database: VectorDatabase, with_size: bool = False) -> dict:
     """For operators (the `tenants` command): where the database is, never its credentials."""
+    workspace = vector_database.workspace
     summary = {
-        "email": vector_database.tenant.email if vector_database.tenant else None,
+        "workspace": workspace_summary(workspace) if workspace else None,
+        "email": workspace.owner.email if workspace else None,
         "tenant_key": vector_database.tenant_key,
         "provider": vector_database.provider,
         "server": vector_database.server,
@@ -94,6 +98,20 @@ def vector_database_summary(vector_database: VectorDatabase, with_size: bool = F
     if with_size:
         summary["size_bytes"] = vector_database_size_bytes(vector_database)
     return summary
+
+
+def workspace_summary(workspace: Workspace) -> dict:
+    """How operators and the pages name a workspace."""
+    return {"slug": workspace.slug, "name": workspace.name, "owner": workspace.owner.email}
+
+
+def workspace_by_slug_or_email(identifier: str) -> Workspace | None:
+    """A workspace by its slug, or a person's personal workspace by their email (commands take either)."""
+    identifier = identifier.strip()
+    if "@" in identifier:
+        user = user_by_email(identifier)
+        return Workspace.objects.personal_for(user) if user is not None else None
+    return Workspace.objects.select_related("owner").filter(slug=identifier.lower()).first()
 
 
 @dataclass(frozen=True)

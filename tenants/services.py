@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from config.celery import enqueue
 from tenants.crypto import decrypt_credentials, encrypt_credentials
-from tenants.models import MigrationRun, MigrationRunTenant, TenantServer, User, VectorDatabase
+from tenants.models import Membership, MigrationRun, MigrationRunTenant, TenantServer, User, VectorDatabase, Workspace
 from tenants.provisioners import (
     DatabaseMissing,
     ProvisionedDatabase,
@@ -50,9 +50,9 @@ from vectordb.tenant_embedding_model import (
 logger = logging.getLogger(__name__)
 Status = VectorDatabase.Status
 
-# Sent while a tenant is erased, after its database is gone and before the account row is deleted, so apps that
-# keep tenant files (documents) remove them without `tenants` importing those apps.
-tenant_erasing = Signal()  # kwargs: tenant
+# Sent while a workspace is erased, after its database is gone and before its row is deleted, so apps that keep its
+# files (documents) remove them without `tenants` importing those apps.
+tenant_erasing = Signal()  # kwargs: workspace
 
 TRANSIENT_ERRORS = (ProvisioningError, psycopg.Error, DatabaseError)
 QUOTA_MESSAGE = "Silo has reached its limit of databases for now; our team has been told. Please try again later."
@@ -67,29 +67,55 @@ def _enqueue_provisioning(vector_database_id: int) -> None:
     transaction.on_commit(lambda: enqueue("tenants.tasks.provision_vector_database", vector_database_id))
 
 
-def vector_database_request(tenant: User, region: str | None = None) -> VectorDatabase:
-    """Give the tenant a database: claim one from the warm pool, else register a new one; either way enqueue the
-    provisioning task, which rotates a claimed database's credentials or creates a new one (idempotent: one row per
-    tenant)."""
+Tenant = Workspace | User  # a person stands for their personal workspace
+
+
+def tenant_workspace(tenant: Tenant) -> Workspace:
+    """The workspace a tenant-level operation acts on: the workspace itself, or a person's personal workspace (made
+    the first time it is needed; commands take an email for it too)."""
+    return tenant if isinstance(tenant, Workspace) else Workspace.objects.personal_for(tenant)
+
+
+def _bind_to_workspace(vector_database: VectorDatabase, workspace: Workspace) -> list[str]:
+    """Sets the workspace a registry row belongs to; returns the fields to save."""
+    vector_database.workspace = workspace
+    return ["workspace"]
+
+
+def vector_database_bind(workspace: Workspace, region: str | None = None) -> VectorDatabase:
+    """The one place a registry row is bound to the workspace that owns it: its existing row, else a database claimed
+    from the warm pool (its credentials still to rotate), else a new one (pending). Idempotent: one row per workspace
+    (a unique constraint)."""
     region = region or default_region()
-    if not VectorDatabase.objects.filter(tenant=tenant).exists():
-        claimed = vector_database_claim(tenant, region)
-        if claimed is not None:
-            return claimed
+    existing = VectorDatabase.objects.filter(workspace=workspace).first()
+    if existing is not None:
+        return existing
+    claimed = vector_database_claim(workspace, region)
+    if claimed is not None:
+        return claimed
     vector_database, _created = VectorDatabase.objects.get_or_create(
-        tenant=tenant, defaults={"provider": settings.TENANT_PROVIDER, "region": region}
+        workspace=workspace, defaults={"provider": settings.TENANT_PROVIDER, "region": region}
     )
+    return vector_database
+
+
+def vector_database_request(tenant: Tenant, region: str | None = None) -> VectorDatabase:
+    """Give the workspace a database: claim one from the warm pool, else register a new one; either way enqueue the
+    provisioning task, which rotates a claimed database's credentials or creates a new one (idempotent: one row per
+    workspace)."""
+    vector_database = vector_database_bind(tenant_workspace(tenant), region)
     if vector_database.status == Status.PENDING:
         _enqueue_provisioning(vector_database.id)
     return vector_database
 
 
-def vector_database_retry(tenant: User) -> VectorDatabase:
+def vector_database_retry(tenant: Tenant) -> VectorDatabase:
     """The dashboard's retry button: a failed database goes back to pending and is provisioned again."""
-    updated = VectorDatabase.objects.filter(tenant=tenant, status=Status.FAILED).update(
+    workspace = tenant_workspace(tenant)
+    updated = VectorDatabase.objects.filter(workspace=workspace, status=Status.FAILED).update(
         status=Status.PENDING, last_error="", updated_at=timezone.now()
     )
-    vector_database = VectorDatabase.objects.get(tenant=tenant)
+    vector_database = VectorDatabase.objects.get(workspace=workspace)
     if updated:
         _enqueue_provisioning(vector_database.id)
     return vector_database
@@ -197,27 +223,90 @@ def vector_database_credentials(vector_database: VectorDatabase, refresh: bool =
     return decrypt_credentials(vector_database.encrypted_credentials)
 
 
-def account_delete_request(tenant: User) -> None:
-    """The user asked to delete their account: lock it now, erase everything in the background."""
-    User.objects.filter(id=tenant.id).update(is_active=False)
-    VectorDatabase.objects.filter(tenant=tenant).exclude(status=Status.DELETED).update(
+def workspaces_solely_owned(user: User) -> list[Workspace]:
+    """The workspaces that go with this person's account: their personal one, and those where no one else is an
+    owner."""
+    workspaces = Workspace.objects.filter(memberships__user=user).distinct().order_by("id")
+    return [
+        workspace
+        for workspace in workspaces
+        if (workspace.personal and workspace.owner_id == user.id)
+        or not workspace.memberships.filter(role=Membership.Role.OWNER).exclude(user=user).exists()
+    ]
+
+
+def account_delete_request(user: User) -> None:
+    """The person asked to delete their account: lock it now, erase everything in the background."""
+    User.objects.filter(id=user.id).update(is_active=False)
+    VectorDatabase.objects.filter(workspace__in=workspaces_solely_owned(user)).exclude(status=Status.DELETED).update(
         status=Status.DELETING, updated_at=timezone.now()
     )
-    tenant_id = tenant.id
-    transaction.on_commit(lambda: enqueue("tenants.tasks.erase_tenant", tenant_id))
+    user_id = user.id
+    transaction.on_commit(lambda: enqueue("tenants.tasks.erase_tenant", user_id))
 
 
-def tenant_erase(tenant_id: int) -> bool:
-    """Drop the tenant's database (or Neon project), its documents and files, then the account. Idempotent."""
-    tenant = User.objects.filter(id=tenant_id).first()
-    vector_database = VectorDatabase.objects.filter(tenant_id=tenant_id).first()
+def tenant_erase(user_id: int) -> bool:
+    """Delete an account: the workspaces it solely owns are erased (database, documents, files, rows); it leaves the
+    others, taking its private conversations there along. Idempotent."""
+    user = User.objects.filter(id=user_id).first()
+    if user is None:
+        return False
+    solely_owned = workspaces_solely_owned(user)
+    for workspace in solely_owned:
+        workspace_erase(workspace.id)
+    for membership in Membership.objects.filter(user=user).select_related("workspace__owner"):
+        _private_conversations_erase(membership.workspace, user.id)
+        membership_end(membership)
+    user.delete()
+    logger.info("account %s erased (%d workspaces with it)", user_id, len(solely_owned))
+    return True
+
+
+def membership_end(membership: Membership) -> None:
+    """Remove a member; when they were the workspace's listed owner, the longest-standing other owner is listed."""
+    workspace = membership.workspace
+    with transaction.atomic():
+        membership.delete()
+        if workspace.owner_id == membership.user_id:
+            successor = workspace.memberships.filter(role=Membership.Role.OWNER).order_by("created_at", "id").first()
+            if successor is not None:
+                Workspace.objects.filter(id=workspace.id).update(owner=successor.user_id)
+
+
+def _private_conversations_erase(workspace: Workspace, user_id: int) -> None:
+    from vectordb.conversations import conversations_delete_private
+
+    try:
+        with get_registry().connection(tenant_target(workspace)) as connection:
+            conversations_delete_private(connection, user_id)
+    except (TenantDatabaseNotReady, psycopg.OperationalError) as error:
+        logger.warning(
+            "private conversations of account %s left in workspace %s: %s", user_id, workspace.id, type(error).__name__
+        )
+
+
+def workspace_delete_request(workspace: Workspace) -> None:
+    """Lock the workspace's database now (its pages say it is being deleted) and erase everything in the background.
+    The caller checked the role (tenants.permissions)."""
+    VectorDatabase.objects.filter(workspace=workspace).exclude(status=Status.DELETED).update(
+        status=Status.DELETING, updated_at=timezone.now()
+    )
+    Membership.objects.filter(workspace=workspace).delete()  # no one reaches it any more, at once
+    workspace_id = workspace.id
+    transaction.on_commit(lambda: enqueue("tenants.tasks.erase_workspace", workspace_id))
+
+
+def workspace_erase(workspace_id: int) -> bool:
+    """Drop the workspace's database (or Neon project), then its documents and files, then its rows. Idempotent."""
+    workspace = Workspace.objects.filter(id=workspace_id).first()
+    if workspace is None:
+        return False
+    vector_database = VectorDatabase.objects.filter(workspace_id=workspace_id).first()
     if vector_database is not None:
         vector_database_deprovision(vector_database.id)
-    if tenant is None:
-        return False
-    tenant_erasing.send(sender=User, tenant=tenant)
-    tenant.delete()
-    logger.info("tenant %s erased", tenant_id)
+    tenant_erasing.send(sender=Workspace, workspace=workspace)
+    workspace.delete()
+    logger.info("workspace %s erased", workspace_id)
     return True
 
 
@@ -238,7 +327,7 @@ def vector_database_deprovision(vector_database_id: int) -> VectorDatabase:
         VectorDatabase.objects.filter(id=vector_database_id).update(
             status=Status.DELETED,
             encrypted_credentials="",
-            tenant=None,
+            workspace=None,
             deleted_at=timezone.now(),
             updated_at=timezone.now(),
         )
@@ -314,9 +403,9 @@ def tenants_bound(apply: bool = False) -> BoundsReport:
     from tenants.provisioners.postgres import PostgresProvisioner
 
     provisioner = PostgresProvisioner.from_settings()
-    rows = VectorDatabase.objects.filter(status=Status.READY, provider="postgres").select_related("tenant")
+    rows = VectorDatabase.objects.filter(status=Status.READY, provider="postgres").select_related("workspace__owner")
     for row in rows.order_by("id"):
-        label = row.tenant.email if row.tenant else row.tenant_key
+        label = row.workspace.label if row.workspace else row.tenant_key
         missing = provisioner.bounds_missing(row.external_id, row.server)
         if not missing:
             continue
@@ -327,36 +416,44 @@ def tenants_bound(apply: bool = False) -> BoundsReport:
     return report
 
 
-def _fleet_rows(tenant_email: str | None):
+def _fleet_rows(workspace: Workspace | None = None):
     # Pooled databases too: a pooled database is never handed out behind the latest schema.
     rows = VectorDatabase.objects.filter(status__in=[Status.READY, Status.POOLED])
-    if tenant_email:
-        rows = rows.filter(tenant__email__iexact=tenant_email.strip())
+    if workspace is not None:
+        rows = rows.filter(workspace=workspace)
     return rows
 
 
-def fleet_members(tenant_email: str | None = None, *, behind_only: bool = False) -> list[FleetMember]:
-    """Every ready and pooled tenant database (or one tenant's), with credentials that may change its schema (decrypted only if
-    a connection is made) and the schema version the registry records for it. `behind_only`: those the registry does
-    not record at the latest migration, selected by the database: a fleet at the latest version loads no row."""
-    rows = _fleet_rows(tenant_email)
+def _fleet_label(tenant_key: str, slug: str | None, personal: bool | None, owner_email: str | None) -> str:
+    """How commands name a fleet member: its workspace as they accept it (Workspace.label), else the pool's key."""
+    if slug is None:
+        return f"pool:{tenant_key}"
+    return (owner_email or slug) if personal else slug
+
+
+def fleet_members(workspace: Workspace | None = None, *, behind_only: bool = False) -> list[FleetMember]:
+    """Every ready and pooled tenant database (or one workspace's), with credentials that may change its schema
+    (decrypted only if a connection is made) and the schema version the registry records for it. `behind_only`: those
+    the registry does not record at the latest migration, selected by the database: a fleet at the latest version
+    loads no row."""
+    rows = _fleet_rows(workspace)
     if behind_only:
         rows = rows.exclude(schema_version=latest_schema_version())
     return [
         FleetMember(
-            label=email or f"pool:{tenant_key}",
+            label=_fleet_label(tenant_key, slug, personal, owner_email),
             target=_schema_target(tenant_key),
             schema_version=schema_version,
         )
-        for tenant_key, email, schema_version in rows.order_by("id").values_list(
-            "tenant_key", "tenant__email", "schema_version"
+        for tenant_key, slug, personal, owner_email, schema_version in rows.order_by("id").values_list(
+            "tenant_key", "workspace__slug", "workspace__personal", "workspace__owner__email", "schema_version"
         )
     ]
 
 
-def fleet_size(tenant_email: str | None = None) -> int:
-    """How many ready tenant databases the registry has (or the tenant's: 0 or 1)."""
-    return _fleet_rows(tenant_email).count()
+def fleet_size(workspace: Workspace | None = None) -> int:
+    """How many ready and pooled tenant databases the registry has (or the workspace's: 0 or 1)."""
+    return _fleet_rows(workspace).count()
 
 
 def _schema_target(tenant_key: str) -> TenantTarget:
@@ -562,9 +659,10 @@ class TenantDatabaseNotReady(Exception):
         super().__init__(f"tenant database is {status}")
 
 
-def tenant_target(tenant: User) -> TenantTarget:
-    """How `vectordb` reaches this tenant's database. Credentials are decrypted once per process (cached there)."""
-    vector_database = VectorDatabase.objects.filter(tenant=tenant).first()
+def tenant_target(tenant: Tenant) -> TenantTarget:
+    """How `vectordb` reaches this workspace's database. Credentials are decrypted once per process (cached there).
+    Callers checked the person's role first (tenants.permissions)."""
+    vector_database = VectorDatabase.objects.filter(workspace=tenant_workspace(tenant)).first()
     if vector_database is None or vector_database.status != Status.READY:
         raise TenantDatabaseNotReady(vector_database.status if vector_database else "missing")
     return vector_database_target(vector_database)
@@ -588,7 +686,7 @@ class EmbeddingModelSwitch:
     chunks_deleted: int
 
 
-def vector_database_embedding_model_switch(tenant: User) -> EmbeddingModelSwitch:
+def vector_database_embedding_model_switch(tenant: Tenant) -> EmbeddingModelSwitch:
     """Make the tenant database hold the configured embedding model: when it records another model (or its column
     has another dimension) every chunk is deleted, the column changed and the new model recorded; then the registry
     records it too, and only from then on may ingest use it. Raises TenantDatabaseNotReady."""
@@ -604,7 +702,7 @@ def vector_database_embedding_model_switch(tenant: User) -> EmbeddingModelSwitch
         logger.info(
             "tenant database %s switched from %s to %s (%d chunks deleted)", target.key, previous, configured, deleted
         )
-    VectorDatabase.objects.filter(tenant=tenant).update(
+    VectorDatabase.objects.filter(workspace=tenant_workspace(tenant)).update(
         embedding_model=configured.name, embedding_dimensions=configured.dimensions, updated_at=timezone.now()
     )
     return EmbeddingModelSwitch(previous=previous, changed=changed, chunks_deleted=deleted)
@@ -616,16 +714,10 @@ def vector_database_embedding_model_switch(tenant: User) -> EmbeddingModelSwitch
 # credentials and names it for its tenant (`_claim_finish`), the worker refills the pool (`tenant_pool_refill`).
 
 
-def _bind_to_owner(vector_database: VectorDatabase, owner: User) -> list[str]:
-    """The one place a pooled row gets its owner; returns the fields to save."""
-    vector_database.tenant = owner
-    return ["tenant"]
-
-
 def _pool_rows(provider: str, region: str):
     """The pool's rows of one provider and region: pooled, or being made for the pool."""
     return VectorDatabase.objects.filter(
-        provider=provider, region=region, tenant__isnull=True, claimed_at__isnull=True
+        provider=provider, region=region, workspace__isnull=True, claimed_at__isnull=True
     ).exclude(status=Status.DELETED)
 
 
@@ -639,10 +731,11 @@ def _claimable(provider: str, region: str):
     )
 
 
-def vector_database_claim(tenant: User, region: str) -> VectorDatabase | None:
-    """Take a pooled database for the tenant in one transaction (`SKIP LOCKED`: two sign-ups never wait for, nor
-    take, the same row), and enqueue the task that rotates its credentials; then a refill. None when the region's
-    pool has nothing to give (or the claim failed): the caller falls back to creating a database."""
+def vector_database_claim(workspace: Workspace, region: str) -> VectorDatabase | None:
+    """Take a pooled database for the workspace in one transaction (`SKIP LOCKED`: two sign-ups never wait for, nor
+    take, the same row), pending until the provisioning task rotates its credentials (vector_database_request
+    enqueues it); then a refill. None when the region's pool has nothing to give (or the claim failed): the caller
+    (vector_database_bind, the one place a row gets its workspace) falls back to creating a database."""
     provider = settings.TENANT_PROVIDER
     try:
         with transaction.atomic():
@@ -653,14 +746,13 @@ def vector_database_claim(tenant: User, region: str) -> VectorDatabase | None:
             row.status = Status.PENDING
             row.rotation_pending = True
             row.claimed_at = timezone.now()
-            row.save(update_fields=[*_bind_to_owner(row, tenant), "status", "rotation_pending", "claimed_at",
+            row.save(update_fields=[*_bind_to_workspace(row, workspace), "status", "rotation_pending", "claimed_at",
                                     "updated_at"])  # fmt: skip
-    except IntegrityError:  # the tenant got a database meanwhile (a concurrent request): that one stands
+    except IntegrityError:  # the workspace got a database meanwhile (a concurrent request): that one stands
         return None
     except DatabaseError:
         logger.exception("claiming a pooled database in %s failed; creating one instead", region)
         return None
-    _enqueue_provisioning(row.id)
     transaction.on_commit(lambda: enqueue("tenants.tasks.refill_tenant_pool", region))
     logger.info("tenant database %s claimed from the %s pool", row.tenant_key, region)
     return row
@@ -699,20 +791,20 @@ def _claim_finish(vector_database: VectorDatabase) -> VectorDatabase:
 
 def _claim_replace(vector_database: VectorDatabase) -> VectorDatabase:
     """The claimed database is gone: record that, free the tenant, and provision another for them now."""
-    tenant, region = vector_database.tenant, vector_database.region
+    workspace, region = vector_database.workspace, vector_database.region
     VectorDatabase.objects.filter(id=vector_database.id).update(
         status=Status.DELETED,
-        tenant=None,
+        workspace=None,
         rotation_pending=False,
         encrypted_credentials="",
         last_error="missing on its server when claimed",
         deleted_at=timezone.now(),
         updated_at=timezone.now(),
     )
-    if tenant is None:
+    if workspace is None:
         vector_database.refresh_from_db()
         return vector_database
-    replacement = vector_database_request(tenant, region)
+    replacement = vector_database_request(workspace, region)
     return vector_database_provision(replacement.id)
 
 
@@ -890,7 +982,7 @@ def _pool_row_take(vector_database_id: int, statuses: tuple[str, ...] = (Status.
     with transaction.atomic():
         row = (
             VectorDatabase.objects.select_for_update(skip_locked=True)
-            .filter(id=vector_database_id, status__in=statuses, tenant__isnull=True, claimed_at__isnull=True)
+            .filter(id=vector_database_id, status__in=statuses, workspace__isnull=True, claimed_at__isnull=True)
             .first()
         )
         if row is None:
@@ -903,7 +995,7 @@ def tenant_pool_drain(region: str | None = None) -> int:
     """Erase every pooled database of the configured provider (of one region, or all); rows being made are left to
     finish (a later drain or reconcile takes them). Returns how many were erased."""
     rows = VectorDatabase.objects.filter(
-        provider=settings.TENANT_PROVIDER, status=Status.POOLED, tenant__isnull=True, claimed_at__isnull=True
+        provider=settings.TENANT_PROVIDER, status=Status.POOLED, workspace__isnull=True, claimed_at__isnull=True
     )
     if region:
         rows = rows.filter(region=region)

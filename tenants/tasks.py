@@ -15,8 +15,14 @@ def provision_vector_database(vector_database_id: int) -> str:
 
 
 @shared_task(autoretry_for=(services.ProvisioningError,), retry_backoff=10, max_retries=10)
-def erase_tenant(tenant_id: int) -> bool:
-    return services.tenant_erase(tenant_id)
+def erase_tenant(user_id: int) -> bool:
+    """An account's erasure (the name is kept: tasks already queued under it still run)."""
+    return services.tenant_erase(user_id)
+
+
+@shared_task(autoretry_for=(services.ProvisioningError,), retry_backoff=10, max_retries=10)
+def erase_workspace(workspace_id: int) -> bool:
+    return services.workspace_erase(workspace_id)
 
 
 @shared_task(ignore_result=True)

@@ -71,3 +71,17 @@ def database_dsn(dsn: str, database: str) -> str:
     from vectordb.dsn import Dsn
 
     return Dsn.parse(dsn).replace(database=database).url()
+
+
+def personal_workspace(user):
+    """The person's personal workspace (the tenant a sign-up gets), made when a test's persona has none yet."""
+    from tenants.models import Workspace
+
+    return Workspace.objects.personal_for(user)
+
+
+def without_csrf_tokens(html: bytes) -> bytes:
+    """A page with its CSRF tokens blanked: they differ on every response (the top bar's forms carry them)."""
+    import re
+
+    return re.sub(rb'name="csrfmiddlewaretoken" value="[^"]+"', b"", html)

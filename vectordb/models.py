@@ -69,7 +69,11 @@ class TenantSetting(models.Model):
 class Conversation(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4)
     title = models.CharField(max_length=200)
-    document_id = models.BigIntegerField(null=True, blank=True)  # null: across all the tenant's documents
+    document_id = models.BigIntegerField(null=True, blank=True)  # null: across all the workspace's documents
+    # The member who started it (main database user id); null for conversations from before workspaces, which
+    # belong to the workspace's owner. Private to that person unless shared with the workspace.
+    started_by = models.BigIntegerField(null=True, blank=True)
+    shared = models.BooleanField(default=False, db_default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -3,12 +3,16 @@
   "use strict";
   const form = document.getElementById("upload-form");
   const table = document.getElementById("documents");
-  if (!form || !table) return;
+  if (!table) return;
+  let timer = null;
+  // Viewers have no upload control: the page still follows the documents' progress.
+  if (form) uploads();
+
+  function uploads() {
   const input = document.getElementById("upload-files");
   const feedback = document.getElementById("upload-feedback");
   const overlay = document.getElementById("dropzone-overlay");
   const csrf = form.querySelector("input[name=csrfmiddlewaretoken]").value;
-  let timer = null;
   let dragDepth = 0;
 
   // One request per file: the server refuses a request body larger than one upload (413) before reading it.
@@ -68,6 +72,7 @@
     overlay.hidden = true;
     upload(event.dataTransfer.files);
   });
+  }
 
   document.addEventListener("submit", (event) => {
     const message = event.target.dataset.confirm;

@@ -13,18 +13,19 @@ import psycopg
 import pytest
 from langchain_core.documents import Document
 
-from tenants import services
-from tenants.crypto import decrypt_credentials
-from tenants.models import VectorDatabase
-from vectordb import search
-from vectordb.chunks import chunk_id
-from vectordb.connections import TenantConnectionRegistry, TenantTarget
 from bench.langchain_baseline import (
     TenantVectorStore,
     document_filter,
     hybrid_search_config,
     tenant_vector_store,
 )
+from tenants import services
+from tenants.crypto import decrypt_credentials
+from tenants.models import VectorDatabase
+from tests.helpers import personal_workspace
+from vectordb import search
+from vectordb.chunks import chunk_id
+from vectordb.connections import TenantConnectionRegistry, TenantTarget
 
 DIMENSIONS = 384
 WORDS = ["invoice", "penguin", "glacier", "contract", "harbour", "violin", "orbit", "lantern", "meadow", "copper"]
@@ -48,7 +49,7 @@ def unit_vector(rng: random.Random) -> list[float]:
 
 @pytest.fixture
 def tenant_database(owner):
-    row = VectorDatabase.objects.create(tenant=owner, provider="postgres")
+    row = VectorDatabase.objects.create(workspace=personal_workspace(owner), provider="postgres")
     services.vector_database_provision(row.id)
     row.refresh_from_db()
     assert row.status == VectorDatabase.Status.READY

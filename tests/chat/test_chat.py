@@ -30,7 +30,7 @@ from documents.models import Document
 from tenants import services as tenant_services
 from tenants.models import VectorDatabase
 from tests.emulators.openai import OpenAIEmulator
-from tests.helpers import server_sent_events
+from tests.helpers import personal_workspace, server_sent_events
 from tests.pdf_factory import text_pdf
 
 API_KEY = "sk-test-chat-emulator"
@@ -102,7 +102,7 @@ def tenants():
     created: list[int] = []
 
     def provision(user, status: str | None = None) -> VectorDatabase:
-        row = VectorDatabase.objects.create(tenant=user, provider="postgres")
+        row = VectorDatabase.objects.create(workspace=personal_workspace(user), provider="postgres")
         created.append(row.id)
         row = tenant_services.vector_database_provision(row.id)
         assert row.status == VectorDatabase.Status.READY, row.last_error
@@ -138,7 +138,7 @@ def espresso(owner, tenants) -> Document:
 
 def tenant_rows(user, query: str, parameters: tuple = ()) -> list[tuple]:
     """Rows straight from the tenant's own database, with its own credentials."""
-    row = VectorDatabase.objects.get(tenant=user)
+    row = VectorDatabase.objects.get(workspace=personal_workspace(user))
     with psycopg.connect(tenant_services.vector_database_credentials(row)["dsn"]) as connection:
         return connection.execute(query, parameters).fetchall()
 

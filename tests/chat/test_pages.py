@@ -15,9 +15,10 @@ from documents import services as document_services
 from documents.models import Document
 from tenants import services
 from tenants.models import VectorDatabase
+from tests.helpers import personal_workspace
 from vectordb import conversations
-from vectordb.connections import get_registry
 from vectordb.chunks import ChunkRecord, chunks_replace
+from vectordb.connections import get_registry
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,7 +27,8 @@ OWLS = "1.2 Night hunting\nOwls hunt at night. The so-called barn owl hunts by s
 
 def _ready_document(owner, title: str, text: str) -> Document:
     document = Document.objects.create(
-        owner=owner,
+        workspace=personal_workspace(owner),
+        uploaded_by=owner,
         title=title,
         original_filename=f"{title}.pdf",
         file=ContentFile(b"%PDF-1.4 test", name=f"{title}.pdf"),
@@ -44,7 +46,7 @@ def _ready_document(owner, title: str, text: str) -> Document:
 @pytest.fixture
 def library(owner, media_root):
     """The owner's database with two documents and a conversation about each, one of them in the all-documents chat."""
-    row = VectorDatabase.objects.create(tenant=owner, provider="postgres")
+    row = VectorDatabase.objects.create(workspace=personal_workspace(owner), provider="postgres")
     services.vector_database_provision(row.id)
     owls = _ready_document(owner, "Owls", OWLS)
     ferns = _ready_document(owner, "Ferns", "2 Spores\nFerns spread by spores.")

@@ -9,6 +9,7 @@ from django.urls import reverse
 from documents.models import Document
 from tenants import services
 from tenants.models import VectorDatabase
+from tests.helpers import personal_workspace
 from vectordb import conversations
 from vectordb.chunks import ChunkRecord, chunks_replace
 from vectordb.connections import get_registry
@@ -16,10 +17,11 @@ from vectordb.connections import get_registry
 
 @pytest.fixture
 def tenant_with_content(owner):
-    row = VectorDatabase.objects.create(tenant=owner, provider="postgres")
+    row = VectorDatabase.objects.create(workspace=personal_workspace(owner), provider="postgres")
     services.vector_database_provision(row.id)
     document = Document.objects.create(
-        owner=owner,
+        workspace=personal_workspace(owner),
+        uploaded_by=owner,
         title="Field notes",
         original_filename="field-notes.pdf",
         file=ContentFile(b"%PDF-1.4 test", name="field-notes.pdf"),

@@ -191,7 +191,7 @@ def test_the_ingest_command_takes_office_files_and_ocrs_scans_in_process(owner, 
 
     call_command("ingest", "--user", owner.email, str(word), str(scan), "--json", stdout=output)
 
-    word_document, scan_document = Document.objects.filter(owner=owner).order_by("id")
+    word_document, scan_document = Document.objects.filter(uploaded_by=owner).order_by("id")
     printed = json.loads(output.getvalue())["documents"]
     assert [(d["id"], d["status"], d["format"], d["pages"], d["chunks"]) for d in printed] == [
         (word_document.id, "ready", "docx", 4, 4),

@@ -1,6 +1,6 @@
 """Uploaded files on S3-compatible object storage, a bucket per region, against a real S3 protocol server (moto in
-server mode, over a socket): uploads land in the tenant's region's bucket, members get them streamed by the app,
-the worker ingests from there, and moving a tenant's files moves them between buckets."""
+server mode, over a socket): uploads land in the bucket of their workspace's region, members get them streamed by the
+app, the worker ingests from there, and moving a workspace's files moves them between buckets."""
 
 import io
 
@@ -15,7 +15,8 @@ from moto.server import ThreadedMotoServer
 from documents import services
 from documents.models import Document
 from documents.storage import local_path
-from tenants.models import VectorDatabase
+from tenants.models import Membership, VectorDatabase, Workspace
+from tests.helpers import personal_workspace
 from tests.pdf_factory import text_pdf
 
 BUCKETS = {"local": "silo-uploads-local", "eu": "silo-uploads-eu"}
@@ -58,24 +59,54 @@ def _keys(client, region: str) -> list[str]:
     return [item["Key"] for item in client.list_objects_v2(Bucket=BUCKETS[region]).get("Contents", [])]
 
 
-def _upload(owner, content: bytes) -> Document:
-    return services.document_upload(owner, SimpleUploadedFile("guide.pdf", content, "application/pdf"), enqueue=False)
+def _upload(owner, content: bytes, workspace: Workspace | None = None) -> Document:
+    return services.document_upload(
+        owner, SimpleUploadedFile("guide.pdf", content, "application/pdf"), enqueue=False, workspace=workspace
+    )
 
 
 PDF = text_pdf(["Object storage keeps uploads where every machine can read them."])
 
 
 @pytest.mark.django_db
-def test_an_upload_lands_in_its_tenants_region_bucket_and_not_on_local_disk(owner, s3, media_root):
-    VectorDatabase.objects.create(tenant=owner, provider="postgres", region="eu")
+def test_an_upload_lands_in_its_workspaces_region_bucket_and_not_on_local_disk(owner, s3, media_root):
+    workspace = personal_workspace(owner)
+    VectorDatabase.objects.create(workspace=workspace, provider="postgres", region="eu")
 
     document = _upload(owner, PDF)
 
-    assert document.file.name.startswith(f"documents/eu/{owner.id}/")
+    assert document.file.name.startswith(f"documents/eu/workspace-{workspace.id}/")
     assert _keys(s3, "eu") == [document.file.name]
     assert _keys(s3, "local") == []
     assert not media_root.exists() or not any(media_root.rglob("*.pdf"))
     assert s3.get_object(Bucket=BUCKETS["eu"], Key=document.file.name)["Body"].read() == PDF
+
+
+@pytest.mark.django_db
+def test_a_team_workspaces_uploads_go_to_its_region_not_the_uploaders(client, owner, s3):
+    """The region is the workspace's: a member whose personal workspace lives elsewhere uploads into the team's
+    bucket, and `move_files SLUG` moves the team's files only."""
+    VectorDatabase.objects.create(workspace=personal_workspace(owner), provider="postgres", region="local")
+    team = Workspace.objects.create(name="Harbour", slug="harbour", owner=owner)
+    Membership.objects.create(workspace=team, user=owner, role=Membership.Role.OWNER)
+    VectorDatabase.objects.create(workspace=team, provider="postgres", region="eu")
+
+    in_team = _upload(owner, PDF, workspace=team)
+    personal = _upload(owner, text_pdf(["A personal note, not the team's."]))
+
+    assert in_team.file.name.startswith(f"documents/eu/workspace-{team.id}/")
+    assert personal.file.name.startswith(f"documents/local/workspace-{personal_workspace(owner).id}/")
+    assert _keys(s3, "eu") == [in_team.file.name]
+    assert _keys(s3, "local") == [personal.file.name]
+
+    out = io.StringIO()
+    call_command("move_files", "harbour", "local", stdout=out)
+
+    assert "harbour: 1 file(s) moved to local" in out.getvalue()
+    assert _keys(s3, "eu") == []
+    moved = Document.objects.get(id=in_team.id)
+    assert moved.file.name.startswith(f"documents/local/workspace-{team.id}/")
+    assert Document.objects.get(id=personal.id).file.name == personal.file.name
 
 
 @pytest.mark.django_db
@@ -103,7 +134,7 @@ def test_a_worker_reads_the_file_from_object_storage(owner, s3):
 
 
 @pytest.mark.django_db
-def test_moving_a_tenant_moves_its_files_to_the_new_regions_bucket(client, owner, s3):
+def test_moving_a_workspace_moves_its_files_to_the_new_regions_bucket(client, owner, s3):
     documents = [_upload(owner, PDF), _upload(owner, text_pdf(["A second, different document."]))]
     out = io.StringIO()
 
@@ -113,7 +144,8 @@ def test_moving_a_tenant_moves_its_files_to_the_new_regions_bucket(client, owner
     assert _keys(s3, "local") == []
     moved = [Document.objects.get(id=document.id) for document in documents]
     assert sorted(_keys(s3, "eu")) == sorted(document.file.name for document in moved)
-    assert all(document.file.name.startswith(f"documents/eu/{owner.id}/") for document in moved)
+    workspace = personal_workspace(owner)
+    assert all(document.file.name.startswith(f"documents/eu/workspace-{workspace.id}/") for document in moved)
     client.force_login(owner)
     assert b"".join(client.get(reverse("document_file", args=[moved[0].id])).streaming_content) == PDF
     call_command("move_files", owner.email, "eu", stdout=out)  # again: nothing left to move

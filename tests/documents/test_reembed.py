@@ -101,7 +101,7 @@ def test_ingest_refuses_to_mix_models_until_reembed_runs(
     assert later.status == Document.Status.FAILED
     assert later.error_message == (
         "Silo's embedding model changed from all-MiniLM-L6-v2 to text-embedding-3-small, so this document cannot be "
-        "processed until an operator runs `manage.py reembed --user owner@example.com`."
+        "processed until an operator runs `manage.py reembed --workspace owner@example.com`."
     )
     assert (later.chunk_count, later.page_count, later.progress) == (0, None, 0.0)
     assert emulator.inputs_embedded == 0  # refused before anything was embedded
@@ -232,7 +232,7 @@ def test_reembed_all_switches_every_ready_tenant_and_reports_failures(
 
 @pytest.mark.django_db
 def test_reembed_refuses_what_it_cannot_do(owner):
-    with pytest.raises(CommandError, match=r"one of the arguments --user --all is required"):
+    with pytest.raises(CommandError, match=r"one of the arguments --workspace --user --all is required"):
         call_command("reembed")
     with pytest.raises(CommandError, match=r"^no user with email nobody@example.com$"):
         call_command("reembed", "--user", "nobody@example.com")

@@ -13,6 +13,7 @@ from documents import services
 from documents.models import Document
 from documents.selectors import document_statuses_for_user
 from tenants.models import VectorDatabase
+from tests.helpers import personal_workspace
 
 Status = Document.Status
 pytestmark = pytest.mark.django_db
@@ -20,7 +21,8 @@ pytestmark = pytest.mark.django_db
 
 def _document(owner, title: str, status: str, minutes_ago: int = 0, **fields) -> Document:
     document = Document.objects.create(
-        owner=owner,
+        workspace=personal_workspace(owner),
+        uploaded_by=owner,
         title=title,
         original_filename=f"{title}.pdf",
         file=ContentFile(b"%PDF-1.4 test", name=f"{title}.pdf"),
@@ -43,7 +45,9 @@ def _details(owner) -> dict[str, tuple[str, str]]:
 
 
 def test_queued_documents_wait_for_a_database_being_set_up(owner):
-    VectorDatabase.objects.create(tenant=owner, provider="postgres", status=VectorDatabase.Status.PROVISIONING)
+    VectorDatabase.objects.create(
+        workspace=personal_workspace(owner), provider="postgres", status=VectorDatabase.Status.PROVISIONING
+    )
     _document(owner, "atlas", Status.QUEUED)
 
     assert _details(owner) == {
@@ -53,7 +57,9 @@ def test_queued_documents_wait_for_a_database_being_set_up(owner):
 
 def test_queued_documents_wait_for_the_one_being_processed_and_say_how_many_are_ahead(owner, settings):
     settings.INGEST_MAX_CONCURRENT_PER_TENANT = 1
-    VectorDatabase.objects.create(tenant=owner, provider="postgres", status=VectorDatabase.Status.READY)
+    VectorDatabase.objects.create(
+        workspace=personal_workspace(owner), provider="postgres", status=VectorDatabase.Status.READY
+    )
     _document(owner, "first", Status.EMBEDDING, minutes_ago=3, chunks_total=300, chunks_embedded=128)
     _document(owner, "second", Status.QUEUED, minutes_ago=2)
     _document(owner, "third", Status.QUEUED, minutes_ago=1)
@@ -72,7 +78,9 @@ def test_queued_documents_wait_for_the_one_being_processed_and_say_how_many_are_
 
 def test_a_queued_document_with_free_slots_waits_for_a_worker_and_a_retried_one_says_why(owner, settings):
     settings.INGEST_MAX_CONCURRENT_PER_TENANT = 2
-    VectorDatabase.objects.create(tenant=owner, provider="postgres", status=VectorDatabase.Status.READY)
+    VectorDatabase.objects.create(
+        workspace=personal_workspace(owner), provider="postgres", status=VectorDatabase.Status.READY
+    )
     _document(owner, "reading", Status.PARSING, minutes_ago=3)
     _document(owner, "next", Status.QUEUED, minutes_ago=2)
     _document(owner, "retried", Status.QUEUED, minutes_ago=1, error_message=services.TEMPORARY_FAILURE_MESSAGE)
@@ -85,7 +93,9 @@ def test_a_queued_document_with_free_slots_waits_for_a_worker_and_a_retried_one_
 
 
 def test_an_unavailable_database_is_named_as_the_reason(owner):
-    VectorDatabase.objects.create(tenant=owner, provider="postgres", status=VectorDatabase.Status.FAILED)
+    VectorDatabase.objects.create(
+        workspace=personal_workspace(owner), provider="postgres", status=VectorDatabase.Status.FAILED
+    )
     _document(owner, "atlas", Status.QUEUED)
 
     assert _details(owner)["atlas"] == (
@@ -95,7 +105,9 @@ def test_an_unavailable_database_is_named_as_the_reason(owner):
 
 
 def test_the_status_endpoint_carries_the_details_and_shows_only_ones_own_documents(owner, stranger, client):
-    VectorDatabase.objects.create(tenant=owner, provider="postgres", status=VectorDatabase.Status.READY)
+    VectorDatabase.objects.create(
+        workspace=personal_workspace(owner), provider="postgres", status=VectorDatabase.Status.READY
+    )
     _document(owner, "mine", Status.EMBEDDING, chunks_total=10, chunks_embedded=0)
     _document(stranger, "theirs", Status.EMBEDDING, chunks_total=99, chunks_embedded=98)
     client.force_login(owner)
@@ -109,7 +121,10 @@ def test_the_status_endpoint_carries_the_details_and_shows_only_ones_own_documen
 
 def test_the_dashboard_leads_with_documents_and_mentions_the_database_only_while_it_is_not_ready(owner, client):
     database = VectorDatabase.objects.create(
-        tenant=owner, provider="postgres", status=VectorDatabase.Status.PROVISIONING, embedding_model="all-MiniLM-L6-v2"
+        workspace=personal_workspace(owner),
+        provider="postgres",
+        status=VectorDatabase.Status.PROVISIONING,
+        embedding_model="all-MiniLM-L6-v2",
     )
     _document(owner, "atlas", Status.QUEUED)
     client.force_login(owner)

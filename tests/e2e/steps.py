@@ -94,7 +94,7 @@ def wait_for_document(page: Page, title: str, label: str, screenshots) -> list[s
     try:
         expect(item.locator("[data-field=status]")).to_have_text(label, timeout=INGEST_TIMEOUT_MS)
     except AssertionError as error:
-        document = Document.objects.filter(title=title).values("status", "progress", "error_message", "owner_id")
+        document = Document.objects.filter(title=title).values("status", "progress", "error_message", "uploaded_by_id")
         raise AssertionError(f"{error}\ndocument rows: {list(document)}; see the Celery worker's log") from None
     assert _still_same_page(page), "the dashboard reloaded instead of updating the progress in place"
     screenshots.take(page, "dashboard-document-" + label.lower())

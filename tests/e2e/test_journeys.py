@@ -59,7 +59,7 @@ def test_sign_up_upload_and_chat_with_cited_pages(page, asgi_server, screenshots
     expect(item.locator("[data-field=facts]")).to_contain_text("3 pages")
     expect(item.locator("[data-field=progress]")).to_be_hidden()
     expect(item.locator("[data-field=error]")).to_be_hidden()
-    document = Document.objects.get(owner__email="reader@example.com")
+    document = Document.objects.get(uploaded_by__email="reader@example.com")
     assert (document.status, document.page_count) == (Document.Status.READY, 3)
 
     # The document became ready in place: it can be opened from the same page, the PDF beside the chat.
@@ -167,7 +167,7 @@ def test_a_broken_pdf_shows_why_it_failed(page, asgi_server, screenshots, broken
     expect(item.locator("[data-field=error]")).to_have_text(CorruptPdf.default_message)
     expect(item.locator("[data-field=progress]")).to_be_hidden()
     expect(item.get_by_role("link", name="Open and chat")).to_have_count(0)
-    document = Document.objects.get(owner__email="broken@example.com")
+    document = Document.objects.get(uploaded_by__email="broken@example.com")
     assert (document.status, document.error_message) == (Document.Status.FAILED, CorruptPdf.default_message)
     # The reason is still there on the next visit.
     page.reload()
@@ -187,7 +187,7 @@ def test_deleting_a_document_after_confirming_removes_it(page, asgi_server, scre
     page.once("dialog", lambda dialog: dialog.dismiss())
     item.get_by_role("button", name="Delete").click()
     expect(item).to_have_count(1)
-    assert Document.objects.filter(owner__email="tidy@example.com").count() == 1
+    assert Document.objects.filter(uploaded_by__email="tidy@example.com").count() == 1
 
     dialogs = []
 
@@ -203,7 +203,7 @@ def test_deleting_a_document_after_confirming_removes_it(page, asgi_server, scre
     expect(page.locator(".message-success")).to_have_text("Document deleted.")
     expect(page.locator("#documents tr.document")).to_have_count(0)
     expect(page.locator("#documents-empty")).to_be_visible()
-    assert Document.objects.filter(owner__email="tidy@example.com").count() == 0
+    assert Document.objects.filter(uploaded_by__email="tidy@example.com").count() == 0
     screenshots.take(page, "dashboard-after-delete")
     assert_no_script_errors(page)
 
@@ -213,7 +213,7 @@ def test_deleting_the_account_drops_its_database_and_sign_in_fails(page, asgi_se
     email = "leaving@example.com"
     sign_up(page, base, email, screenshots)
     wait_for_database_ready(page, screenshots)
-    vector_database = VectorDatabase.objects.get(tenant__email=email)
+    vector_database = VectorDatabase.objects.get(workspace__uploaded_by__email=email)
     assert tenant_database_exists(admin_dsn, vector_database.external_id)
 
     page.goto(f"{base}/account/")
@@ -260,7 +260,7 @@ def test_a_model_answer_streams_token_by_token_while_the_box_stays_usable(
     wait_for_database_ready(page, screenshots)
     upload(page, encodings_pdf)
     wait_for_document(page, "font encodings", "Ready", screenshots)
-    document = Document.objects.get(owner__email="streaming@example.com")
+    document = Document.objects.get(uploaded_by__email="streaming@example.com")
 
     # A long answer, a pause between tokens: slow enough to watch it grow.
     openai_emulator.answer = (

@@ -45,7 +45,7 @@ def reader_with_document(page, base: str, email: str, pdf, screenshots) -> Docum
     wait_for_database_ready(page, screenshots)
     upload(page, pdf)
     wait_for_document(page, "font encodings", "Ready", screenshots)
-    return Document.objects.get(owner__email=email)
+    return Document.objects.get(uploaded_by__email=email)
 
 
 def single_page_citation(citations: list[dict], page: int | None = None) -> dict:

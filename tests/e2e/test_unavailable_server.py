@@ -38,7 +38,9 @@ def _set_connections_allowed(admin_dsn: str, database: str, allowed: bool) -> No
 def test_the_chat_page_says_the_database_cannot_be_reached(page, phone_page, asgi_server, screenshots, admin_dsn):
     sign_up(page, asgi_server.url, "down@example.com", screenshots)
     wait_for_database_ready(page, screenshots)
-    database = VectorDatabase.objects.get(tenant=User.objects.get(email="down@example.com")).external_id
+    database = VectorDatabase.objects.get(
+        workspace__owner=User.objects.get(email="down@example.com"), workspace__personal=True
+    ).external_id
     _set_connections_allowed(admin_dsn, database, allowed=False)
     try:
         shots = []

@@ -20,7 +20,7 @@ from documents import services as document_services
 from documents.models import Document
 from tenants import services as tenant_services
 from tenants.models import User, VectorDatabase
-from tests.helpers import stored_files
+from tests.helpers import personal_workspace, stored_files
 from tests.reliability.test_isolation import sse_events, text_pdf
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
@@ -40,7 +40,7 @@ def post_pdfs(client: Client, *files: tuple[str, bytes]):
 
 
 def provision(user: User) -> VectorDatabase:
-    row = VectorDatabase.objects.create(tenant=user, provider="postgres")
+    row = VectorDatabase.objects.create(workspace=personal_workspace(user), provider="postgres")
     database = tenant_services.vector_database_provision(row.id)
     assert database.status == VectorDatabase.Status.READY, database.last_error
     return database
@@ -61,7 +61,7 @@ def databases():
 
 
 def tenant_rows(user: User, query: str) -> list[tuple]:
-    row = VectorDatabase.objects.get(tenant=user)
+    row = VectorDatabase.objects.get(workspace=personal_workspace(user))
     with psycopg.connect(tenant_services.vector_database_credentials(row)["dsn"]) as connection:
         return connection.execute(query).fetchall()
 
@@ -136,8 +136,8 @@ def test_uploads_over_the_hourly_rate_are_refused_per_user_with_the_limit_and_no
         "You have uploaded 3 documents this hour, the most Silo accepts; please try again later."
     ]
     assert others.status_code == 200
-    assert Document.objects.filter(owner=owner).count() == 3
-    assert len([path for path in stored_files(media_root / "documents") if path.parent.name == str(owner.id)]) == 3
+    workspace_folder = f"workspace-{personal_workspace(owner).id}"
+    assert len([path for path in stored_files(media_root / "documents") if path.parent.name == workspace_folder]) == 3
 
 
 def test_an_over_long_question_is_refused_with_the_limit_and_nothing_is_stored(owner, databases, settings):
@@ -157,7 +157,9 @@ def test_an_over_long_question_is_refused_with_the_limit_and_nothing_is_stored(o
 
 def test_every_post_endpoint_refuses_a_request_without_a_csrf_token_and_changes_nothing(owner, media_root):
     document = document_services.document_upload(owner, ContentFile(ONE_PAGE, name="note.pdf"), enqueue=False)
-    VectorDatabase.objects.create(tenant=owner, provider="postgres", status=VectorDatabase.Status.FAILED)
+    VectorDatabase.objects.create(
+        workspace=personal_workspace(owner), provider="postgres", status=VectorDatabase.Status.FAILED
+    )
     client = signed_in(owner, enforce_csrf_checks=True)
 
     def state():

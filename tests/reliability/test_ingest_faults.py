@@ -42,6 +42,7 @@ from documents.tasks import ingest_document
 from tenants import services as tenant_services
 from tenants.models import User, VectorDatabase
 from tests.conftest import CeleryWorker, _worker_environment
+from tests.helpers import personal_workspace
 from vectordb.chunks import chunk_id
 
 EVAL_PDF = Path("/work/shared/eval/pdfs/clsguide.pdf")
@@ -78,7 +79,7 @@ def private_redis(tmp_path):
 
 @pytest.fixture
 def tenant_database(owner):
-    row = VectorDatabase.objects.create(tenant=owner, provider="postgres")
+    row = VectorDatabase.objects.create(workspace=personal_workspace(owner), provider="postgres")
     vector_database = tenant_services.vector_database_provision(row.id)
     assert vector_database.status == VectorDatabase.Status.READY, vector_database.last_error
     yield vector_database

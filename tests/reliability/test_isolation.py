@@ -20,7 +20,7 @@ from documents import services as document_services
 from documents.models import Document
 from tenants import services as tenant_services
 from tenants.models import User, VectorDatabase
-from tests.helpers import server_sent_events
+from tests.helpers import personal_workspace, server_sent_events, without_csrf_tokens
 from tests.pdf_factory import text_pdf
 from vectordb.connections import get_registry
 from vectordb.search import fulltext_search, hybrid_search, vector_search
@@ -54,13 +54,13 @@ class Tenant:
         """Everything of this tenant's that a request could change."""
         return {
             "documents": sorted(
-                Document.objects.filter(owner=self.user).values_list("id", "status", "title", "chunk_count")
+                Document.objects.filter(uploaded_by=self.user).values_list("id", "status", "title", "chunk_count")
             ),
             "file": Path(Document.objects.get(id=self.document.id).file.path).read_bytes(),
             "chunks": self.rows("SELECT id, document_id, content FROM embeddings ORDER BY id"),
             "conversations": self.rows("SELECT id, title FROM conversations ORDER BY id"),
             "messages": self.rows("SELECT id, role, content FROM messages ORDER BY id"),
-            "database": VectorDatabase.objects.filter(tenant=self.user)
+            "database": VectorDatabase.objects.filter(workspace=personal_workspace(self.user))
             .values_list("status", "encrypted_credentials")
             .get(),
             "active": User.objects.get(id=self.user.id).is_active,
@@ -68,7 +68,7 @@ class Tenant:
 
 
 def make_tenant(user: User, title: str) -> Tenant:
-    row = VectorDatabase.objects.create(tenant=user, provider="postgres")
+    row = VectorDatabase.objects.create(workspace=personal_workspace(user), provider="postgres")
     database = tenant_services.vector_database_provision(row.id)
     assert database.status == VectorDatabase.Status.READY, database.last_error
     document = document_services.document_upload(user, ContentFile(text_pdf(PAGES), name="harbour.pdf"), enqueue=False)
@@ -140,7 +140,10 @@ def test_every_url_that_takes_an_id_answers_404_for_another_tenants_object_and_c
     assert (a.snapshot(), b.snapshot()) == (before_a, before_b)
     # The 404 reads the same as for an id that exists nowhere: nothing to learn by probing.
     missing = client.get(reverse("document_file", args=[document + 1000]))
-    assert (missing.status_code, missing.content) == (404, requests["document file"].content)
+    assert (missing.status_code, without_csrf_tokens(missing.content)) == (
+        404,
+        without_csrf_tokens(requests["document file"].content),
+    )
 
 
 def test_listings_status_endpoints_and_the_export_hold_only_ones_own(two_tenants):

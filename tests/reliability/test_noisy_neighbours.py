@@ -13,7 +13,7 @@ from psycopg import sql
 from tenants import services
 from tenants.crypto import decrypt_credentials
 from tenants.models import User, VectorDatabase
-from tests.helpers import database_dsn
+from tests.helpers import database_dsn, personal_workspace
 
 Status = VectorDatabase.Status
 ADVISORY_LOCK_CALLS = [
@@ -30,7 +30,9 @@ ADVISORY_LOCK_CALLS = [
 
 def _provision(email: str) -> VectorDatabase:
     user = User.objects.create_user(email=email)
-    return services.vector_database_provision(VectorDatabase.objects.create(tenant=user, provider="postgres").id)
+    return services.vector_database_provision(
+        VectorDatabase.objects.create(workspace=personal_workspace(user), provider="postgres").id
+    )
 
 
 def _dsn(vector_database: VectorDatabase) -> str:
@@ -137,12 +139,15 @@ def test_existing_tenant_databases_are_brought_under_the_bounds(neighbours, admi
     with pytest.raises(CommandError, match="1 tenant database is not under the bounds"):
         call_command("tenants", "limits")
     report = capsys.readouterr().out
-    assert f"{noisy.tenant.email}: connection limit -1 instead of {settings.TENANT_ROLE_CONNECTION_LIMIT}" in report
+    assert (
+        f"{noisy.workspace.owner.email}: connection limit -1 instead of {settings.TENANT_ROLE_CONNECTION_LIMIT}"
+        in report
+    )
     assert "may call 1 advisory-lock functions" in report
-    assert quiet.tenant.email not in report
+    assert quiet.workspace.owner.email not in report
 
     call_command("tenants", "limits", "--apply")
-    assert f"fixed: {noisy.tenant.email}" in capsys.readouterr().out
+    assert f"fixed: {noisy.workspace.owner.email}" in capsys.readouterr().out
 
     call_command("tenants", "limits")
     assert "every tenant database is under the bounds" in capsys.readouterr().out

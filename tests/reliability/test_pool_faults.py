@@ -18,7 +18,7 @@ from tenants import services
 from tenants.models import User, VectorDatabase
 from tests.conftest import _worker_environment
 from tests.emulators.neon import NeonEmulator
-from tests.helpers import neon_settings_for
+from tests.helpers import neon_settings_for, personal_workspace
 from tests.tenants.test_warm_pool import (  # noqa: F401  (fixtures)
     REGION,
     _drop_template,
@@ -54,7 +54,7 @@ def test_sign_ups_racing_for_the_last_pooled_database_one_gets_it_the_others_fal
     for thread in threads:
         thread.join(timeout=30)
 
-    rows = VectorDatabase.objects.filter(tenant__in=tenants)
+    rows = VectorDatabase.objects.filter(workspace__owner__in=tenants)
     assert rows.count() == RACERS and len(set(requested.values())) == RACERS
     claimed = [row for row in rows if row.claimed_at is not None]
     assert [row.id for row in claimed] == [last.id]  # exactly one took it
@@ -72,11 +72,11 @@ def test_a_pooled_row_locked_by_one_claim_is_skipped_by_another_without_waiting(
         other_claim.execute("SELECT id FROM vector_databases WHERE id = %s FOR UPDATE", [pooled.id])
         started = time.monotonic()
 
-        assert services.vector_database_claim(tenant, REGION) is None
+        assert services.vector_database_claim(personal_workspace(tenant), REGION) is None
 
         assert time.monotonic() - started < 2  # SKIP LOCKED: no waiting for the other transaction
     pooled.refresh_from_db()
-    assert (pooled.status, pooled.tenant) == (Status.POOLED, None)
+    assert (pooled.status, pooled.workspace) == (Status.POOLED, None)
 
 
 def test_a_pooled_database_gone_from_its_server_is_skipped_by_the_claim(pool_of, admin_dsn):
@@ -90,8 +90,12 @@ def test_a_pooled_database_gone_from_its_server_is_skipped_by_the_claim(pool_of,
     assert (ready.id, ready.status) == (kept.id, Status.READY)
     assert can_log_in(dsn_of(ready))
     gone.refresh_from_db()
-    assert (gone.status, gone.tenant, gone.last_error) == (Status.DELETED, None, "missing on its server when claimed")
-    assert VectorDatabase.objects.filter(tenant=ready.tenant).count() == 1
+    assert (gone.status, gone.workspace, gone.last_error) == (
+        Status.DELETED,
+        None,
+        "missing on its server when claimed",
+    )
+    assert VectorDatabase.objects.filter(workspace=ready.workspace).count() == 1
 
 
 def test_databases_waiting_in_the_pool_behind_a_schema_change_are_never_handed_out(pool_of, settings, admin_dsn):
@@ -176,7 +180,11 @@ def test_a_worker_killed_between_claim_and_rotation_never_lets_the_old_password_
         worker.wait()
 
     claimed = VectorDatabase.objects.get(id=pooled.id)
-    assert (claimed.tenant_id, claimed.status, claimed.rotation_pending) == (tenant.id, Status.PENDING, True)
+    assert (claimed.workspace, claimed.status, claimed.rotation_pending) == (
+        personal_workspace(tenant),
+        Status.PENDING,
+        True,
+    )
     with pytest.raises(services.TenantDatabaseNotReady):
         services.tenant_target(tenant)  # the app does not connect to it yet
 

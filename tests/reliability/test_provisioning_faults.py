@@ -17,7 +17,7 @@ from tenants import services
 from tenants.models import VectorDatabase
 from tests.conftest import _worker_environment
 from tests.emulators.neon import NeonEmulator
-from tests.helpers import neon_settings_for
+from tests.helpers import neon_settings_for, personal_workspace
 
 Status = VectorDatabase.Status
 TENANTS = 50
@@ -66,7 +66,9 @@ def test_fifty_tenants_through_faults_and_slow_answers_get_exactly_one_project_e
     django_user_model, neon, neon_settings
 ):
     tenants = [django_user_model.objects.create_user(email=f"tenant{n}@example.com") for n in range(TENANTS)]
-    ids = [VectorDatabase.objects.create(tenant=tenant, provider="neon").id for tenant in tenants]
+    ids = [
+        VectorDatabase.objects.create(workspace=personal_workspace(tenant), provider="neon").id for tenant in tenants
+    ]
     neon.fault_rate = 0.3
     neon.fault_statuses = FAULT_STATUSES
     neon.latency_seconds = 0.03
@@ -97,7 +99,7 @@ def test_fifty_tenants_through_faults_and_slow_answers_get_exactly_one_project_e
 @pytest.mark.timeout(60)
 @pytest.mark.django_db(transaction=True)
 def test_a_provision_that_fails_after_neon_created_the_project_is_finished_by_the_next_run(owner, neon, neon_settings):
-    vector_database = VectorDatabase.objects.create(tenant=owner, provider="neon")
+    vector_database = VectorDatabase.objects.create(workspace=personal_workspace(owner), provider="neon")
     neon.inject(500, method="POST", path="^/projects$", after_handling=True)  # created, answer lost
     neon.inject(503, times=100, method="GET", path="/operations$")  # and this run gets no further
 
@@ -143,7 +145,7 @@ def test_a_worker_killed_mid_provision_leaves_one_project_that_the_next_run_comp
     owner, neon, neon_settings, tmp_path
 ):
     neon.operation_delay_seconds = 2.0  # long enough to kill the worker while it waits for Neon's operations
-    vector_database = VectorDatabase.objects.create(tenant=owner, provider="neon")
+    vector_database = VectorDatabase.objects.create(workspace=personal_workspace(owner), provider="neon")
     environment = _worker_environment(connection.settings_dict["NAME"])
     environment.update({name: str(value) for name, value in neon_settings_for(neon, **FAULT_SETTINGS).items()})
     environment["DJANGO_SETTINGS_MODULE"] = "config.settings"

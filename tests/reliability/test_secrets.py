@@ -25,6 +25,7 @@ from documents.models import Document
 from tenants import services as tenant_services
 from tenants.models import VectorDatabase
 from tenants.provisioners import ProvisionedDatabase
+from tests.helpers import personal_workspace
 from tests.reliability.test_isolation import text_pdf
 from vectordb.connections import TenantTarget, get_registry
 from vectordb.fleet import FleetMember
@@ -53,7 +54,7 @@ def tenant(owner, settings, tmp_path, caplog):
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.OPENAI_API_KEY = ""
     caplog.set_level(logging.DEBUG)
-    row = VectorDatabase.objects.create(tenant=owner, provider="postgres")
+    row = VectorDatabase.objects.create(workspace=personal_workspace(owner), provider="postgres")
     database = tenant_services.vector_database_provision(row.id)
     assert database.status == VectorDatabase.Status.READY, database.last_error
     document = document_services.document_upload(owner, ContentFile(text_pdf(PAGES), name="log.pdf"), enqueue=False)

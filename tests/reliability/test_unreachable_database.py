@@ -10,6 +10,7 @@ from django.urls import reverse
 
 from tenants.crypto import encrypt_credentials
 from tenants.models import User, VectorDatabase
+from tests.helpers import personal_workspace
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
@@ -19,9 +20,9 @@ NOWHERE = "postgresql://nobody:secret@127.0.0.1:1/nowhere?connect_timeout=2"
 
 @pytest.fixture
 def unreachable_owner(owner: User) -> User:
-    """The owner's database is registered as ready, but its server does not answer."""
+    """The owner's personal workspace's database is registered as ready, but its server does not answer."""
     VectorDatabase.objects.create(
-        tenant=owner,
+        workspace=personal_workspace(owner),
         provider="postgres",
         external_id="tenant_gone",
         status=VectorDatabase.Status.READY,

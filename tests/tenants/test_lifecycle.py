@@ -13,7 +13,7 @@ from tenants import services
 from tenants.crypto import decrypt_credentials
 from tenants.models import User, VectorDatabase
 from tenants.provisioners import get_provisioner
-from tests.helpers import embedding_model_of, wait_for_database_status
+from tests.helpers import embedding_model_of, personal_workspace, wait_for_database_status
 from vectordb.schema import latest_schema_version
 
 Status = VectorDatabase.Status
@@ -44,7 +44,7 @@ def test_sign_up_provisions_a_dedicated_database_through_a_celery_worker(
 
     assert payload["status"] == "ready", payload
     assert payload["schema_version"] == latest_schema_version()
-    vector_database = VectorDatabase.objects.get(tenant__email="ada@example.com")
+    vector_database = VectorDatabase.objects.get(workspace__owner__email="ada@example.com")
     assert vector_database.attempts == 1
     credentials = decrypt_credentials(vector_database.encrypted_credentials)
     with psycopg.connect(credentials["dsn"]) as tenant:
@@ -61,7 +61,7 @@ def test_sign_up_provisions_a_dedicated_database_through_a_celery_worker(
 @pytest.mark.django_db(transaction=True)
 def test_dashboard_shows_the_database_status(client, owner, erase_tenants_afterwards):
     client.force_login(owner)
-    VectorDatabase.objects.create(tenant=owner, provider="postgres", status=Status.PROVISIONING)
+    VectorDatabase.objects.create(workspace=personal_workspace(owner), provider="postgres", status=Status.PROVISIONING)
 
     page = client.get(reverse("dashboard"))
 
@@ -75,7 +75,7 @@ def test_dashboard_shows_the_database_status(client, owner, erase_tenants_afterw
 def test_provisioning_the_same_tenant_from_two_workers_at_once_yields_one_database(
     owner, admin_dsn, erase_tenants_afterwards
 ):
-    vector_database = VectorDatabase.objects.create(tenant=owner, provider="postgres")
+    vector_database = VectorDatabase.objects.create(workspace=personal_workspace(owner), provider="postgres")
     results, errors = [], []
 
     def provision():
@@ -103,7 +103,9 @@ def test_provisioning_the_same_tenant_from_two_workers_at_once_yields_one_databa
 
 @pytest.mark.django_db(transaction=True)
 def test_a_failed_provisioning_is_reported_and_can_be_retried(client, owner, settings, erase_tenants_afterwards):
-    vector_database = VectorDatabase.objects.create(tenant=owner, provider="postgres", region="mars-1")
+    vector_database = VectorDatabase.objects.create(
+        workspace=personal_workspace(owner), provider="postgres", region="mars-1"
+    )
 
     with pytest.raises(services.ProvisioningFailed):
         services.vector_database_provision(vector_database.id)
@@ -132,7 +134,7 @@ def test_deleting_the_account_erases_the_database_and_the_user(client, celery_wo
         {"email": "grace@example.com", "password1": "compiler pioneer 1952", "password2": "compiler pioneer 1952"},
     )
     wait_for_database_status(client, {"ready"})
-    vector_database = VectorDatabase.objects.get(tenant__email="grace@example.com")
+    vector_database = VectorDatabase.objects.get(workspace__owner__email="grace@example.com")
     assert _database_exists(admin_dsn, vector_database.external_id)
 
     wrong = client.post(reverse("account_delete"), {"confirm_email": "someone@else.com"})
@@ -147,7 +149,7 @@ def test_deleting_the_account_erases_the_database_and_the_user(client, celery_wo
     assert not User.objects.filter(email="grace@example.com").exists()
     vector_database.refresh_from_db()
     assert vector_database.status == Status.DELETED
-    assert vector_database.tenant is None
+    assert vector_database.workspace is None
     assert vector_database.encrypted_credentials == ""
     assert not _database_exists(admin_dsn, vector_database.external_id)
     # Erasing twice is harmless.
@@ -157,7 +159,7 @@ def test_deleting_the_account_erases_the_database_and_the_user(client, celery_wo
 @pytest.mark.django_db(transaction=True)
 def test_tenants_command_adds_shows_and_removes_a_tenant(capsys, admin_dsn):
     call_command("tenants", "add", "ops@example.com", "--region", "local")
-    vector_database = VectorDatabase.objects.get(tenant__email="ops@example.com")
+    vector_database = VectorDatabase.objects.get(workspace__owner__email="ops@example.com")
     assert vector_database.status == Status.READY
     assert "ops@example.com: ready" in capsys.readouterr().out
 
@@ -192,7 +194,9 @@ def test_tenants_command_adds_shows_and_removes_a_tenant(capsys, admin_dsn):
 def test_reconcile_reports_orphans_and_missing_databases_then_fixes_them(owner, capsys, erase_tenants_afterwards):
     provisioner = get_provisioner()
     orphan = provisioner.create("orphan" + owner.email[:3], "local")
-    tracked = services.vector_database_provision(VectorDatabase.objects.create(tenant=owner, provider="postgres").id)
+    tracked = services.vector_database_provision(
+        VectorDatabase.objects.create(workspace=personal_workspace(owner), provider="postgres").id
+    )
     provisioner.delete(tracked.external_id, tracked.server)  # gone behind the registry's back
 
     with pytest.raises(CommandError, match="disagree"):
@@ -213,7 +217,7 @@ def test_reconcile_reports_orphans_and_missing_databases_then_fixes_them(owner, 
 
 @pytest.mark.django_db(transaction=True)
 def test_erasing_a_tenant_whose_provisioning_died_before_recording_its_database_drops_that_database(owner, admin_dsn):
-    vector_database = VectorDatabase.objects.create(tenant=owner, provider="postgres")
+    vector_database = VectorDatabase.objects.create(workspace=personal_workspace(owner), provider="postgres")
     VectorDatabase.objects.filter(id=vector_database.id).update(status=Status.PROVISIONING, attempts=1)
     made = get_provisioner("postgres").create(vector_database.tenant_key)  # then the worker died
     assert _database_exists(admin_dsn, made.external_id)

@@ -18,7 +18,7 @@ from tenants.provisioners import get_provisioner
 from tenants.tasks import provision_vector_database
 from tests.conftest import WORKER_READY_TIMEOUT_SECONDS, CeleryWorker
 from tests.emulators.neon import NeonEmulator
-from tests.helpers import embedding_model_of, neon_settings_for, wait_for_database_status
+from tests.helpers import embedding_model_of, neon_settings_for, personal_workspace, wait_for_database_status
 from vectordb.schema import latest_schema_version
 
 Status = VectorDatabase.Status
@@ -91,7 +91,9 @@ def neon_worker(neon, neon_settings, task_queue, monkeypatch, transactional_db):
 
 
 def _provision(tenant: User) -> VectorDatabase:
-    return services.vector_database_provision(VectorDatabase.objects.create(tenant=tenant, provider="neon").id)
+    return services.vector_database_provision(
+        VectorDatabase.objects.create(workspace=personal_workspace(tenant), provider="neon").id
+    )
 
 
 def _assert_tenant_schema(dsn: str) -> None:
@@ -104,7 +106,7 @@ def _assert_tenant_schema(dsn: str) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_provisioning_makes_a_ready_neon_project_and_records_it_in_the_registry(owner, neon, neon_settings):
-    vector_database = VectorDatabase.objects.create(tenant=owner, provider="neon")
+    vector_database = VectorDatabase.objects.create(workspace=personal_workspace(owner), provider="neon")
 
     provisioned = services.vector_database_provision(vector_database.id)
 
@@ -132,7 +134,7 @@ def test_provisioning_makes_a_ready_neon_project_and_records_it_in_the_registry(
 def test_a_provisioning_retried_after_its_worker_died_finds_the_project_instead_of_making_another(
     owner, neon, neon_settings
 ):
-    vector_database = VectorDatabase.objects.create(tenant=owner, provider="neon")
+    vector_database = VectorDatabase.objects.create(workspace=personal_workspace(owner), provider="neon")
     # The first attempt got as far as creating the project, then its worker died before recording anything.
     VectorDatabase.objects.filter(id=vector_database.id).update(status=Status.PROVISIONING, attempts=1)
     get_provisioner().create(vector_database.tenant_key, first_attempt=True)
@@ -150,7 +152,7 @@ def test_erasing_a_tenant_whose_provisioning_died_before_recording_its_project_d
     owner, stranger, neon, neon_settings
 ):
     kept = _provision(stranger)
-    vector_database = VectorDatabase.objects.create(tenant=owner, provider="neon")
+    vector_database = VectorDatabase.objects.create(workspace=personal_workspace(owner), provider="neon")
     VectorDatabase.objects.filter(id=vector_database.id).update(status=Status.PROVISIONING, attempts=1)
     get_provisioner().create(vector_database.tenant_key, first_attempt=True)  # then the worker died
 
@@ -174,7 +176,7 @@ def test_sign_up_provisions_a_neon_project_through_a_celery_worker(client, neon,
     assert payload["provider"] == "neon"
     assert payload["schema_version"] == latest_schema_version()
     assert "postgresql://" not in str(payload)
-    vector_database = VectorDatabase.objects.get(tenant__email="ada@example.com")
+    vector_database = VectorDatabase.objects.get(workspace__owner__email="ada@example.com")
     assert (vector_database.provider, vector_database.region, vector_database.attempts) == ("neon", REGION, 1)
     assert neon.project_names() == [f"silo-{vector_database.tenant_key}"]
     assert vector_database.external_id == neon.project_ids[0]
@@ -195,7 +197,7 @@ def test_erasing_a_tenant_deletes_its_neon_project_and_nobody_elses(owner, stran
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(erased_dsn, connect_timeout=5)
     erased.refresh_from_db()
-    assert (erased.status, erased.tenant, erased.encrypted_credentials) == (Status.DELETED, None, "")
+    assert (erased.status, erased.workspace, erased.encrypted_credentials) == (Status.DELETED, None, "")
     assert not User.objects.filter(id=owner.id).exists()
     _assert_tenant_schema(decrypt_credentials(kept.encrypted_credentials)["dsn"])
     # Erasing again is harmless and asks Neon nothing.
@@ -234,7 +236,7 @@ def test_reconcile_reports_an_orphan_project_and_a_missing_one_then_fixes_them(o
 @pytest.mark.django_db(transaction=True)
 def test_a_full_neon_plan_marks_the_database_failed_and_is_not_retried(owner, neon, neon_settings, caplog):
     neon.projects_limit = 0
-    vector_database = VectorDatabase.objects.create(tenant=owner, provider="neon")
+    vector_database = VectorDatabase.objects.create(workspace=personal_workspace(owner), provider="neon")
 
     # The real task, run in this process: a retry would show as a second attempt and a second POST.
     outcome = provision_vector_database.apply(args=[vector_database.id])

@@ -15,6 +15,7 @@ from django.urls import reverse
 from config.embedded_postgres import ensure_running, stop
 from tenants import services
 from tenants.models import TenantServer, User, VectorDatabase
+from tests.helpers import personal_workspace
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,9 @@ def two_servers(transactional_db, settings, second_server, admin_dsn):
 
 def _tenant(email: str) -> VectorDatabase:
     user = User.objects.create_user(email=email)
-    return services.vector_database_provision(VectorDatabase.objects.create(tenant=user, provider="postgres").id)
+    return services.vector_database_provision(
+        VectorDatabase.objects.create(workspace=personal_workspace(user), provider="postgres").id
+    )
 
 
 def _servers(*arguments) -> tuple[str, str]:
@@ -85,7 +88,7 @@ def test_placement_honours_each_servers_capacity(two_servers, settings):
     assert _tenant("first@example.com").server == "second"
 
     user = User.objects.create_user(email="second@example.com")
-    refused = VectorDatabase.objects.create(tenant=user, provider="postgres")
+    refused = VectorDatabase.objects.create(workspace=personal_workspace(user), provider="postgres")
     with pytest.raises(
         services.ProvisioningFailed,
         match=r"no tenant database server in any region takes new tenants \(down: none; draining: embedded; the "
@@ -121,11 +124,11 @@ def test_a_server_that_is_down_shows_its_tenants_unavailable_and_the_others_keep
         with psycopg.connect(services.vector_database_credentials(on_embedded)["dsn"]) as connection:
             assert connection.execute("SELECT count(*) FROM embeddings").fetchone() == (0,)
         # In the app: the tenant on the down server reads why chat is closed; the other chats as ever.
-        client.force_login(on_second.tenant)
+        client.force_login(on_second.workspace.owner)
         page = client.get(reverse("chat"))
         assert page.status_code == 200
         assert "Your database cannot be reached right now" in page.content.decode()
-        client.force_login(on_embedded.tenant)
+        client.force_login(on_embedded.workspace.owner)
         page = client.get(reverse("chat"))
         assert page.status_code == 200
         assert "cannot be reached" not in page.content.decode()

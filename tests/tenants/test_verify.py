@@ -11,6 +11,7 @@ from django.core.management.base import CommandError
 from tenants import services
 from tenants.crypto import decrypt_credentials, encrypt_credentials
 from tenants.models import User, VectorDatabase
+from tests.helpers import personal_workspace
 from vectordb.schema import latest_schema_version
 
 
@@ -20,7 +21,9 @@ def fleet(transactional_db):
     for number in range(2):
         user = User.objects.create_user(email=f"verified{number}@example.com")
         rows.append(
-            services.vector_database_provision(VectorDatabase.objects.create(tenant=user, provider="postgres").id)
+            services.vector_database_provision(
+                VectorDatabase.objects.create(workspace=personal_workspace(user), provider="postgres").id
+            )
         )
     yield rows
     for row in VectorDatabase.objects.exclude(status=VectorDatabase.Status.DELETED):

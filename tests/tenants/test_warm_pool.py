@@ -23,7 +23,7 @@ from tenants.crypto import decrypt_credentials
 from tenants.models import User, VectorDatabase
 from tenants.provisioners import get_provisioner
 from tests.emulators.neon import NeonEmulator
-from tests.helpers import embedding_model_of, neon_settings_for
+from tests.helpers import embedding_model_of, neon_settings_for, personal_workspace
 from vectordb.schema import latest_schema_version
 
 Status = VectorDatabase.Status
@@ -97,7 +97,7 @@ def test_fill_makes_pooled_databases_owned_by_nobody_at_the_latest_schema(pool_o
 
     assert len(pooled) == 2
     for row in pooled:
-        assert (row.tenant, row.claimed_at, row.provider, row.region) == (None, None, "postgres", REGION)
+        assert (row.workspace, row.claimed_at, row.provider, row.region) == (None, None, "postgres", REGION)
         assert row.schema_version == latest_schema_version()
         assert embedding_model_of(dsn_of(row)) == (row.embedding_model, row.embedding_dimensions)
         assert (row.embedding_model, row.embedding_dimensions) == (
@@ -119,15 +119,20 @@ def test_a_sign_up_claims_a_pooled_database_and_its_old_password_stops_working(p
 
     ready = sign_up("ada@example.com")
 
-    assert ready.id == pooled.id  # the pooled row itself, now the tenant's
-    assert (ready.status, ready.tenant.email, ready.rotation_pending) == (Status.READY, "ada@example.com", False)
+    assert ready.id == pooled.id  # the pooled row itself, now the personal workspace's
+    assert ready.workspace is not None and ready.workspace.personal
+    assert (ready.status, ready.workspace.owner.email, ready.rotation_pending) == (
+        Status.READY,
+        "ada@example.com",
+        False,
+    )
     assert ready.claimed_at is not None
     assert ready.attempts == pooled.attempts  # nothing was created for it
     assert not can_log_in(pool_password_dsn)
     assert can_log_in(dsn_of(ready))
     assert VectorDatabase.objects.filter(status=Status.POOLED).count() == 0
     # The tenant reaches it through the app's one door.
-    assert services.tenant_target(ready.tenant).key == pooled.tenant_key
+    assert services.tenant_target(ready.workspace).key == pooled.tenant_key
 
 
 def test_tenants_add_claims_from_the_pool_as_sign_up_does(pool_of):
@@ -136,7 +141,7 @@ def test_tenants_add_claims_from_the_pool_as_sign_up_does(pool_of):
     out = run_command("add", "grace@example.com")
 
     assert out.splitlines()[-1] == f"grace@example.com: ready (postgres, {pooled.external_id})"
-    row = VectorDatabase.objects.get(tenant__email="grace@example.com")
+    row = VectorDatabase.objects.get(workspace__owner__email="grace@example.com", workspace__personal=True)
     assert (row.id, row.status) == (pooled.id, Status.READY)
     assert row.claimed_at is not None
 
@@ -154,21 +159,21 @@ def test_a_region_without_a_pool_gets_nothing_from_another_regions_pool(pool_of)
     [pooled] = pool_of(1)
     tenant = User.objects.create_user(email="ada@example.com")
 
-    assert services.vector_database_claim(tenant, "eu-west") is None
+    assert services.vector_database_claim(personal_workspace(tenant), "eu-west") is None
 
     pooled.refresh_from_db()
-    assert (pooled.status, pooled.tenant) == (Status.POOLED, None)
-    assert not VectorDatabase.objects.filter(tenant=tenant).exists()
+    assert (pooled.status, pooled.workspace) == (Status.POOLED, None)
+    assert not VectorDatabase.objects.filter(workspace__owner=tenant).exists()
 
 
 def test_a_tenant_who_has_a_database_claims_nothing_more(pool_of):
     [pooled] = pool_of(1)
     first = sign_up("ada@example.com")
 
-    again = services.vector_database_request(first.tenant)
+    again = services.vector_database_request(first.workspace)
 
     assert again.id == first.id
-    assert VectorDatabase.objects.filter(tenant=first.tenant).count() == 1
+    assert VectorDatabase.objects.filter(workspace=first.workspace).count() == 1
     assert first.id == pooled.id
 
 

@@ -13,6 +13,7 @@ from tenants.crypto import decrypt_credentials, encrypt_credentials
 from tenants.models import MigrationRun, User, VectorDatabase
 from tenants.provisioners import get_provisioner
 from tenants.provisioners.postgres import TEMPLATE_DATABASE
+from tests.helpers import personal_workspace
 
 FLEET_MIGRATIONS = {"vectordb": "tests.vectordb.fleet_migrations"}
 BREAKING_MIGRATIONS = {"vectordb": "tests.vectordb.breaking_migrations"}
@@ -33,7 +34,7 @@ def fleet(transactional_db, admin_dsn):
     tenants = []
     for number in range(3):
         user = User.objects.create_user(email=f"tenant{number}@example.com")
-        row = VectorDatabase.objects.create(tenant=user, provider="postgres")
+        row = VectorDatabase.objects.create(workspace=personal_workspace(user), provider="postgres")
         tenants.append(services.vector_database_provision(row.id))
     yield tenants
     for row in VectorDatabase.objects.exclude(status=VectorDatabase.Status.DELETED):
@@ -138,7 +139,7 @@ def test_tenant_option_limits_the_run_to_one_tenant(fleet, settings):
     assert "1/1 tenants, 0 failed" in out
     assert "language" in _columns(_dsn(fleet[2]))
     assert "language" not in _columns(_dsn(fleet[0]))
-    with pytest.raises(CommandError, match="no ready tenant database for nobody@example.com"):
+    with pytest.raises(CommandError, match="no user with email nobody@example.com"):
         _run("--tenant", "nobody@example.com")
 
 

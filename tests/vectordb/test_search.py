@@ -10,6 +10,7 @@ import pytest
 from tenants import services
 from tenants.crypto import decrypt_credentials
 from tenants.models import VectorDatabase
+from tests.helpers import personal_workspace
 from vectordb import chunks, search
 
 DIMENSIONS = 384
@@ -22,7 +23,7 @@ def _vector(seed: int) -> list[float]:
 
 @pytest.fixture
 def tenant_connection(owner):
-    row = VectorDatabase.objects.create(tenant=owner, provider="postgres")
+    row = VectorDatabase.objects.create(workspace=personal_workspace(owner), provider="postgres")
     services.vector_database_provision(row.id)
     row.refresh_from_db()
     with psycopg.connect(decrypt_credentials(row.encrypted_credentials)["dsn"]) as connection:

@@ -8,8 +8,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.http import Http404
 
 from chat import services
-from tenants.management.lookup import user_for_command
-from tenants.models import User
+from tenants.management.lookup import membership_for_command, user_for_command
+from tenants.models import User, Workspace
+from tenants.permissions import Action
 from tenants.services import TenantDatabaseNotReady
 
 CITATION_FIELDS = ("document_id", "title", "page", "page_end", "location", "ocr", "score", "text", "quote")
@@ -31,6 +32,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--user", required=True, metavar="EMAIL")
+        parser.add_argument("--workspace", metavar="SLUG", default=None, help="Default: the user's personal one.")
         parser.add_argument("--document", type=int, metavar="ID", help="Only this document.")
         parser.add_argument("--k", type=int, default=None, help="Passages to retrieve (default RETRIEVAL_K).")
         parser.add_argument("--retrieve-only", action="store_true", help="Print the passages; do not answer.")
@@ -41,6 +43,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         user = user_for_command(options["user"])
+        workspace = membership_for_command(user, options["workspace"], Action.CHAT).workspace
         if options["k"] is not None and options["k"] < 1:
             raise CommandError(f"--k {options['k']}: give at least 1 passage")
         if options["batch"] and options["question"]:
@@ -55,20 +58,30 @@ class Command(BaseCommand):
         try:
             for question in questions:
                 history = histories.setdefault(question.conversation, []) if question.conversation else []
-                self._ask(user, question, history, options, as_json)
+                self._ask(user, workspace, question, history, options, as_json)
         except Http404:
-            raise CommandError(f"{user.email} has no document {options['document']}") from None
+            where = user.email if workspace.personal else f"workspace {workspace.slug}"
+            raise CommandError(f"{where} has no document {options['document']}") from None
         except TenantDatabaseNotReady as error:
-            raise CommandError(f"{user.email}'s database is {error.status}") from None
+            label = workspace.label
+            raise CommandError(f"{label}'s database is {error.status}") from None
 
-    def _ask(self, user: User, question: _Question, history: list, options: dict, as_json: bool) -> None:
+    def _ask(
+        self, user: User, workspace: Workspace, question: _Question, history: list, options: dict, as_json: bool
+    ) -> None:
         try:
             text = services.question_validate(question.text)
         except services.QuestionRejected as error:
             where = f"line {question.line}: " if question.line else ""
             raise CommandError(f"{where}{error}") from None
         retrieval = services.passages_for_turn(
-            user, text, history, options["document"], k=options["k"], hybrid=not options["vector_only"]
+            user,
+            text,
+            history,
+            options["document"],
+            k=options["k"],
+            hybrid=not options["vector_only"],
+            workspace=workspace,
         )
         answer = ""
         if not options["retrieve_only"]:

@@ -3,8 +3,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from documents import services
 from documents.models import Document
-from tenants.management.lookup import user_for_command
-from tenants.models import User, VectorDatabase
+from tenants.management.lookup import workspace_for_command
+from tenants.models import VectorDatabase, Workspace
 from tenants.services import TenantDatabaseNotReady
 from vectordb.connections import ConnectionCapacityExhausted
 
@@ -18,27 +18,32 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         which = parser.add_mutually_exclusive_group(required=True)
-        which.add_argument("--user", metavar="EMAIL", help="The tenant whose documents to re-embed.")
-        which.add_argument("--all", action="store_true", help="Every tenant with a ready database.")
+        which.add_argument("--workspace", metavar="SLUG_OR_EMAIL", help="The workspace whose documents to re-embed.")
+        which.add_argument("--user", metavar="EMAIL", help="That person's personal workspace (as --workspace EMAIL).")
+        which.add_argument("--all", action="store_true", help="Every workspace with a ready database.")
 
-    def handle(self, *args, user: str | None, all: bool, **options) -> None:
-        if user:
-            tenants = [user_for_command(user)]
+    def handle(self, *args, workspace: str | None, user: str | None, all: bool, **options) -> None:
+        if workspace or user:
+            tenants = [workspace_for_command(workspace or user or "")]
         else:
-            tenants = list(User.objects.filter(vector_database__status=VectorDatabase.Status.READY).order_by("id"))
+            tenants = list(
+                Workspace.objects.filter(vector_database__status=VectorDatabase.Status.READY)
+                .select_related("owner")
+                .order_by("id")
+            )
         failed_tenants, failed_documents = [], 0
         for tenant in tenants:
             try:
                 report = services.documents_reembed(tenant, on_document=self._document_done)
             except TenantDatabaseNotReady as error:
-                failed_tenants.append(tenant.email)
-                self.stderr.write(f"{tenant.email}: database is {error.status}; nothing re-embedded")
+                failed_tenants.append(tenant.label)
+                self.stderr.write(f"{tenant.label}: database is {error.status}; nothing re-embedded")
                 continue
             except ValueError as error:  # a configured dimension the index cannot take: no tenant would do better
                 raise CommandError(str(error)) from None
             except (psycopg.Error, ConnectionCapacityExhausted) as error:
-                failed_tenants.append(tenant.email)
-                self.stderr.write(f"{tenant.email}: database unavailable ({type(error).__name__}); run again later")
+                failed_tenants.append(tenant.label)
+                self.stderr.write(f"{tenant.label}: database unavailable ({type(error).__name__}); run again later")
                 continue
             failed_documents += len(report.failed)
             self.stdout.write(_summary(report))
@@ -65,4 +70,4 @@ def _summary(report: services.ReembedReport) -> str:
     counts = f"{len(report.ready)} ready, {len(report.failed)} failed"
     if report.skipped:
         counts += f", {len(report.skipped)} left to the worker ingesting them"
-    return f"{report.tenant.email}: {switched}; {counts}"
+    return f"{report.workspace.label}: {switched}; {counts}"

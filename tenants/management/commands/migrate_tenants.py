@@ -3,6 +3,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from config.progress import progress_bar
 from tenants import services
+from tenants.management.lookup import workspace_for_command
 from vectordb.fleet import FleetOutcome, fleet_needing_contact, fleet_plan
 
 
@@ -15,7 +16,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--jobs", type=int, default=settings.TENANT_MIGRATION_JOBS, help="Tenants at once.")
         parser.add_argument("--plan", action="store_true", help="Print what is pending per tenant; change nothing.")
-        parser.add_argument("--tenant", metavar="EMAIL", help="Only this tenant.")
+        parser.add_argument(
+            "--tenant", metavar="SLUG_OR_EMAIL", help="Only this workspace (an email: that person's personal one)."
+        )
         parser.add_argument(
             "--canary", type=int, metavar="N", help="Migrate N tenants first; stop there if any of them fails."
         )
@@ -44,10 +47,11 @@ class Command(BaseCommand):
         if max_failures is not None and max_failures < 1:
             raise CommandError("--max-failures must be at least 1")
         # Decided in the registry: only the tenants it does not record at the latest migration are loaded.
-        total = services.fleet_size(tenant)
+        workspace = workspace_for_command(tenant) if tenant else None
+        total = services.fleet_size(workspace)
         if tenant and not total:
             raise CommandError(f"no ready tenant database for {tenant}")
-        members = services.fleet_members(tenant, behind_only=True)
+        members = services.fleet_members(workspace, behind_only=True)
         if plan:
             return self._plan(members, jobs)
         failed = 0

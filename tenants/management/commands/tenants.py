@@ -2,31 +2,48 @@ import json
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db.models import Count
+from django.utils.text import slugify
 
 from tenants import selectors, services
 from tenants.crypto import decrypt_credentials
-from tenants.management.lookup import user_for_command
-from tenants.models import User, VectorDatabase
+from tenants.management.lookup import user_for_command, workspace_for_command
+from tenants.models import Membership, User, VectorDatabase, Workspace
+from tenants.workspaces import WorkspaceRefused, workspace_create
+
+WORKSPACE_HELP = "A workspace slug, or an email for that person's personal workspace."
 
 
 class Command(BaseCommand):
     help = (
-        "Operate the fleet of tenant databases: add, show, dsn, remove, list, reconcile, limits, pool, verify, servers."
+        "Operate the fleet of workspaces (the tenants) and their databases: add, show, dsn, remove, list, reconcile, "
+        "limits, pool, verify, servers. Every subcommand that names a tenant takes a workspace slug or an email (that "
+        "person's personal workspace)."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         subcommands = parser.add_subparsers(dest="subcommand", required=True)
-        add = subcommands.add_parser("add", help="Create the user if missing and provision their database now.")
-        add.add_argument("email")
+        add = subcommands.add_parser(
+            "add",
+            help="EMAIL: create the account if missing and provision its personal workspace's database now. "
+            "SLUG --owner EMAIL: create a team workspace owned by EMAIL.",
+        )
+        add.add_argument("identifier", metavar="EMAIL_OR_SLUG")
+        add.add_argument("--owner", metavar="EMAIL", default=None, help="Owner of a new team workspace.")
+        add.add_argument("--name", default=None, help="Name of a new team workspace (default: its slug).")
         add.add_argument("--region", default=None)
-        show = subcommands.add_parser("show", help="Where a tenant's database is and its state.")
-        show.add_argument("email")
+        show = subcommands.add_parser("show", help="Where a workspace's database is and its state.")
+        show.add_argument("identifier", metavar="SLUG_OR_EMAIL", help=WORKSPACE_HELP)
         show.add_argument("--json", action="store_true")
-        dsn = subcommands.add_parser("dsn", help="Print the tenant's connection URI (operator use only).")
-        dsn.add_argument("email")
-        remove = subcommands.add_parser("remove", help="Drop the tenant's database and delete the account.")
-        remove.add_argument("email")
-        listing = subcommands.add_parser("list", help="Every tenant database in the registry.")
+        dsn = subcommands.add_parser("dsn", help="Print the workspace database's connection URI (operator use only).")
+        dsn.add_argument("identifier", metavar="SLUG_OR_EMAIL", help=WORKSPACE_HELP)
+        remove = subcommands.add_parser(
+            "remove",
+            help="SLUG: drop the workspace's database and delete it. EMAIL: delete the account, with the workspaces "
+            "it solely owns.",
+        )
+        remove.add_argument("identifier", metavar="SLUG_OR_EMAIL")
+        listing = subcommands.add_parser("list", help="Every workspace database in the registry.")
         listing.add_argument("--json", action="store_true")
         reconcile = subcommands.add_parser("reconcile", help="Compare the registry with the provider.")
         reconcile.add_argument("--apply", action="store_true", help="Delete orphans, re-provision what is missing.")
@@ -57,63 +74,112 @@ class Command(BaseCommand):
     def handle(self, *args, subcommand: str, **options) -> None:
         getattr(self, f"_{subcommand}")(**options)
 
-    def _vector_database(self, email: str) -> VectorDatabase:
-        vector_database = selectors.vector_database_for_tenant(user_for_command(email))
+    def _vector_database(self, identifier: str) -> VectorDatabase:
+        workspace = workspace_for_command(identifier)
+        vector_database = selectors.vector_database_for_tenant(workspace)
         if vector_database is None:
-            raise CommandError(f"{email} has no vector database; run `tenants add {email}`")
+            raise CommandError(f"{workspace.slug} has no vector database; run `tenants add {identifier.strip()}`")
         return vector_database
 
-    def _add(self, email: str, region: str | None, **_) -> None:
-        tenant = selectors.user_by_email(email)
-        if tenant is None:
-            tenant = User.objects.create_user(email=email.strip())  # no password: signs in with a reset or Google
-            self.stdout.write(f"created user {tenant.email}")
-        vector_database = services.vector_database_request(tenant, region=region)
+    def _account(self, email: str) -> User:
+        user = selectors.user_by_email(email)
+        if user is None:
+            user = User.objects.create_user(email=email.strip())  # no password: signs in with a reset or Google
+            self.stdout.write(f"created user {user.email}")
+        return user
+
+    def _add(self, identifier: str, owner: str | None, name: str | None, region: str | None, **_) -> None:
+        identifier = identifier.strip()
+        if owner is not None:
+            workspace = self._team_workspace(identifier, owner, name, region)
+        elif "@" in identifier:
+            workspace = Workspace.objects.personal_for(self._account(identifier))
+        else:
+            workspace = workspace_for_command(identifier)
+        vector_database = services.vector_database_request(workspace, region=region)
         if vector_database.status == VectorDatabase.Status.FAILED:
-            services.vector_database_retry(tenant)
+            services.vector_database_retry(workspace)
         try:
             vector_database = services.vector_database_provision(vector_database.id)
         except services.ProvisioningFailed as error:
             raise CommandError(f"provisioning failed: {error}") from None
         if vector_database.status != VectorDatabase.Status.READY:
             raise CommandError(f"provisioning failed: {vector_database.last_error}")
+        label = workspace.label
         self.stdout.write(
-            self.style.SUCCESS(f"{tenant.email}: ready ({vector_database.provider}, {vector_database.external_id})")
+            self.style.SUCCESS(f"{label}: ready ({vector_database.provider}, {vector_database.external_id})")
         )
 
-    def _show(self, email: str, json: bool, **_) -> None:
-        summary = selectors.vector_database_summary(self._vector_database(email), with_size=True)
+    def _team_workspace(self, slug: str, owner_email: str, name: str | None, region: str | None) -> Workspace:
+        slug = slug.lower()
+        if "@" in slug or slug != slugify(slug) or not slug:
+            raise CommandError(f"{slug!r} is not a workspace slug: use lowercase letters, digits and hyphens")
+        existing = Workspace.objects.filter(slug=slug).first()
+        if existing is not None:
+            if existing.owner.email != owner_email.strip().lower():
+                raise CommandError(f"workspace {slug} exists, owned by {existing.owner.email}")
+            return existing  # idempotent: add again finishes provisioning
+        try:
+            workspace = workspace_create(self._account(owner_email), name or slug, region=region, slug=slug)
+        except WorkspaceRefused as error:
+            raise CommandError(str(error)) from None
+        self.stdout.write(f"created workspace {workspace.slug} owned by {workspace.owner.email}")
+        return workspace
+
+    def _show(self, identifier: str, json: bool, **_) -> None:
+        summary = selectors.vector_database_summary(self._vector_database(identifier), with_size=True)
         if json:
             self.stdout.write(_json(summary))
         else:
             for key, value in summary.items():
+                if isinstance(value, dict):
+                    value = ", ".join(f"{k}={v}" for k, v in value.items())
                 self.stdout.write(f"{key:>22}: {value if value is not None else ''}")
 
-    def _dsn(self, email: str, **_) -> None:
-        vector_database = self._vector_database(email)
+    def _dsn(self, identifier: str, **_) -> None:
+        vector_database = self._vector_database(identifier)
         if vector_database.status != VectorDatabase.Status.READY:
-            raise CommandError(f"{email}'s database is {vector_database.status}")
+            raise CommandError(f"{identifier.strip()}'s database is {vector_database.status}")
         self.stdout.write(decrypt_credentials(vector_database.encrypted_credentials)["dsn"])
 
-    def _remove(self, email: str, **_) -> None:
-        services.tenant_erase(user_for_command(email).id)
-        self.stdout.write(self.style.SUCCESS(f"{email}: database dropped and account deleted"))
+    def _remove(self, identifier: str, **_) -> None:
+        if "@" in identifier:
+            services.tenant_erase(user_for_command(identifier).id)
+            self.stdout.write(self.style.SUCCESS(f"{identifier.strip()}: account deleted with the workspaces it owned"))
+            return
+        workspace = workspace_for_command(identifier)
+        if workspace.personal:
+            raise CommandError(
+                f"{workspace.slug} is {workspace.owner.email}'s personal workspace: remove the account instead"
+            )
+        services.workspace_erase(workspace.id)
+        self.stdout.write(self.style.SUCCESS(f"{workspace.slug}: database dropped and workspace deleted"))
 
     def _list(self, json: bool, **_) -> None:
-        rows = [
-            selectors.vector_database_summary(row)
-            for row in VectorDatabase.objects.select_related("tenant").exclude(status=VectorDatabase.Status.DELETED)
-        ]
+        live = VectorDatabase.objects.select_related("workspace__owner").exclude(status=VectorDatabase.Status.DELETED)
+        members = dict(
+            Membership.objects.values_list("workspace_id")
+            .annotate(count=Count("id"))
+            .values_list("workspace_id", "count")
+        )
+        rows = []
+        for row in live.order_by("id"):
+            summary = selectors.vector_database_summary(row)
+            summary["members"] = members.get(row.workspace_id, 0) if row.workspace_id else 0
+            rows.append(summary)
         if json:
             self.stdout.write(_json(rows))
             return
-        self.stdout.write(f"{'email':<32} {'status':<13} {'provider':<9} {'region':<16} {'schema':<28} external id")
-        for row in rows:
+        self.stdout.write(
+            f"{'workspace':<30} {'owner':<30} {'members':>7} {'status':<13} {'region':<16} {'schema':<28} provider"
+        )
+        for summary in rows:
+            named = summary["workspace"] or {"slug": "-", "owner": "-"}
             self.stdout.write(
-                f"{(row['email'] or '-'):<32} {row['status']:<13} {row['provider']:<9} {row['region']:<16} "
-                f"{row['schema_version']:<28} {row['external_id']}"
+                f"{named['slug']:<30} {named['owner']:<30} {summary['members']:>7} {summary['status']:<13} "
+                f"{summary['region']:<16} {summary['schema_version']:<28} {summary['provider']}"
             )
-        self.stdout.write(f"{len(rows)} tenant database(s)")
+        self.stdout.write(f"{len(rows)} workspace database(s)")
 
     def _reconcile(self, apply: bool, **_) -> None:
         report = services.tenants_reconcile(apply=apply)
