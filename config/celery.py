@@ -11,6 +11,18 @@ app.autodiscover_tasks()
 _tasks_import_lock = threading.Lock()
 
 
+def provisioning_queue(default_queue: str) -> str:
+    return f"{default_queue}-provisioning"
+
+
+def route_provisioning_task(name: str, args, kwargs, options, task=None, **extra) -> dict | None:
+    """tenants' tasks go to the provisioning queue named after the default queue of the moment, not of start-up:
+    whoever points the default queue elsewhere (a worker set up for another provider) takes provisioning with it."""
+    if name.startswith("tenants.tasks."):
+        return {"queue": provisioning_queue(app.conf.task_default_queue)}
+    return None
+
+
 def enqueue(task_name: str, *args: object) -> None:
     """Queue a task by its registered name. Services enqueue this way rather than import their app's tasks module,
     which imports them: imports flow one way, tasks -> services. The task's own options (queue, retries) apply."""

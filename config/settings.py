@@ -392,10 +392,11 @@ CELERY_BEAT_SCHEDULE = {
 # Scanned PDFs are ingested on a queue of their own, by workers of their own: one tenant's 300-page scan never stalls
 # everyone's text documents.
 CELERY_OCR_QUEUE = env_str("CELERY_OCR_QUEUE", f"{CELERY_TASK_DEFAULT_QUEUE}-ocr")
-CELERY_TASK_ROUTES = {
-    "tenants.tasks.*": {"queue": CELERY_PROVISIONING_QUEUE},
-    "documents.tasks.ingest_scanned_document": {"queue": CELERY_OCR_QUEUE},
-}
+# Provisioning tasks follow the default queue as it is when they are sent (config.celery.route_provisioning_task).
+CELERY_TASK_ROUTES = (
+    "config.celery.route_provisioning_task",
+    {"documents.tasks.ingest_scanned_document": {"queue": CELERY_OCR_QUEUE}},
+)
 
 CACHE_KEY_PREFIX_FOR_SLOTS = env_str("CACHE_KEY_PREFIX", "silo")
 CACHES = {

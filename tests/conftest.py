@@ -79,6 +79,14 @@ def _worker_environment(database_name: str) -> dict[str, str]:
     )
 
 
+def worker_queues() -> list[str]:
+    """The queues a worker for the current default queue serves: its own, its provisioning queue and OCR."""
+    from config.celery import provisioning_queue
+
+    default_queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    return [default_queue, provisioning_queue(default_queue), settings.CELERY_OCR_QUEUE]
+
+
 class CeleryWorker:
     """A real `celery worker` process bound to the test database and the test queue."""
 
@@ -103,7 +111,7 @@ class CeleryWorker:
                 "--concurrency",
                 str(self.concurrency),
                 "--queues",
-                f"{settings.CELERY_TASK_DEFAULT_QUEUE},{settings.CELERY_PROVISIONING_QUEUE},{settings.CELERY_OCR_QUEUE}",
+                ",".join(worker_queues()),
                 "--hostname",
                 f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
                 "--without-gossip",

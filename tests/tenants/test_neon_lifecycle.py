@@ -51,7 +51,9 @@ def task_queue():
     yield name
     app.conf.task_default_queue = default_queue
     with app.connection_for_write() as connection:
-        connection.default_channel.queue_delete(name)  # tasks nobody was meant to run (e.g. reconcile's)
+        # Tasks nobody was meant to run (e.g. reconcile's).
+        connection.default_channel.queue_delete(name)
+        connection.default_channel.queue_delete(f"{name}-provisioning")
 
 
 class NeonCeleryWorker(CeleryWorker):

@@ -43,6 +43,7 @@ def private_task_queue():
     app.conf.task_default_queue = default_queue
     with app.connection_for_write() as connection:
         connection.default_channel.queue_delete(name)
+        connection.default_channel.queue_delete(f"{name}-provisioning")
 
 
 @pytest.fixture
