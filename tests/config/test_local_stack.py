@@ -171,4 +171,4 @@ def test_every_command_works_on_a_fresh_data_folder(tmp_path):
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["status"] == "ready"
     assert "setting up" not in shown.stderr  # once only
-    assert listed.stdout.strip().endswith("1 tenant database(s)")
+    assert listed.stdout.strip().endswith("1 workspace database(s)")

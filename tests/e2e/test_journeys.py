@@ -213,7 +213,7 @@ def test_deleting_the_account_drops_its_database_and_sign_in_fails(page, asgi_se
     email = "leaving@example.com"
     sign_up(page, base, email, screenshots)
     wait_for_database_ready(page, screenshots)
-    vector_database = VectorDatabase.objects.get(workspace__uploaded_by__email=email)
+    vector_database = VectorDatabase.objects.get(workspace__owner__email=email)
     assert tenant_database_exists(admin_dsn, vector_database.external_id)
 
     page.goto(f"{base}/account/")
@@ -238,7 +238,7 @@ def test_deleting_the_account_drops_its_database_and_sign_in_fails(page, asgi_se
         assert time.monotonic() < deadline, "the tenant database or the account outlived the deletion by 60 s"
         time.sleep(0.25)
     vector_database.refresh_from_db()
-    assert (vector_database.status, vector_database.tenant_id) == (VectorDatabase.Status.DELETED, None)
+    assert (vector_database.status, vector_database.workspace_id) == (VectorDatabase.Status.DELETED, None)
 
     page.goto(f"{base}/accounts/login/")
     page.fill("#id_login", email)

@@ -210,14 +210,14 @@ def wait_for(document: Document, predicate, what: str, timeout: float = SETTLE_T
     raise AssertionError(f"document never {what}; last seen {seen}\n{worker.log() if worker else ''}")
 
 
-def advance_past_visibility_timeout_and_slot_lease(redis_url: str, owner: User) -> int:
+def advance_past_visibility_timeout_and_slot_lease(redis_url: str, document: Document) -> int:
     """What an hour of waiting does: every unacked message becomes due for restoring, the dead worker's ingest slot
-    lease expires. Returns how many unacked messages there were."""
+    lease (its workspace's) expires. Returns how many unacked messages there were."""
     client = redis.Redis.from_url(redis_url)
     unacked = client.zrange("unacked_index", 0, -1)
     if unacked:
         client.zadd("unacked_index", dict.fromkeys(unacked, 0))
-    for key in client.scan_iter(f"{SLOT_PREFIX}:ingest:{owner.id}:*"):
+    for key in client.scan_iter(f"{SLOT_PREFIX}:ingest:{document.workspace_id}:*"):
         client.delete(key)
     return len(unacked)
 
@@ -284,7 +284,7 @@ def test_workers_killed_while_parsing_embedding_and_writing_leave_nothing_and_th
     killed_at.append(wait_for(document, lambda row: row["status"] == Status.PARSING, "parsing", worker=worker))
     worker.kill()
     assert stored_chunks(tenant_database) == []
-    assert advance_past_visibility_timeout_and_slot_lease(redis_url, owner) == 1  # acks_late kept the message
+    assert advance_past_visibility_timeout_and_slot_lease(redis_url, document) == 1  # acks_late kept the message
 
     # 2. While embedding (before the last batch is done).
     worker = workers()
@@ -298,7 +298,7 @@ def test_workers_killed_while_parsing_embedding_and_writing_leave_nothing_and_th
     )
     worker.kill()
     assert stored_chunks(tenant_database) == []
-    assert advance_past_visibility_timeout_and_slot_lease(redis_url, owner) == 1
+    assert advance_past_visibility_timeout_and_slot_lease(redis_url, document) == 1
 
     # 3. In the middle of writing the chunks: the COPY stops after five rows, inside its transaction.
     with tenant_admin(admin_dsn, tenant_database) as admin:
@@ -315,7 +315,7 @@ def test_workers_killed_while_parsing_embedding_and_writing_leave_nothing_and_th
         (Status.PARSING, 1), (Status.EMBEDDING, 2), (Status.EMBEDDING, 3)
     ]  # fmt: skip
     assert killed_at[2]["progress"] == services.PROGRESS_EMBEDDED  # embedded, never written
-    assert advance_past_visibility_timeout_and_slot_lease(redis_url, owner) == 1
+    assert advance_past_visibility_timeout_and_slot_lease(redis_url, document) == 1
 
     # 4. The last redelivery finishes the job, once.
     worker = workers()
