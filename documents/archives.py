@@ -72,18 +72,19 @@ class StagedDocuments:
         current = Document.objects.filter(workspace=self.workspace)
         self.old_files = [name for name in current.values_list("file", flat=True) if name]
         current.delete()
+        # auto_now/auto_now_add stamp them with today on the way in: the archived times are the truth.
+        times = {row.id: (row.created_at, row.updated_at) for row in self.rows}
         Document.objects.bulk_create(self.rows)
-        # auto_now/auto_now_add would stamp them with today: the archived times are the truth.
-        for row in self.rows:
-            Document.objects.filter(id=row.id).update(created_at=row.created_at, updated_at=row.updated_at)
+        for document_id, (created_at, updated_at) in times.items():
+            Document.objects.filter(id=document_id).update(created_at=created_at, updated_at=updated_at)
 
     def finish(self) -> None:
-        storage = Document._meta.get_field("file").storage  # type: ignore[attr-defined]
+        storage = Document._meta.get_field("file").storage
         for name in self.old_files:
             storage.delete(name)
 
     def abort(self) -> None:
-        storage = Document._meta.get_field("file").storage  # type: ignore[attr-defined]
+        storage = Document._meta.get_field("file").storage
         for name in self.new_files:
             storage.delete(name)
         if self.imported:
@@ -93,7 +94,7 @@ class StagedDocuments:
 def documents_stage(workspace: Workspace, data: dict, folder: Path, imported: bool) -> StagedDocuments:
     """Write the archived files under new names and build the rows; an import gives them new ids now (its chunks
     are renumbered to follow) and keeps no uploader but the people it can find by email."""
-    storage = Document._meta.get_field("file").storage  # type: ignore[attr-defined]
+    storage = Document._meta.get_field("file").storage
     region = workspace_region(workspace.id)
     emails = {row.get("uploaded_by_email") for row in data.get("documents", [])} - {None}
     people = dict(User.objects.filter(email__in=emails).values_list("email", "id"))
@@ -103,7 +104,7 @@ def documents_stage(workspace: Workspace, data: dict, folder: Path, imported: bo
             document = Document(workspace=workspace, **{name: row[name] for name in _FIELDS if name in row})
             for name in _TIMES:
                 setattr(document, name, parse_datetime(row[name]) if row.get(name) else None)
-            document.uploaded_by_id = people.get(row.get("uploaded_by_email"))  # type: ignore[attr-defined]
+            document.uploaded_by_id = people.get(row.get("uploaded_by_email"))
             if document.status in BUSY:
                 document.status, document.error_message = Document.Status.FAILED, INTERRUPTED
             if row.get("file"):

@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from tenants.archive_files import ArchiveUnreadable, OpenedArchive, archive_open, archive_write
+from tenants.archive_files import ArchiveUnreadable, OpenedArchive, archive_open, archive_write, plaintext_chunks
 from tenants.models import Membership, TenantArchive, User, VectorDatabase, Workspace
 from tenants.provisioners import get_provisioner
 from tenants.services import (
@@ -292,6 +292,12 @@ def archives_erase(workspace: Workspace) -> int:
     TenantArchive.objects.filter(workspace=workspace).delete()
     shutil.rmtree(archive_root() / f"workspace-{workspace.id}", ignore_errors=True)
     return len(archives)
+
+
+def archive_download_chunks(archive: TenantArchive) -> Iterator[bytes]:
+    """The archive as its owner downloads it: the plain tar (manifest, the database as a `pg_dump --no-owner
+    --no-acl` any PostgreSQL with pgvector restores, rows, files), decrypted as it streams."""
+    return plaintext_chunks(archive_path(archive))
 
 
 def archive_get_for_workspace(workspace: Workspace, archive_id: int | str) -> TenantArchive:

@@ -135,7 +135,7 @@ def document_ids_renumber(connection: psycopg.Connection, mapping: dict[int, int
             )
 
 
-def conversation_authors_renumber(connection: psycopg.Connection, mapping: dict[int, int | None]) -> None:
+def conversation_authors_renumber(connection: psycopg.Connection, mapping: dict[int, int]) -> None:
     """An imported workspace's people have other user ids here: their conversations follow them."""
     if not mapping:
         return
