@@ -116,7 +116,10 @@ def _erase_all() -> None:
 
 def _tenant_databases(admin_url: str) -> set[str]:
     with psycopg.connect(admin_url, autocommit=True) as connection:
-        return {name for (name,) in connection.execute("SELECT datname FROM pg_database WHERE datname LIKE 'silo_t_%'")}
+        return {
+            name
+            for (name,) in connection.execute("SELECT datname FROM pg_database WHERE starts_with(datname, 'silo_t_')")
+        }
 
 
 def _stored_files(root: Path) -> list[str]:
@@ -441,6 +444,7 @@ def test_scheduled_backups_record_success_and_failure_and_retention_keeps_the_ne
     newer = archives.archive_create(workspace)
     TenantArchive.objects.filter(id=archive.id).update(created_at=timezone.now() - timedelta(days=9))
     TenantArchive.objects.filter(id=newer.id).update(created_at=timezone.now() - timedelta(days=8))
+    TenantArchive.objects.filter(status="failed").update(created_at=timezone.now() - timedelta(days=10))
     assert archives.archives_prune(workspace) == 2  # the old one and the failed attempt
     assert list(TenantArchive.objects.filter(workspace=workspace).values_list("id", flat=True)) == [newer.id]
     assert not archives.archive_path(archive).exists() and archives.archive_path(newer).exists()
