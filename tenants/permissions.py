@@ -23,12 +23,13 @@ class Action(enum.Enum):
     MANAGE_MEMBERS = "invite and remove members or change their roles"
     DELETE_WORKSPACE = "delete the workspace"
     TRANSFER_OWNERSHIP = "transfer ownership"
+    MANAGE_ARCHIVES = "download the workspace's backups or rewind it"
 
 
 _VIEWER = {Action.READ, Action.CHAT}
 _EDITOR = _VIEWER | {Action.EDIT_DOCUMENTS}
 _ADMIN = _EDITOR | {Action.MANAGE_MEMBERS}
-_OWNER = _ADMIN | {Action.DELETE_WORKSPACE, Action.TRANSFER_OWNERSHIP}
+_OWNER = _ADMIN | {Action.DELETE_WORKSPACE, Action.TRANSFER_OWNERSHIP, Action.MANAGE_ARCHIVES}
 ROLE_ACTIONS: dict[str, frozenset[Action]] = {
     Role.VIEWER: frozenset(_VIEWER),
     Role.EDITOR: frozenset(_EDITOR),
