@@ -3,8 +3,8 @@ tenants.archives and turns a refusal or failure into a one-line CommandError."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime
+
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -104,7 +104,7 @@ def _moment(text: str) -> datetime:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise CommandError(f"--at {text!r} is not an ISO 8601 time, e.g. 2026-05-01T09:30:00Z") from None
-    return moment if timezone.is_aware(moment) else timezone.make_aware(moment, dt_timezone.utc)
+    return moment if timezone.is_aware(moment) else timezone.make_aware(moment, UTC)
 
 
 def move(command: BaseCommand, identifier: str, server: str | None, region: str | None, provider: str | None,
