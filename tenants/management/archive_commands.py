@@ -4,7 +4,6 @@ tenants.archives and turns a refusal or failure into a one-line CommandError."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
