@@ -47,7 +47,7 @@ def _back(request: AuthenticatedHttpRequest) -> HttpResponse:
 def backup_now(request: AuthenticatedHttpRequest) -> HttpResponse:
     workspace = workspaces.membership_current(request, Action.MANAGE_ARCHIVES).workspace
     workspace_id = workspace.id
-    transaction.on_commit(lambda: enqueue("tenants.tasks.back_up_workspace", workspace_id))
+    transaction.on_commit(lambda: enqueue("tenants.tasks.back_up_workspace", workspace_id, "manual"))
     messages.success(request, "A backup is being made; it appears here in a minute.")
     return _back(request)
 

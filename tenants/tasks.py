@@ -45,7 +45,7 @@ def back_up_due_workspaces() -> int:
 
 
 @shared_task(autoretry_for=(archives.ArchiveFailed,), retry_backoff=60, retry_backoff_max=3600, max_retries=3)
-def back_up_workspace(workspace_id: int) -> int | None:
+def back_up_workspace(workspace_id: int, kind: str = "scheduled") -> int | None:
     """A scheduled backup, then the retention policy. A failure is recorded on the workspace's backup status, logged as
     an error, and retried (three times, backing off); the next beat tries again after that."""
     from tenants.models import TenantArchive, Workspace
@@ -54,7 +54,7 @@ def back_up_workspace(workspace_id: int) -> int | None:
     if workspace is None:
         return None
     try:
-        archive = archives.archive_create(workspace, TenantArchive.Kind.SCHEDULED)
+        archive = archives.archive_create(workspace, TenantArchive.Kind(kind))
     except archives.ArchiveRefused:  # no ready database (being made, moved or erased): nothing to back up now
         return None
     archives.archives_prune(workspace)

@@ -3,6 +3,7 @@ tenants.archives and turns a refusal or failure into a one-line CommandError."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -128,4 +129,10 @@ def import_archive(command: BaseCommand, path: str, owner: str, name: str | None
     )
 
 
-SUBCOMMANDS = {"backup": backup, "backups": backups, "restore": restore, "move": move, "import": import_archive}
+SUBCOMMANDS: dict[str, Callable[..., None]] = {
+    "backup": backup,
+    "backups": backups,
+    "restore": restore,
+    "move": move,
+    "import": import_archive,
+}
