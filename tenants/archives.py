@@ -476,7 +476,10 @@ def workspace_restore(
                     f"This archive is of workspace {archived.get('slug')!r}, not {workspace.slug!r}: use "
                     "`tenants import` to make a workspace from it."
                 )
-            placement = Placement(source.provider, source.region, source.server or None)
+            # Beside the old one: the same server of ours (or the same Neon region).
+            placement = Placement(
+                source.provider, source.region, source.server if source.provider == "postgres" else None
+            )
             return _replace(workspace, source, opened, placement, step, archive)
 
 
@@ -549,17 +552,17 @@ def placement_for(workspace: Workspace, *, server: str | None, region: str | Non
             raise ArchiveRefused(f"No server {server!r} in TENANT_POSTGRES_SERVERS (known: {known}).")
         placement = Placement("postgres", servers[server]["region"], server)
     elif provider == "postgres":
-        region = region or current.region
+        region = region or (current.region if current.provider == "postgres" else settings.TENANT_DEFAULT_REGION)
         if not any(entry["region"] == region for entry in servers.values()):
             regions = ", ".join(sorted({entry["region"] for entry in servers.values()})) or "none"
             raise ArchiveRefused(f"No server in region {region!r} (regions: {regions}).")
         placement = Placement("postgres", region)
     else:
-        placement = Placement("neon", region or settings.NEON_REGION)
-    if placement.provider == current.provider and (
-        (placement.server and placement.server == current.server)
-        or (not placement.server and placement.region == current.region and provider == current.provider and not region)
-    ):
+        placement = Placement(
+            "neon", region or (current.region if current.provider == "neon" else settings.NEON_REGION)
+        )
+    same_place = placement.server == current.server if placement.server else placement.region == current.region
+    if placement.provider == current.provider and same_place:
         raise ArchiveRefused(f"{workspace.label} is already there ({current.provider}, {current.server}).")
     return placement
 

@@ -27,7 +27,8 @@ from tenants import services as tenant_services
 from tenants.archive_files import archive_write
 from tenants.models import TenantArchive, User, VectorDatabase, Workspace
 from tenants.permissions import MOVING_MESSAGE, WorkspaceMoving
-from tests.helpers import personal_workspace
+from tests.emulators.neon import NeonEmulator
+from tests.helpers import neon_settings_for, personal_workspace
 from tests.pdf_factory import text_pdf
 from vectordb.connections import get_registry
 
@@ -360,6 +361,39 @@ def test_a_move_waits_for_documents_being_processed(tenant, two_servers):
     with pytest.raises(CommandError, match=r"1 document\(s\) of this workspace are being processed"):
         call_command("tenants", "move", tenant.user.email, "--server", "second")
     assert tenant.database.operation == ""
+
+
+@pytest.fixture
+def neon(admin_dsn, archive_settings):
+    """The Neon emulator, configured beside the postgres provider (new tenants still go to our own servers)."""
+    emulator = NeonEmulator(admin_dsn, operation_delay_seconds=0.05, retry_after_seconds=0)
+    emulator.start()
+    for name, value in neon_settings_for(emulator).items():
+        if name != "TENANT_PROVIDER":
+            setattr(archive_settings, name, value)
+    yield emulator
+    _erase_all()
+    emulator.stop()
+
+
+def test_a_move_to_neon_and_back_keeps_every_chunk_and_conversation(tenant, neon, admin_dsn):
+    before, source = tenant.snapshot(), tenant.database
+
+    call_command("tenants", "move", tenant.user.email, "--provider", "neon")
+
+    on_neon = tenant.database
+    assert (on_neon.provider, on_neon.region, on_neon.status) == ("neon", "aws-us-east-2", "ready")
+    assert neon.project_ids == [on_neon.external_id]
+    assert source.external_id not in _tenant_databases(admin_dsn)
+    assert tenant.snapshot() == before  # the files followed to the Neon region's folder, unchanged
+    assert all("/aws-us-east-2/" in name for name in Document.objects.values_list("file", flat=True))
+
+    call_command("tenants", "move", tenant.user.email, "--provider", "postgres")
+
+    assert (tenant.database.provider, tenant.database.server) == ("postgres", source.server)
+    assert neon.project_ids == []
+    assert tenant.snapshot() == before
+    assert tenant.ask("When is the lamp cleaned?")[-1].kind == "done"
 
 
 # --- take your data with you ---------------------------------------------------------------------------------------
