@@ -5,6 +5,7 @@ two PostgreSQL servers with writes refused while it moves. Exports stream decryp
 from __future__ import annotations
 
 import io
+import shutil
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from cryptography.fernet import Fernet
+from django.conf import settings as django_settings
 from django.core.files.base import ContentFile
 from django.core.management import CommandError, call_command
 from django.utils import timezone
@@ -277,12 +279,14 @@ def test_a_worker_killed_mid_restore_leaves_the_old_database_and_a_rerun_finishe
 
 
 @pytest.fixture(scope="module")
-def second_server(tmp_path_factory) -> Iterator[str]:
-    """A second embedded PostgreSQL 18 + pgvector, as a second administered server would be."""
-    root = tmp_path_factory.mktemp("second-postgres")
+def second_server() -> Iterator[str]:
+    """A second embedded PostgreSQL 18 + pgvector, as a second administered server would be. Its data lives in this
+    run's own folder: pytest's shared temporary folders are pruned by other runs on the machine."""
+    root = django_settings.DATA_DIR / "second-postgres"
     server = embedded_postgres.ensure_running(root, fast_unsafe=True)
     yield server.dsn()
     embedded_postgres.stop(root)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
