@@ -29,8 +29,8 @@ PAGES, QUICK_PAGES = 1000, 200
 CHUNKS_PER_PAGE = 2
 REPEATS, QUICK_REPEATS = 3, 1
 TARGETS = [
-    Target("restore_empty_seconds", at_most=5, unit=" s"),
-    Target("restore_1000_pages_seconds", at_most=60, unit=" s"),
+    Target("restore_empty_seconds", at_most=3, unit=" s"),
+    Target("restore_1000_pages_seconds", at_most=15, unit=" s"),
 ]
 
 
