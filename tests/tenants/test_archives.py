@@ -32,6 +32,7 @@ from tenants.permissions import MOVING_MESSAGE, WorkspaceMoving
 from tests.emulators.neon import NeonEmulator
 from tests.helpers import neon_settings_for, personal_workspace
 from tests.pdf_factory import text_pdf
+from tests.workspaces import client_in, erase_databases, make_team
 from vectordb.connections import get_registry
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
@@ -497,3 +498,53 @@ def test_erasing_a_workspace_leaves_no_archive_behind(tenant, archive_settings):
 
     assert _stored_files(archive_settings.ARCHIVE_ROOT) == []
     assert TenantArchive.objects.count() == 0
+
+
+def test_the_backup_commands_report_what_they_did(tenant, archive_settings):
+    out = io.StringIO()
+    call_command("tenants", "backup", tenant.user.email, stdout=out)
+    archive = TenantArchive.objects.get()
+    assert out.getvalue() == (
+        f"{tenant.user.email}: archive {archive.id} ready ({archive.size_bytes} bytes, 1 documents, {archive.chunks} "
+        f"chunks) at {archives.archive_path(archive)}\n"
+    )
+
+    out = io.StringIO()
+    call_command("tenants", "backups", tenant.user.email, stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == f"last success: {archive.created_at}; last attempt: ready"
+    assert lines[1].split() == [
+        str(archive.id), f"{archive.created_at:%Y-%m-%dT%H:%M:%SZ}", "manual", "ready", str(archive.size_bytes),
+        "1", "docs", str(archive.chunks), "chunks",
+    ]  # fmt: skip
+    assert len(lines) == 2
+
+    with pytest.raises(CommandError, match=r"^no user with email nobody@example\.com$"):
+        call_command("tenants", "backup", "nobody@example.com")
+
+
+def test_only_owners_download_and_rewind_and_only_their_workspaces_archives(owner, stranger, archive_settings):
+    team = make_team(owner)
+    theirs = make_tenant(stranger)
+    archive = archives.archive_create(team.workspace)
+    other = archives.archive_create(theirs.workspace)
+    download, rewind = f"/workspace/backups/{archive.id}/download", f"/workspace/backups/{archive.id}/rewind"
+    try:
+        response = client_in(owner, team.workspace).get(download)
+        assert response.status_code == 200 and response["Content-Type"] == "application/x-tar"
+        assert response["Content-Disposition"].startswith(f'attachment; filename="{team.workspace.slug}-')
+        with tarfile.open(fileobj=io.BytesIO(b"".join(response.streaming_content))) as plain:
+            assert plain.getnames()[-1] == "manifest.json"
+        page = client_in(owner, team.workspace).get("/workspace/members")
+        assert b"Backups and Rewind" in page.content and download.encode() in page.content
+
+        for role in ("admin", "editor", "viewer"):
+            client = client_in(getattr(team, role), team.workspace)
+            assert client.get(download).status_code == 403, role
+            assert client.post(rewind).status_code == 403, role
+            assert b"Backups and Rewind" not in client.get("/workspace/members").content
+        # Another workspace's archive does not exist for this owner.
+        assert client_in(owner, team.workspace).get(f"/workspace/backups/{other.id}/download").status_code == 404
+        assert client_in(stranger).get(download).status_code == 404
+    finally:
+        erase_databases()
