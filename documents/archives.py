@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from django.core.files import File
@@ -18,9 +19,13 @@ from django.utils.dateparse import parse_datetime
 from documents.formats import EXTENSIONS
 from documents.models import Document
 from documents.storage import upload_name
+from tenants.archive_files import OpenedArchive
 from tenants.archives import ArchivePart, archive_part_register
 from tenants.models import User, Workspace
 from tenants.selectors import workspace_region
+from tenants.services import tenant_target
+from vectordb.chunks import chunks_delete
+from vectordb.connections import get_registry
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +38,7 @@ _FIELDS = (
 _TIMES = ("created_at", "updated_at", "ingested_at")
 BUSY = (Document.Status.QUEUED, Document.Status.PARSING, Document.Status.EMBEDDING)
 INTERRUPTED = "Its processing was interrupted when the workspace was archived: re-ingest it."
+NOT_YET_INGESTED = "It was not ingested yet at the moment the workspace was restored to: re-ingest it."
 
 
 def _file_member(document: Document) -> str:
@@ -129,6 +135,37 @@ def documents_stage(workspace: Workspace, data: dict, folder: Path, imported: bo
     return staged
 
 
+def documents_agree(workspace: Workspace, present: set[int], at: datetime, opened: OpenedArchive | None) -> None:
+    """After the workspace's database was taken back to `at` on its own (Neon's point in time): documents made since
+    go (rows and files); documents deleted since, whose chunks are back, come back from the newest archive before
+    `at` (their chunks go when no archive has them); ready documents whose chunks the database did not hold yet are
+    marked to re-ingest."""
+    storage = Document._meta.get_field("file").storage
+    later = list(Document.objects.filter(workspace=workspace, created_at__gt=at))
+    for document in later:
+        if document.file.name:
+            storage.delete(document.file.name)
+    Document.objects.filter(id__in=[document.id for document in later]).delete()
+    missing = present - set(Document.objects.filter(workspace=workspace).values_list("id", flat=True))
+    if missing and opened is not None:
+        archived = [row for row in opened.main_rows()["parts"].get("documents", {}).get("documents", [])
+                    if row["id"] in missing]  # fmt: skip
+        staged = documents_stage(workspace, {"documents": archived}, opened.folder, False)
+        times = {row.id: (row.created_at, row.updated_at) for row in staged.rows}
+        Document.objects.bulk_create(staged.rows)
+        for document_id, (created_at, updated_at) in times.items():
+            Document.objects.filter(id=document_id).update(created_at=created_at, updated_at=updated_at)
+        missing -= set(times)
+    if missing:
+        logger.warning("workspace %s: no archive holds documents %s; their chunks go", workspace.id, sorted(missing))
+        with get_registry().connection(tenant_target(workspace)) as connection:
+            for document_id in missing:
+                chunks_delete(connection, document_id)
+    Document.objects.filter(workspace=workspace, status=Document.Status.READY).exclude(id__in=present).update(
+        status=Document.Status.FAILED, error_message=NOT_YET_INGESTED, chunk_count=0
+    )
+
+
 def documents_busy(workspace: Workspace) -> str:
     busy = Document.objects.filter(workspace=workspace, status__in=BUSY).count()
     if not busy:
@@ -149,5 +186,6 @@ archive_part_register(
         stage=documents_stage,
         busy=documents_busy,
         relocate=documents_relocate,
+        agree=documents_agree,
     )
 )

@@ -29,7 +29,7 @@ from django.utils import timezone
 
 from tenants.archive_files import ArchiveUnreadable, OpenedArchive, archive_open, archive_write, plaintext_chunks
 from tenants.models import Membership, TenantArchive, User, VectorDatabase, Workspace
-from tenants.provisioners import get_provisioner
+from tenants.provisioners import ProvisioningError, get_provisioner
 from tenants.services import (
     TRANSIENT_ERRORS,
     TenantDatabaseNotReady,
@@ -92,6 +92,10 @@ class ArchivePart:
     busy: Callable[[Workspace], str]
     # The workspace moved to another region: its files follow. Returns how many moved.
     relocate: Callable[[Workspace, str], int] = lambda _workspace, _region: 0
+    # After a point-in-time restore of the database alone (Neon): make the rows agree with it. Gets the document ids
+    # the restored database holds chunks of, the moment, and the newest archive at or before it (rows and files of
+    # documents deleted since come from there), if any.
+    agree: Callable[[Workspace, set[int], datetime, OpenedArchive | None], None] = lambda *_: None
 
 
 _PARTS: dict[str, ArchivePart] = {}
@@ -459,6 +463,8 @@ def workspace_restore(
     if archive is None and path is None:
         if at is None:
             raise ArchiveRefused("Say what to restore from: an archive, or a moment (--at).")
+        if _ready_database(workspace).provider == "neon":
+            return _neon_point_in_time(workspace, at, on_step)
         archive = restore_point_at(workspace, at)
     if archive is not None:
         if archive.workspace_id != workspace.id or archive.status != TenantArchive.Status.READY:
@@ -521,6 +527,42 @@ def _replace(
     documents = sum(len(rows.document_ids) for rows in staged)
     logger.info("workspace %s now on %s (%s)", workspace.id, new.tenant_key, new.server)
     return Outcome(workspace=workspace, database=new, archive=archive, documents=documents, counts=counts)
+
+
+def _neon_point_in_time(workspace: Workspace, at: datetime, on_step: Step | None) -> Outcome:
+    """On Neon, `--at` is Neon's own point in time: the branch restore endpoint takes the database back to that moment
+    (Neon switches it in one step; the state before is kept as a branch). Then the schema is brought to the latest
+    version and the main database's rows are made to agree with what the database holds at that moment."""
+    with _operation(workspace, "restoring", on_step) as (source, step):
+        _refuse_if_busy(workspace)
+        step(f"restoring the Neon branch to {at.isoformat()}")
+        try:
+            get_provisioner("neon").branch_restore(source.external_id, at.isoformat())  # type: ignore[attr-defined]
+        except ProvisioningError as error:
+            raise ArchiveRefused(str(error)) from None
+        get_registry().close_tenant(source.tenant_key)  # no connection keeps the state from before
+        step("bringing the schema up to date")
+        migrated = tenant_database_migrate(schema_target(source.tenant_key, _migration_dsn(source)))
+        with get_registry().connection(vector_database_target(source)) as connection:
+            counts = table_row_counts(connection)
+            present = {row[0] for row in connection.execute("SELECT DISTINCT document_id FROM embeddings").fetchall()}
+        step("putting the documents in agreement with the restored database")
+        earlier = (
+            TenantArchive.objects.filter(workspace=workspace, status=TenantArchive.Status.READY, created_at__lte=at)
+            .order_by("-created_at", "-id")
+            .first()
+        )
+        with contextlib.ExitStack() as stack:
+            opened = stack.enter_context(_opened(archive_path(earlier))) if earlier else None
+            for part in _PARTS.values():
+                part.agree(workspace, present, at, opened)
+        VectorDatabase.objects.filter(id=source.id).update(
+            schema_version=migrated.schema_version, operation="", operation_step="", operation_started_at=None,
+            updated_at=timezone.now(),
+        )  # fmt: skip
+    source.refresh_from_db()
+    logger.info("workspace %s restored to %s on Neon", workspace.id, at.isoformat())
+    return Outcome(workspace=workspace, database=source, archive=earlier, documents=len(present), counts=counts)
 
 
 def restore_point_at(workspace: Workspace, at: datetime) -> TenantArchive:

@@ -401,6 +401,27 @@ def test_a_move_to_neon_and_back_keeps_every_chunk_and_conversation(tenant, neon
     assert tenant.ask("When is the lamp cleaned?")[-1].kind == "done"
 
 
+def test_on_neon_a_point_in_time_restore_uses_the_branch_restore_endpoint_and_rows_agree(tenant, neon):
+    call_command("tenants", "move", tenant.user.email, "--provider", "neon")
+    archives.archive_create(tenant.workspace)  # the rows and files of documents deleted later come from here
+    moment = neon.record_history()  # what Neon keeps continuously, the emulator keeps when told
+    before = tenant.snapshot()
+    harbour_id = before["documents"][0][0]
+    tenant.upload("orchard.pdf", ORCHARD)
+    document_services.document_delete(tenant.user, harbour_id)
+    assert tenant.ask("How many apple trees are there?")[-1].kind == "done"
+
+    call_command("tenants", "restore", tenant.user.email, "--at", moment.isoformat())
+
+    assert tenant.snapshot() == before
+    assert [(r.method, r.status) for r in neon.requests if r.path.endswith("/restore")] == [("POST", 200)]
+    assert (tenant.database.provider, tenant.database.operation) == ("neon", "")
+    assert len(_stored_files(django_settings.MEDIA_ROOT)) == 1  # the orchard's file went with its row
+    with pytest.raises(CommandError, match="is before the start of the branch's history"):
+        call_command("tenants", "restore", tenant.user.email, "--at", "2020-01-01T00:00:00Z")
+    assert tenant.snapshot() == before and tenant.database.operation == ""
+
+
 # --- take your data with you ---------------------------------------------------------------------------------------
 
 
