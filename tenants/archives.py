@@ -370,8 +370,11 @@ def _refuse_if_busy(workspace: Workspace) -> None:
 
 
 def _leftovers_remove(source: VectorDatabase) -> None:
-    """Databases an earlier run built for this workspace and died before switching to: they go."""
-    for row in VectorDatabase.objects.filter(replaces=source, workspace__isnull=True).exclude(status=Status.DELETED):
+    """Databases an earlier run built for this workspace and died before switching to, and the one an earlier run
+    switched away from and died before dropping: they go."""
+    left = VectorDatabase.objects.filter(replaces=source, workspace__isnull=True).exclude(status=Status.DELETED)
+    replaced = VectorDatabase.objects.filter(id=source.replaces_id, workspace__isnull=True, status=Status.DELETING)
+    for row in [*left, *replaced]:
         logger.warning("removing %s, left by an interrupted restore or move", row.tenant_key)
         vector_database_deprovision(row.id)
 
@@ -430,7 +433,9 @@ def _database_discard(row: VectorDatabase) -> None:
         logger.warning("could not remove %s; the next run removes it", row.tenant_key)
 
 
-def _switch(workspace: Workspace, source: VectorDatabase, new: VectorDatabase, staged: list[StagedRows]) -> None:
+def _switch(
+    workspace: Workspace, source: VectorDatabase, new: VectorDatabase, staged: list[StagedRows], step: Step
+) -> None:
     """In one transaction: the workspace's registry row is the new database, its rows those of the archive. Then
     the old database goes."""
     with transaction.atomic():
@@ -443,6 +448,7 @@ def _switch(workspace: Workspace, source: VectorDatabase, new: VectorDatabase, s
         )
         for rows in staged:
             rows.commit()
+    step("dropping the old database")
     for rows in staged:
         rows.finish()
     get_registry().close_tenant(source.tenant_key)
@@ -514,7 +520,7 @@ def _replace(
         for name, part in _PARTS.items():
             staged.append(part.stage(workspace, main_rows["parts"].get(name, {}), opened.folder, False))
         step("switching to the new database")
-        _switch(workspace, source, new, staged)
+        _switch(workspace, source, new, staged, step)
     except (*ARCHIVE_ERRORS, ValueError, KeyError) as error:
         for rows in staged:
             rows.abort()

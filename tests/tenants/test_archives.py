@@ -276,6 +276,31 @@ def test_a_worker_killed_mid_restore_leaves_the_old_database_and_a_rerun_finishe
     assert tenant.ask("When is the lamp cleaned?")[-1].kind == "done"  # writes are back
 
 
+def test_a_worker_killed_after_the_switch_leaves_the_new_state_and_the_next_run_drops_the_old_database(
+    tenant, archive_settings, admin_dsn
+):
+    archive = archives.archive_create(tenant.workspace)
+    before, old = tenant.snapshot(), tenant.database
+
+    def die(step: str) -> None:
+        if step == "dropping the old database":
+            raise WorkerKilled(step)
+
+    with pytest.raises(WorkerKilled):
+        archives.workspace_restore(tenant.workspace, archive=archive, on_step=die)
+
+    # Switched: the workspace is on the new database and reads the archive's state; the old one awaits its drop.
+    assert tenant.database.id != old.id and tenant.database.operation == "" and tenant.snapshot() == before
+    assert VectorDatabase.objects.get(id=old.id).status == "deleting"
+    assert old.external_id in _tenant_databases(admin_dsn)
+
+    archives.workspace_restore(tenant.workspace, archive=archive)
+
+    assert VectorDatabase.objects.get(id=old.id).status == "deleted"
+    assert old.external_id not in _tenant_databases(admin_dsn)
+    assert tenant.snapshot() == before
+
+
 # --- moves between servers -----------------------------------------------------------------------------------------
 
 
