@@ -32,6 +32,7 @@ SECTION_ORDER = [
     "chat_overhead",
     "quality",
     "load",
+    "archives",
 ]
 NOT_SECTIONS = {"framework", "common"}
 

@@ -28,7 +28,13 @@ from chat import answers
 from documents.models import Document
 from documents.selectors import document_get_for_user, documents_for_user
 from tenants.models import Workspace
-from tenants.permissions import Action, WorkspaceNotFound, membership_require, membership_still_allows
+from tenants.permissions import (
+    Action,
+    WorkspaceNotFound,
+    membership_require,
+    membership_still_allows,
+    workspace_writable_require,
+)
 from tenants.services import TenantDatabaseNotReady, tenant_target
 from vectordb import conversations
 from vectordb.connections import ConnectionCapacityExhausted, TenantTarget, get_registry
@@ -495,6 +501,7 @@ def chat_turn(
         question = question_validate(question)
         workspace = workspace or Workspace.objects.personal_for(user)
         membership_require(user, workspace, Action.CHAT)
+        workspace_writable_require(workspace)  # the turn is stored: not while a restore or move runs
         is_owner = workspace.owner_id == user.id
         if document_id is not None:
             document_get_for_user(user, document_id, workspace)  # 404 for another workspace's document

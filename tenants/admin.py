@@ -1,7 +1,16 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
-from tenants.models import Membership, MigrationRun, MigrationRunTenant, TenantServer, User, VectorDatabase, Workspace
+from tenants.models import (
+    Membership,
+    MigrationRun,
+    MigrationRunTenant,
+    TenantArchive,
+    TenantServer,
+    User,
+    VectorDatabase,
+    Workspace,
+)
 
 
 @admin.register(User)
@@ -25,7 +34,7 @@ class VectorDatabaseAdmin(admin.ModelAdmin):
 
     list_display = [
         "workspace", "tenant_key", "provider", "region", "status", "schema_version", "embedding_model", "claimed_at",
-        "updated_at",
+        "operation", "operation_step", "updated_at",
     ]  # fmt: skip
     list_filter = ["provider", "region", "status"]
     search_fields = ["workspace__slug", "workspace__owner__email", "tenant_key", "external_id"]
@@ -96,6 +105,23 @@ class TenantServerAdmin(admin.ModelAdmin):
 
     list_display = ["name", "draining", "updated_at"]
     readonly_fields = ["name", "draining", "updated_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(TenantArchive)
+class TenantArchiveAdmin(admin.ModelAdmin):
+    """The catalogue of tenant archives (backups, and the snapshots moves are made from); read-only: backups,
+    restores and pruning go through `manage.py tenants backup|backups|restore`."""
+
+    list_display = ["workspace", "created_at", "kind", "status", "size_bytes", "documents", "chunks", "error"]
+    list_filter = ["kind", "status"]
+    search_fields = ["workspace__slug", "workspace__owner__email"]
+    readonly_fields = [field.name for field in TenantArchive._meta.fields]
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -211,6 +211,12 @@ class VectorDatabase(models.Model):
     # rotating. Until they are rotated the row is not ready, so nothing connects with the pool's password.
     claimed_at = models.DateTimeField(null=True, blank=True)
     rotation_pending = models.BooleanField(default=False)
+    # A restore or move in progress (tenants.archives): while set, writes to the workspace are refused; the step it
+    # is at is shown in the registry. On the database being built for it: the row it will replace.
+    operation = models.CharField(max_length=20, blank=True)
+    operation_step = models.CharField(max_length=200, blank=True)
+    operation_started_at = models.DateTimeField(null=True, blank=True)
+    replaces = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
         db_table = "vector_databases"
@@ -318,3 +324,40 @@ class TenantServer(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}{' (draining)' if self.draining else ''}"
+
+
+class TenantArchive(models.Model):
+    """One archive of a workspace (tenants.archives): a backup, or the snapshot a restore or move is made from. The
+    file is encrypted at rest under ARCHIVE_ROOT; the row is its catalogue entry, erased with the workspace."""
+
+    class Kind(models.TextChoices):
+        SCHEDULED = "scheduled"
+        MANUAL = "manual"
+        MOVE = "move"  # taken by a move, as its source
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        READY = "ready"
+        FAILED = "failed"
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="archives")
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.MANUAL)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.RUNNING)
+    file_name = models.CharField(max_length=255, blank=True)  # relative to ARCHIVE_ROOT
+    size_bytes = models.BigIntegerField(default=0)
+    sha256 = models.CharField(max_length=64, blank=True)  # of the encrypted file
+    schema_version = models.CharField(max_length=100, blank=True)
+    embedding_model = models.CharField(max_length=100, blank=True)
+    documents = models.PositiveIntegerField(default=0)
+    chunks = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)  # the moment the archive shows
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "tenant_archives"
+        ordering = ["-created_at"]
+        indexes = [models.Index(name="tenant_archives_workspace", fields=["workspace", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"archive {self.id} of {self.workspace_id} ({self.status})"

@@ -11,7 +11,7 @@ import enum
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 
-from tenants.models import Membership, User, Workspace
+from tenants.models import Membership, User, VectorDatabase, Workspace
 
 Role = Membership.Role
 
@@ -23,12 +23,13 @@ class Action(enum.Enum):
     MANAGE_MEMBERS = "invite and remove members or change their roles"
     DELETE_WORKSPACE = "delete the workspace"
     TRANSFER_OWNERSHIP = "transfer ownership"
+    MANAGE_ARCHIVES = "download the workspace's backups or rewind it"
 
 
 _VIEWER = {Action.READ, Action.CHAT}
 _EDITOR = _VIEWER | {Action.EDIT_DOCUMENTS}
 _ADMIN = _EDITOR | {Action.MANAGE_MEMBERS}
-_OWNER = _ADMIN | {Action.DELETE_WORKSPACE, Action.TRANSFER_OWNERSHIP}
+_OWNER = _ADMIN | {Action.DELETE_WORKSPACE, Action.TRANSFER_OWNERSHIP, Action.MANAGE_ARCHIVES}
 ROLE_ACTIONS: dict[str, frozenset[Action]] = {
     Role.VIEWER: frozenset(_VIEWER),
     Role.EDITOR: frozenset(_EDITOR),
@@ -86,3 +87,20 @@ def membership_still_allows(user_id: int, workspace_id: int, action: Action) -> 
         "role", flat=True
     )
     return bool(role) and role_allows(role[0], action)
+
+
+class WorkspaceMoving(ActionForbidden):
+    """The workspace's database is being restored or moved: writes wait until it is back."""
+
+
+MOVING_MESSAGE = (
+    "This workspace is moving to a new database: back in a moment. Nothing was changed; please try again in a minute."
+)
+
+
+def workspace_writable_require(workspace: Workspace | int) -> None:
+    """Writes (uploads, deletions, chat) are refused while a restore or move runs (tenants.archives), so none is lost
+    in the old database after its archive was taken."""
+    workspace_id = workspace if isinstance(workspace, int) else workspace.id
+    if VectorDatabase.objects.filter(workspace_id=workspace_id).exclude(operation="").exists():
+        raise WorkspaceMoving(MOVING_MESSAGE)

@@ -94,6 +94,10 @@ def vector_database_summary(vector_database: VectorDatabase, with_size: bool = F
         "embedding_dimensions": vector_database.embedding_dimensions,
         "last_error": vector_database.last_error,
         "claimed_at": vector_database.claimed_at,
+        # A restore or move in progress, and its step (tenants.archives).
+        "operation": f"{vector_database.operation}: {vector_database.operation_step}"
+        if vector_database.operation
+        else "",
     }
     if with_size:
         summary["size_bytes"] = vector_database_size_bytes(vector_database)

@@ -1,6 +1,10 @@
+import logging
+
 from celery import shared_task
 
-from tenants import services
+from tenants import archives, services
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(
@@ -29,3 +33,46 @@ def erase_workspace(workspace_id: int) -> bool:
 def refill_tenant_pool(region: str | None = None) -> list[dict]:
     """After each claim, and periodically (Celery beat): bring the warm pool back to its target."""
     return [refill.as_dict() for refill in services.tenant_pool_refill(region)]
+
+
+@shared_task(ignore_result=True)
+def back_up_due_workspaces() -> int:
+    """Celery beat, every TENANT_BACKUP_CHECK_SECONDS: one backup task for each workspace that is due."""
+    due = archives.workspaces_due_for_backup()
+    for workspace_id in due:
+        back_up_workspace.delay(workspace_id)
+    return len(due)
+
+
+@shared_task(autoretry_for=(archives.ArchiveFailed,), retry_backoff=60, retry_backoff_max=3600, max_retries=3)
+def back_up_workspace(workspace_id: int, kind: str = "scheduled") -> int | None:
+    """A scheduled backup, then the retention policy. A failure is recorded on the workspace's backup status, logged as
+    an error, and retried (three times, backing off); the next beat tries again after that."""
+    from tenants.models import TenantArchive, Workspace
+
+    workspace = Workspace.objects.filter(id=workspace_id).first()
+    if workspace is None:
+        return None
+    try:
+        archive = archives.archive_create(workspace, TenantArchive.Kind(kind))
+    except archives.ArchiveRefused:  # no ready database (being made, moved or erased): nothing to back up now
+        return None
+    archives.archives_prune(workspace)
+    return archive.id
+
+
+@shared_task(ignore_result=True)
+def rewind_workspace(workspace_id: int, archive_id: int) -> bool:
+    """The owner's Rewind: restore one of the workspace's archives. A refusal or failure is logged; the workspace
+    stays as it was."""
+    from tenants.models import TenantArchive
+
+    archive = TenantArchive.objects.filter(id=archive_id, workspace_id=workspace_id).select_related("workspace").first()
+    if archive is None:
+        return False
+    try:
+        archives.workspace_restore(archive.workspace, archive=archive)
+    except (archives.ArchiveRefused, archives.ArchiveFailed) as error:
+        logger.error("rewind of workspace %s to archive %s failed: %s", workspace_id, archive_id, error)
+        return False
+    return True

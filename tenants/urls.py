@@ -1,6 +1,6 @@
 from django.urls import path
 
-from tenants import views
+from tenants import archive_views, views
 
 urlpatterns = [
     path("database/status", views.database_status, name="database_status"),
@@ -17,5 +17,8 @@ urlpatterns = [
     path("workspace/transfer", views.ownership_transfer, name="ownership_transfer"),
     path("workspace/leave", views.workspace_leave, name="workspace_leave"),
     path("workspace/delete", views.workspace_delete, name="workspace_delete"),
+    path("workspace/backups/now", archive_views.backup_now, name="backup_now"),
+    path("workspace/backups/<int:archive_id>/download", archive_views.archive_download, name="archive_download"),
+    path("workspace/backups/<int:archive_id>/rewind", archive_views.archive_rewind, name="archive_rewind"),
     path("invitations/<str:token>", views.invitation_accept, name="invitation_accept"),
 ]

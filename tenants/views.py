@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme, urlencode
 from django.views.decorators.http import require_GET, require_POST
 
-from tenants import selectors, services, workspaces
+from tenants import archive_views, selectors, services, workspaces
 from tenants.models import AuthenticatedHttpRequest, User
 from tenants.permissions import Action, Role, role_allows
 from vectordb.connections import ConnectionCapacityExhausted
@@ -163,6 +163,7 @@ def workspace_members(request: AuthenticatedHttpRequest) -> HttpResponse:
             "is_owner": is_owner,
             "assignable_roles": assignable,
             "role_descriptions": ROLE_DESCRIPTIONS,
+            **archive_views.backups_context(membership),  # owners: backups and Rewind
         },
     )
 

@@ -167,6 +167,28 @@ class NeonProvisioner:
         self._wait_for_operations(client, external_id, started=reset.get("operations", []))
         return self._connection_details(client, renamed.json()["project"])
 
+    def branch_restore(self, external_id: str, timestamp: str) -> None:
+        """Point-in-time restore (tenants.archives): the project's branch back to `timestamp` (ISO 8601) with Neon's
+        branch restore endpoint, its state until then kept as a branch named for the moment; returns when the
+        restore's operations have finished. Neon switches the branch in one step: readers see the old state or the
+        restored one."""
+        client = self._client()
+        path = f"/projects/{external_id}"
+        listed = self._request(client, "GET", f"{path}/branches").json().get("branches", [])
+        branch = next((b for b in listed if b.get("name") == BRANCH_NAME), None) or next(
+            (b for b in listed if b.get("default")), None
+        )
+        if branch is None:
+            raise ProvisioningError(f"Neon project {external_id} has no {BRANCH_NAME} branch")
+        self._wait_for_operations(client, external_id)  # a running operation would answer 423
+        preserved = "silo-before-restore-" + "".join(ch for ch in timestamp if ch.isdigit())[:14]
+        body = {"source_branch_id": branch["id"], "source_timestamp": timestamp, "preserve_under_name": preserved}
+        response = self._send(client, "POST", f"{path}/branches/{branch['id']}/restore", json=body)
+        if response.status_code >= 400:
+            code, message = _error_details(response)
+            raise ProvisioningError(f"Neon refused the point-in-time restore of {external_id}: {message or code}")
+        self._wait_for_operations(client, external_id, started=response.json().get("operations", []))
+
     def delete(self, external_id: str, server: str = SERVER_NAME) -> None:
         client = self._client()
         # Neon answers 423 while operations run, so wait for them first; 404 means an earlier attempt deleted it.

@@ -125,7 +125,7 @@ class PostgresProvisioner:
             raise ProvisioningError(f"unknown tenant database server {name!r}") from None
 
     @contextlib.contextmanager
-    def _locate(self, database: str, region: str | None):
+    def _locate(self, database: str, region: str | None, only: str | None = None):
         """(server, admin connection) for the tenant's database: the server that already has it (a retry), else the
         least-loaded server in the requested region that is up, not draining and under its `max_tenants`. One
         connection per server looked at, the chosen one kept."""
@@ -151,7 +151,9 @@ class PostgresProvisioner:
                     yield server, admin
                     return
                 counts[server.name] = count
-            in_region = [s for s in self.servers.values() if not region or s.region == region]
+            in_region = [
+                s for s in self.servers.values() if (not region or s.region == region) and (not only or s.name == only)
+            ]
             if not in_region:
                 raise ProvisioningError(f"no tenant database server in region {region!r}")
             candidates = [
@@ -308,13 +310,19 @@ class PostgresProvisioner:
     # --- the provider interface --------------------------------------------------------------------------------------
 
     def create(
-        self, tenant_key: str, region: str | None = None, *, first_attempt: bool = False, pooled: bool = False
+        self,
+        tenant_key: str,
+        region: str | None = None,
+        *,
+        first_attempt: bool = False,
+        pooled: bool = False,
+        on_server: str | None = None,  # a move to this server (tenants.archives); else the least-loaded in the region
     ) -> ProvisionedDatabase:
         # `first_attempt` changes nothing here: looking for the database by name is part of placing it anyway. Nor
         # does `pooled`: the name comes from the registry row's tenant key, which a claim keeps.
         database = database_name(tenant_key)
         role = database
-        with self._locate(database, region) as (server, admin):
+        with self._locate(database, region, on_server) as (server, admin):
             use_template = self._ensure_template(server)
             password = self._set_login(admin, role)
             cloned = made_empty = False

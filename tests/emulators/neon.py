@@ -15,6 +15,8 @@ It follows /work/shared/reference/neon-api.md (paths are under /api/v2, as on co
     GET    /projects/{id}/branches                       {branches, annotations}
     POST   /projects/{id}/branches/{branch_id}/roles/{role_name}/reset_password
                                                          {role, operations}
+    POST   /projects/{id}/branches/{branch_id}/restore   {branch, operations}: the branch back to `source_timestamp`
+                                                         (itself as `source_branch_id`, `preserve_under_name` given)
 
 Every request needs `Authorization: Bearer <api_key>` (401 otherwise). A project is a real database and a real role
 with a random password on the admin server; the role can log in only once the project's operations have finished, so
@@ -29,6 +31,10 @@ pgvector already installed by the emulator, because pgvector is not a trusted ex
 neon_superuser) may install it while ours, an ordinary role that owns only its database, may not. Projects share one
 server, so the owner role can still open databases that grant CONNECT to PUBLIC (like `postgres`), but not another
 project's database.
+
+Point-in-time history: Neon keeps every change (WAL); the emulator keeps snapshots, taken when a test calls
+`record_history()` (a `pg_dump` of every project), and a restore to a timestamp restores the newest snapshot at or
+before it (400 when there is none, as Neon answers for a time before the branch's history).
 
 Switches, as attributes or flags: `latency_seconds`, `operation_delay_seconds`, `fault_rate` (random
 423/429/500/503 from `fault_statuses`), `retry_after_seconds` (sent with 429), `projects_limit`, `required_org_id`;
@@ -47,6 +53,7 @@ import random
 import re
 import secrets
 import string
+import tempfile
 import threading
 import time
 import uuid
@@ -178,6 +185,9 @@ class NeonEmulator(ServedEmulator):
         self._projects: dict[str, _Project] = {}  # insertion order is the listing order
         self._timers: set[threading.Timer] = set()
         self._lock = threading.RLock()
+        # Point-in-time history: project id -> [(taken at, pg_dump file)], oldest first (see record_history).
+        self._history: dict[str, list[tuple[datetime.datetime, str]]] = {}
+        self._history_folder = tempfile.mkdtemp(prefix="neon-emulator-history-")
 
     # --- lifecycle ---------------------------------------------------------------------------------------------------
 
@@ -331,6 +341,8 @@ class NeonEmulator(ServedEmulator):
             and method == "POST"
         ):
             return 200, self.reset_role_password(segments[1], segments[3], segments[5])
+        elif len(segments) == 5 and segments[2] == "branches" and segments[4] == "restore" and method == "POST":
+            return 200, self.restore_branch(segments[1], segments[3], _json_body(body))
         raise ApiError(404, "not found")
 
     # --- endpoints ---------------------------------------------------------------------------------------------------
@@ -566,6 +578,59 @@ class NeonEmulator(ServedEmulator):
         # The new password works, and the old one stops working, when the operation finishes.
         self._finish_later(project, new_password=project.password)
         return response
+
+    def restore_branch(self, project_id: str, branch_id: str, request: dict) -> dict:
+        with self._lock:
+            project = self._unlocked_project(project_id)
+            if branch_id != project.branch["id"]:
+                raise ApiError(404, "branch not found")
+            if request.get("source_branch_id") != branch_id:
+                raise ApiError(400, "the emulator restores a branch from its own history only")
+            if not request.get("preserve_under_name"):
+                raise ApiError(400, "preserve_under_name is required when restoring a branch from itself")
+            try:
+                moment = datetime.datetime.fromisoformat(str(request.get("source_timestamp")).replace("Z", "+00:00"))
+            except ValueError:
+                raise ApiError(400, "source_timestamp must be an ISO 8601 date-time") from None
+            snapshots = [path for taken, path in self._history.get(project_id, []) if taken <= moment]
+            if not snapshots:
+                raise ApiError(400, f"{request['source_timestamp']} is before the start of the branch's history")
+            operation = self._new_operation(project, "create_timeline", "running")
+            project.operations.append(operation)
+        self._restore_physical(project, snapshots[-1])
+        self._finish_later(project)
+        return {"branch": dict(project.branch), "operations": [dict(operation)]}
+
+    def record_history(self) -> datetime.datetime:
+        """A point of every project's history (what Neon keeps continuously): a pg_dump of its database now."""
+        from vectordb.dumps import database_dump
+
+        with self._lock:
+            projects = list(self._projects.values())
+        taken = datetime.datetime.now(datetime.UTC)
+        for project in projects:
+            path = f"{self._history_folder}/{project.data['id']}-{len(self._history.get(project.data['id'], []))}.dump"
+            database_dump(psycopg.conninfo.make_conninfo(self.admin_dsn, dbname=project.physical_database), path)
+            with self._lock:
+                self._history.setdefault(project.data["id"], []).append((taken, path))
+        return taken
+
+    def _restore_physical(self, project: _Project, dump_path: str) -> None:
+        from pathlib import Path
+
+        from vectordb.dumps import database_restore
+
+        role = sql.Identifier(project.physical_role)
+        project_dsn = psycopg.conninfo.make_conninfo(self.admin_dsn, dbname=project.physical_database)
+        with psycopg.connect(project_dsn, autocommit=True, connect_timeout=10) as connection:
+            connection.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                [project.physical_database],
+            )
+            connection.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(role))
+            connection.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
+                sql.Identifier(project.physical_database), role))  # fmt: skip
+        database_restore(Path(dump_path), self._uri(project, pooled=False))
 
     # --- helpers -----------------------------------------------------------------------------------------------------
 

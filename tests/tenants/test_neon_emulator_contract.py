@@ -111,6 +111,9 @@ def test_every_response_to_the_providers_calls_matches_neons_openapi_document(ne
     refreshed = provisioner.dsn(created.external_id, created.server)  # a new password, connection URIs
     # A warm-pool claim: branches listed, the project renamed (PATCH), the role's password reset.
     rotated = provisioner.credentials_rotate(created.external_id, created.server, "claimed")
+    # A point-in-time restore (tenants.archives): the branch restore endpoint, back to a recorded moment.
+    moment = neon.record_history()
+    provisioner.branch_restore(created.external_id, moment.isoformat())
     assert again.external_id == refreshed.external_id == rotated.external_id == created.external_id
     with httpx.Client(base_url=neon.base_url, headers={"Authorization": f"Bearer {neon.api_key}"}) as client:
         client.get(f"/projects/{created.external_id}")
@@ -132,6 +135,7 @@ def test_every_response_to_the_providers_calls_matches_neons_openapi_document(ne
         ("GET", "/projects/{id}/branches"),
     } <= calls
     assert any(path.endswith("/roles/neondb_owner/reset_password") for method, path in calls if method == "POST")
+    assert any(path.endswith("/restore") for method, path in calls if method == "POST")
     assert {status for _, _, status, _ in neon.responses} >= {200, 201, 401, 404}
     projects = [
         project

@@ -41,7 +41,10 @@ def test_each_role_may_do_exactly_what_the_issue_lists():
         for role in ("owner", "admin", "editor", "viewer", "stranger")
     }
     assert allowed == {
-        "owner": sorted(["READ", "CHAT", "EDIT_DOCUMENTS", "MANAGE_MEMBERS", "DELETE_WORKSPACE", "TRANSFER_OWNERSHIP"]),
+        "owner": sorted(
+            ["READ", "CHAT", "EDIT_DOCUMENTS", "MANAGE_MEMBERS", "DELETE_WORKSPACE", "TRANSFER_OWNERSHIP"]
+            + ["MANAGE_ARCHIVES"]  # download its backups and rewind it (issue 22)
+        ),
         "admin": sorted(["READ", "CHAT", "EDIT_DOCUMENTS", "MANAGE_MEMBERS"]),
         "editor": sorted(["READ", "CHAT", "EDIT_DOCUMENTS"]),
         "viewer": sorted(["READ", "CHAT"]),

@@ -7,6 +7,7 @@ from django.utils.text import slugify
 
 from tenants import selectors, services
 from tenants.crypto import decrypt_credentials
+from tenants.management import archive_commands
 from tenants.management.lookup import user_for_command, workspace_for_command
 from tenants.models import Membership, User, VectorDatabase, Workspace
 from tenants.workspaces import WorkspaceRefused, workspace_create
@@ -17,7 +18,7 @@ WORKSPACE_HELP = "A workspace slug, or an email for that person's personal works
 class Command(BaseCommand):
     help = (
         "Operate the fleet of workspaces (the tenants) and their databases: add, show, dsn, remove, list, reconcile, "
-        "limits, pool, verify, servers. Every subcommand that names a tenant takes a workspace slug or an email (that "
+        "limits, pool, verify, servers, backup, backups, restore, move, import. Every subcommand that names a tenant takes a workspace slug or an email (that "
         "person's personal workspace)."
     )
 
@@ -70,8 +71,12 @@ class Command(BaseCommand):
         )
         servers.add_argument("action", nargs="?", choices=["drain", "undrain"], help="Mark a server (no new tenants).")
         servers.add_argument("name", nargs="?", help="The server's name in TENANT_POSTGRES_SERVERS.")
+        archive_commands.add_archive_subcommands(subcommands)  # backup, backups, restore, move, import
 
     def handle(self, *args, subcommand: str, **options) -> None:
+        if subcommand in archive_commands.SUBCOMMANDS:
+            archive_commands.SUBCOMMANDS[subcommand](self, **options)
+            return
         getattr(self, f"_{subcommand}")(**options)
 
     def _vector_database(self, identifier: str) -> VectorDatabase:
