@@ -23,6 +23,7 @@ from documents.models import Document
 from documents.selectors import document_get_for_user, documents_for_user
 from tenants.models import AuthenticatedHttpRequest
 from tenants.permissions import Action
+from tenants.plans import workspace_limit
 from tenants.services import TenantDatabaseNotReady
 from tenants.workspaces import membership_current
 from vectordb.connections import ConnectionCapacityExhausted
@@ -131,7 +132,8 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
         # the connection.
         await sync_to_async(document_get_for_user)(user, document_id, workspace)
     try:
-        slot = await sync_to_async(chat_stream_admit, thread_sensitive=False)(user.pk)
+        max_streams = await sync_to_async(workspace_limit)(workspace, "chat_max_concurrent_streams")
+        slot = await sync_to_async(chat_stream_admit, thread_sensitive=False)(user.pk, max_streams)
     except ChatLimitReached as error:
         refused = JsonResponse({"error": str(error)}, status=429)
         refused["Retry-After"] = str(error.retry_after_seconds)

@@ -29,3 +29,13 @@ def erase_workspace(workspace_id: int) -> bool:
 def refill_tenant_pool(region: str | None = None) -> list[dict]:
     """After each claim, and periodically (Celery beat): bring the warm pool back to its target."""
     return [refill.as_dict() for refill in services.tenant_pool_refill(region)]
+
+
+@shared_task(ignore_result=True)
+def sample_workspace_usage() -> dict:
+    """Periodically (Celery beat): each workspace's storage, and Neon consumption with suspension status."""
+    from dataclasses import asdict
+
+    from tenants.usage import usage_sample
+
+    return asdict(usage_sample())
