@@ -45,8 +45,9 @@ CONSUMPTION_PAGE_SIZE = 100  # the most project ids one consumption request take
 
 
 class RequestRate:
-    """A token bucket: Neon allows 700 requests a minute per account, with bursts. This keeps one process under the
-    rate; several processes together may still meet a 429, which `_request` waits out (Retry-After)."""
+    """A token bucket: Neon allows 700 requests a minute per account, with bursts. This keeps one process's
+    consumption sweep under the rate; should the account's other traffic push it over, `_request` waits out the 429
+    (Retry-After)."""
 
     def __init__(self, per_minute: int, burst: int):
         self.per_second = per_minute / 60.0
@@ -66,7 +67,7 @@ class RequestRate:
             time.sleep(wait)  # in workers and commands only: no request handler calls the Neon API
 
 
-_API_RATE = RequestRate(settings.NEON_API_REQUESTS_PER_MINUTE, burst=40)
+CONSUMPTION_RATE = RequestRate(settings.NEON_API_REQUESTS_PER_MINUTE, burst=40)
 
 
 class NeonProvisioner:
@@ -243,6 +244,7 @@ class NeonProvisioner:
                       "limit": CONSUMPTION_PAGE_SIZE}  # fmt: skip
             if self.org_id:
                 params["org_id"] = self.org_id
+            CONSUMPTION_RATE.take()  # a fleet-wide sweep: paced, so it never crowds out provisioning's requests
             body = self._request(self._client(), "GET", "/consumption_history/projects", params=params).json()
             for project in body.get("projects", []):
                 summed: dict[str, int] = {}
@@ -462,7 +464,6 @@ class NeonProvisioner:
 
     def _send(self, client: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request; a network error becomes a 503-like answer so that it is retried like one."""
-        _API_RATE.take()
         try:
             return client.request(method, path, **kwargs)
         except httpx.TransportError as error:
