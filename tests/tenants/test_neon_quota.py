@@ -63,8 +63,11 @@ def test_the_plans_quota_is_set_on_create_and_on_every_plan_change(owner, neon, 
 
     plans.workspace_plan_change(workspace, overrides=["neon_active_time_seconds=7200"])
     assert _quota_on_neon(neon, row.external_id)["active_time_seconds"] == 7200
-    plans.workspace_plan_change(workspace, "free")  # the default plan: no Neon quota, 0 is unlimited
-    assert set(_quota_on_neon(neon, row.external_id).values()) == {0}
+    plans.workspace_plan_change(workspace, "free")  # the default plan: no Neon quota; the workspace's deal stays
+    assert _quota_on_neon(neon, row.external_id) == {**dict.fromkeys(plans.NEON_QUOTA_FIELDS, 0),
+                                                     "active_time_seconds": 7200}  # fmt: skip
+    plans.workspace_plan_change(workspace, overrides=["neon_active_time_seconds=default"])
+    assert set(_quota_on_neon(neon, row.external_id).values()) == {0}  # 0 is unlimited
     assert WorkspacePlan.objects.get(workspace=workspace).neon_quota_synced["active_time_seconds"] == 0
 
 
