@@ -380,7 +380,7 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress, allow_oc
         )
     if document.file_format not in {formats.PDF, formats.PPTX}:
         try:  # its pages were estimated at upload: now the text is known (before any embedding)
-            usage.pages_adjust(document.workspace_id, document.id, usage.pages_of_text(text_chars))
+            _pages_remeasure(document, usage.pages_of_text(text_chars))
         except LimitReached as error:
             raise DocumentTooBig(str(error)) from None
     timings.parse = time.perf_counter() - started
@@ -429,6 +429,17 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress, allow_oc
         ingested_at=timezone.now(),
         error_message="",
     )
+
+
+def _pages_remeasure(document: Document, measured: int) -> None:
+    """The pages the upload reserved, corrected to the parsed text's: under the document's row lock and conditional
+    on its recorded figure, so a rerun after a crash counts nothing twice."""
+    with transaction.atomic():
+        reserved = Document.objects.select_for_update().filter(id=document.id).values_list("pages_metered", flat=True)
+        if not reserved or reserved[0] == measured:
+            return
+        usage.pages_change(document.workspace_id, measured - reserved[0], measured)
+        Document.objects.filter(id=document.id).update(pages_metered=measured)
 
 
 def parse_in_bounded_process(parse: Callable[..., list[TextUnit]], *arguments: Any) -> list[TextUnit]:

@@ -300,3 +300,11 @@ def neon_over_quota(quota: dict[str, int], consumption: dict) -> bool:
         for field in NEON_QUOTA_FIELDS
         if field != "logical_size_bytes"
     )
+
+
+def plan_quota_sync(plan: Plan) -> int:
+    """After a plan's limits change (the admin): every workspace on it with a Neon project gets the new quota."""
+    synced = 0
+    for workspace in Workspace.objects.filter(plan_assignment__plan=plan, vector_database__provider="neon"):
+        synced += neon_quota_sync(workspace)
+    return synced

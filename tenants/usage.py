@@ -14,7 +14,7 @@ import datetime
 import logging
 from dataclasses import asdict, dataclass, field
 
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Count
 from django.utils import timezone
 
@@ -91,9 +91,7 @@ def upload_admit(workspace: Workspace, pages: int) -> None:
         raise plans.LimitReached(plans.NEON_SUSPENDED_MESSAGE, "neon_quota")
     limits = plans.limits_of(assignment)
     if limits["documents"] is not None:
-        from documents.models import Document
-
-        if Document.objects.filter(workspace=workspace).count() >= limits["documents"]:
+        if workspace.documents.count() >= limits["documents"]:
             raise plans.documents_refusal(limits["documents"])
     if limits["storage_bytes"] is not None:
         stored = assignment.storage_bytes
@@ -108,27 +106,19 @@ def pages_reserve(workspace_id: int, pages: int, limit: int | None) -> None:
         raise plans.pages_refusal(pages, limit, _used(workspace_id, Period.MONTH, "pages"))
 
 
-def pages_adjust(workspace_id: int, document_id: int, measured: int) -> None:
-    """At ingest, when a document's measured pages differ from what its upload reserved (an office file's text is
-    known only once parsed): the difference is reserved (or refused: the document fails before any embedding) or
-    given back. Conditional on the document's recorded figure, so a re-run after a crash changes nothing twice."""
-    from documents.models import Document
-
-    with transaction.atomic():
-        reserved = Document.objects.select_for_update().filter(id=document_id).values_list("pages_metered", flat=True)
-        if not reserved or reserved[0] == measured:
-            return
-        difference = measured - reserved[0]
-        if difference > 0:
-            limit = plans.workspace_limit(workspace_id, "pages_per_month")
-            if _add(workspace_id, Period.MONTH, "pages", difference, limit) is None:
-                assert limit is not None
-                raise plans.pages_refusal(measured, limit, _used(workspace_id, Period.MONTH, "pages"))
-        else:
-            WorkspaceUsage.objects.filter(
-                workspace_id=workspace_id, period=Period.MONTH, starts_on=_period_start(Period.MONTH)
-            ).update(pages=_greatest_zero("pages", difference))
-        Document.objects.filter(id=document_id).update(pages_metered=measured)
+def pages_change(workspace_id: int, difference: int, measured: int) -> None:
+    """A document's measured pages differ by `difference` from what its upload reserved (an office file's text is
+    known only once parsed): the extra pages are reserved, or refused (the pages_refusal names `measured`), or the
+    surplus is given back. The caller holds the document's row lock, so a rerun changes nothing twice."""
+    if difference > 0:
+        limit = plans.workspace_limit(workspace_id, "pages_per_month")
+        if _add(workspace_id, Period.MONTH, "pages", difference, limit) is None:
+            assert limit is not None
+            raise plans.pages_refusal(measured, limit, _used(workspace_id, Period.MONTH, "pages"))
+    elif difference < 0:
+        WorkspaceUsage.objects.filter(
+            workspace_id=workspace_id, period=Period.MONTH, starts_on=_period_start(Period.MONTH)
+        ).update(pages=_greatest_zero("pages", difference))
 
 
 def _greatest_zero(column: str, difference: int):
@@ -232,9 +222,7 @@ def _cost(pages: int, tokens: int, storage_bytes: int | None, neon: dict) -> flo
 def usage_report(workspaces=None) -> list[WorkspaceUsageReport]:
     """Usage against limits of the given workspaces (default: all), most expensive first. From the main database
     only: a handful of queries whatever the number of workspaces, no tenant database is reached."""
-    from documents.models import Document
-
-    queryset = Workspace.objects.select_related("owner").order_by("id")
+    queryset = Workspace.objects.select_related("owner").annotate(document_count=Count("documents")).order_by("id")
     if workspaces is not None:
         queryset = queryset.filter(id__in=[w.id for w in workspaces])
     rows = list(queryset)
@@ -245,12 +233,6 @@ def usage_report(workspaces=None) -> list[WorkspaceUsageReport]:
         for u in WorkspaceUsage.objects.filter(workspace_id__in=ids).filter(starts_on__in=[month, today])
         if (u.period == Period.MONTH and u.starts_on == month) or (u.period == Period.DAY and u.starts_on == today)
     }
-    documents = dict(
-        Document.objects.filter(workspace_id__in=ids)
-        .values("workspace_id")
-        .annotate(n=Count("id"))
-        .values_list("workspace_id", "n")
-    )
     members = dict(
         Membership.objects.filter(workspace_id__in=ids)
         .values("workspace_id")
@@ -274,7 +256,7 @@ def usage_report(workspaces=None) -> list[WorkspaceUsageReport]:
                 tokens_this_month=tokens,
                 storage_bytes=assignment.storage_bytes,
                 storage_sampled_at=assignment.storage_sampled_at.isoformat() if assignment.storage_sampled_at else None,
-                documents=documents.get(row.id, 0),
+                documents=row.document_count,
                 members=members.get(row.id, 0),
                 neon_suspended=assignment.neon_suspended,
                 neon_consumption=assignment.neon_consumption,
@@ -372,3 +354,46 @@ def _sample_neon(rows: list[VectorDatabase], report: SampleReport) -> None:
 def workspace_suspended(workspace_id: int) -> bool:
     """Whether the last reading found the workspace's Neon project over its quota (its compute is suspended)."""
     return bool(WorkspacePlan.objects.filter(workspace_id=workspace_id, neon_suspended=True).values_list("id").exists())
+
+
+@dataclass
+class UsageBar:
+    label: str
+    used: str
+    limit: str | None  # None: unlimited
+    percent: int  # 0..100, for the bar's width
+    note: str = ""
+
+
+def usage_bars(workspace: Workspace) -> tuple[list[UsageBar], bool]:
+    """The account page's usage against limits (from the main database only), and whether Neon suspended it."""
+    report = usage_report([workspace])[0]
+    limits = report.limits
+
+    def bar(label: str, used: int, limit: int | None, note: str = "", size: bool = False) -> UsageBar:
+        shown = _size_text if size else _count_text
+        percent = 0 if not limit else min(100, round(100 * used / limit))
+        return UsageBar(label, shown(used), None if limit is None else shown(limit), percent, note)
+
+    reset = plans.next_month_start()
+    bars = [
+        bar("Pages this month", report.pages_this_month, limits["pages_per_month"], f"resets on {reset:%-d %B}"),
+        bar("Questions today", report.questions_today, limits["questions_per_day"], "resets at midnight (UTC)"),
+        bar("Model tokens this month", report.tokens_this_month, limits["tokens_per_month"]),
+        bar("Documents", report.documents, limits["documents"]),
+        bar("Members", report.members, limits["members"]),
+    ]
+    if report.storage_bytes is not None:
+        bars.append(bar("Storage", report.storage_bytes, limits["storage_bytes"], "measured every few minutes", True))
+    return bars, report.neon_suspended
+
+
+def _count_text(value: int) -> str:
+    return f"{value:,}"
+
+
+def _size_text(value: int) -> str:
+    for unit, size in (("GB", 1024**3), ("MB", 1024**2), ("kB", 1024)):
+        if value >= size:
+            return f"{value / size:.1f} {unit}"
+    return f"{value} bytes"

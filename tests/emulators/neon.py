@@ -565,7 +565,8 @@ class NeonEmulator(ServedEmulator):
                     }],
                 }],
             })  # fmt: skip
-        return {"projects": items, **({"pagination": {"cursor": items[-1]["project_id"]}} if items else {})}
+        pagination = {"cursor": items[-1]["project_id"], "limit": limit} if items else None
+        return {"projects": items, **({"pagination": pagination} if pagination else {})}
 
     def _storage_size(self, project: _Project) -> int:
         """The project's database size, read from the server's catalogue (no session in the tenant's database)."""

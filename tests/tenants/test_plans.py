@@ -398,3 +398,39 @@ def test_usage_columns_in_tenants_list(owner, tenants_ready, capsys):
     call_command("tenants", "list", "--json")
     (listed,) = json.loads(capsys.readouterr().out)
     assert listed["usage"]["pages_this_month"] == 4
+
+
+def test_the_admin_lists_usage_most_expensive_first_and_changes_a_plan(client, django_user_model, owner, stranger):
+    from django.urls import reverse
+
+    operator = django_user_model.objects.create_superuser(email="ops@example.com", password="operator pass 123")
+    cheap, costly = plans.workspace_plan(personal_workspace(owner)), plans.workspace_plan(personal_workspace(stranger))
+    usage.tokens_record(costly.workspace_id, 5_000_000)
+    Plan.objects.create(name="team", label="Team", pages_per_month=50_000)
+    client.force_login(operator)
+
+    listing = client.get(reverse("admin:tenants_workspaceplan_changelist")).content.decode()
+    assert listing.index(stranger.email.split("@")[0]) < listing.index(owner.email.split("@")[0])
+    assert "5000000" in listing or "5,000,000" in listing
+
+    change = reverse("admin:tenants_workspaceplan_change", args=[cheap.id])
+    team = Plan.objects.get(name="team")
+    refused = client.post(change, {"plan": team.id, "overrides": '{"pages": 3}'})
+    assert refused.status_code == 200 and "expected LIMIT=VALUE" in refused.content.decode()
+    assert plans.workspace_limits(cheap.workspace_id).plan == "free"  # nothing changed
+    saved = client.post(change, {"plan": team.id, "overrides": '{"pages_per_month": 25}'})
+    assert saved.status_code == 302
+    limits = plans.workspace_limits(cheap.workspace_id)
+    assert (limits.plan, limits["pages_per_month"]) == ("team", 25)
+
+
+def test_the_account_page_shows_usage_bars_from_the_main_database(owner):
+    from tests.workspaces import client_in
+
+    workspace = personal_workspace(owner)
+    _override(workspace, pages_per_month=10)
+    _upload(owner, "a.pdf", _pdf(9))
+    page = client_in(owner).get("/account/").content.decode()
+    assert "Usage of" in page
+    assert "9 of 10" in page and 'aria-valuenow="90"' in page and "usage-bar-high" in page
+    assert "Questions today" in page and "0 of 1,000" in page
