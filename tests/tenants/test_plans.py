@@ -434,3 +434,38 @@ def test_the_account_page_shows_usage_bars_from_the_main_database(owner):
     assert "Usage of" in page
     assert "9 of 10" in page and 'aria-valuenow="90"' in page and "usage-bar-high" in page
     assert "Questions today" in page and "0 of 1,000" in page
+
+
+def _reserve_then_hang(workspace_id: int, pages: int, reserved) -> None:
+    """In a forked process: reserve pages in an upload's transaction, say so, then hang until killed."""
+    import time
+
+    from django.db import connections, transaction
+
+    connections.close_all()  # the parent's sockets are not ours
+    workspace = Workspace.objects.get(id=workspace_id)
+    with transaction.atomic():
+        usage.upload_admit(workspace, pages)
+        reserved.set()
+        time.sleep(60)
+
+
+def test_a_worker_killed_mid_upload_leaves_no_count_and_the_retry_counts_once(owner):
+    import multiprocessing
+    import os
+    import signal
+
+    workspace = personal_workspace(owner)
+    _override(workspace, pages_per_month=10)
+    connections.close_all()  # no shared socket across the fork
+    context = multiprocessing.get_context("fork")
+    reserved = context.Event()
+    worker = context.Process(target=_reserve_then_hang, args=(workspace.id, 8, reserved))
+    worker.start()
+    assert reserved.wait(30)
+    os.kill(worker.pid, signal.SIGKILL)  # dies inside the transaction: the reservation is rolled back with it
+    worker.join(30)
+
+    assert _pages_used(workspace) == 0
+    document = _upload(owner, "retried.pdf", _pdf(8, "retried"))  # the retry gets the whole allowance
+    assert (document.pages_metered, _pages_used(workspace)) == (8, 8)
