@@ -95,3 +95,18 @@ def test_ask_meters_answers_but_not_retrieve_only(owner, workspace, settings, ca
         call_command("ask", "--user", owner.email, "When is high tide?")
     call_command("ask", "--user", owner.email, "--retrieve-only", "When is high tide?")  # still allowed
     capsys.readouterr()
+
+
+def test_the_plans_cap_on_answers_in_progress_applies(owner):
+    from chat.limits import ChatLimitReached, chat_stream_admit
+
+    workspace = personal_workspace(owner)
+    plans.workspace_plan_change(workspace, overrides=["chat_max_concurrent_streams=1"])
+    cap = plans.workspace_limit(workspace, "chat_max_concurrent_streams")
+    slot = chat_stream_admit(owner.pk, cap)
+    try:
+        with pytest.raises(ChatLimitReached, match="You already have 1 answer in progress"):
+            chat_stream_admit(owner.pk, cap)
+    finally:
+        slot.release()
+    chat_stream_admit(owner.pk, cap).release()  # the slot is free again

@@ -62,7 +62,7 @@ def test_the_account_page_shows_usage_bars_and_an_upload_over_the_limit_is_refus
     expect(card).to_be_visible()
     pages_row = card.locator(".usage-row").filter(has_text="Pages this month")
     expect(pages_row).to_contain_text("4 of 5")
-    expect(pages_row.locator("[role=progressbar]")).to_have_attribute("aria-valuenow", "80")
+    expect(pages_row.locator("progress")).to_have_attribute("value", "80")
     expect(card.locator(".usage-row").filter(has_text="Documents")).to_contain_text("1 of 4")
     card.scroll_into_view_if_needed()
     _keep(screenshots.take(page, "account-usage"), "desktop-account-usage.png")

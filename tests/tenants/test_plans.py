@@ -63,11 +63,24 @@ def _reset_words() -> str:
 # --- the default plan ------------------------------------------------------------------------------------------------
 
 
-def test_the_migration_seeds_a_default_plan_and_every_workspace_gets_it(owner):
+def test_the_migration_seeds_a_default_plan_and_every_workspace_gets_it(owner, stranger):
+    import importlib
+
+    from django.apps import apps
+
+    seed = importlib.import_module("tenants.migrations.0010_default_plan").seed_default_plan
+    WorkspacePlan.objects.all().delete()  # as before the migration (a test database may have been flushed since)
+    Plan.objects.all().delete()
+    workspaces = [personal_workspace(owner), personal_workspace(stranger)]
+    seed(apps, None)
+    seed(apps, None)  # run again: nothing doubles
     default = Plan.objects.get(is_default=True)
     assert (default.name, default.documents, default.pages_per_month, default.questions_per_day) == (
         "free", 100, 5000, 1000,
     )  # fmt: skip
+    assert sorted(WorkspacePlan.objects.values_list("workspace_id", "plan__name")) == sorted(
+        (workspace.id, "free") for workspace in workspaces
+    )
     workspace = personal_workspace(owner)
     assert plans.workspace_plan(workspace).plan == default
     limits = plans.workspace_limits(workspace)
@@ -432,39 +445,46 @@ def test_the_account_page_shows_usage_bars_from_the_main_database(owner):
     _upload(owner, "a.pdf", _pdf(9))
     page = client_in(owner).get("/account/").content.decode()
     assert "Usage of" in page
-    assert "9 of 10" in page and 'aria-valuenow="90"' in page and "usage-bar-high" in page
+    assert "9 of 10" in page and 'max="100" value="90"' in page and "usage-bar-high" in page
     assert "Questions today" in page and "0 of 1,000" in page
 
 
-def _reserve_then_hang(workspace_id: int, pages: int, reserved) -> None:
-    """In a forked process: reserve pages in an upload's transaction, say so, then hang until killed."""
-    import time
-
-    from django.db import connections, transaction
-
-    connections.close_all()  # the parent's sockets are not ours
-    workspace = Workspace.objects.get(id=workspace_id)
-    with transaction.atomic():
-        usage.upload_admit(workspace, pages)
-        reserved.set()
-        time.sleep(60)
+RESERVE_THEN_HANG = """
+import sys, time
+import django
+django.setup()
+from django.db import transaction
+from tenants import usage
+from tenants.models import Workspace
+with transaction.atomic():
+    usage.upload_admit(Workspace.objects.get(id=int(sys.argv[1])), int(sys.argv[2]))
+    print("reserved", flush=True)
+    time.sleep(60)
+"""
 
 
 def test_a_worker_killed_mid_upload_leaves_no_count_and_the_retry_counts_once(owner):
-    import multiprocessing
-    import os
-    import signal
+    """A real process reserves pages in an upload's transaction and is killed (SIGKILL) before it commits."""
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    from tests.conftest import _worker_environment
 
     workspace = personal_workspace(owner)
     _override(workspace, pages_per_month=10)
-    connections.close_all()  # no shared socket across the fork
-    context = multiprocessing.get_context("fork")
-    reserved = context.Event()
-    worker = context.Process(target=_reserve_then_hang, args=(workspace.id, 8, reserved))
-    worker.start()
-    assert reserved.wait(30)
-    os.kill(worker.pid, signal.SIGKILL)  # dies inside the transaction: the reservation is rolled back with it
-    worker.join(30)
+    environment = _worker_environment(connections["default"].settings_dict["NAME"])
+    environment["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    worker = subprocess.Popen(
+        [sys.executable, "-c", RESERVE_THEN_HANG, str(workspace.id), "8"],
+        cwd=settings.BASE_DIR, env=environment, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "reserved"
+    finally:
+        worker.kill()  # dies inside the transaction: the reservation goes with it
+        worker.wait(30)
 
     assert _pages_used(workspace) == 0
     document = _upload(owner, "retried.pdf", _pdf(8, "retried"))  # the retry gets the whole allowance
