@@ -434,12 +434,15 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress, allow_oc
 def _pages_remeasure(document: Document, measured: int) -> None:
     """The pages the upload reserved, corrected to the parsed text's: under the document's row lock and conditional
     on its recorded figure, so a rerun after a crash counts nothing twice."""
+    if document.pages_metered == measured:  # the common case (as loaded when the run started): nothing to lock
+        return
     with transaction.atomic():
         reserved = Document.objects.select_for_update().filter(id=document.id).values_list("pages_metered", flat=True)
         if not reserved or reserved[0] == measured:
             return
         usage.pages_change(document.workspace_id, measured - reserved[0], measured)
         Document.objects.filter(id=document.id).update(pages_metered=measured)
+        document.pages_metered = measured
 
 
 def parse_in_bounded_process(parse: Callable[..., list[TextUnit]], *arguments: Any) -> list[TextUnit]:

@@ -83,21 +83,60 @@ def pages_of_text(characters: int) -> int:
     return max(1, -(-characters // CHARACTERS_PER_PAGE))
 
 
+_ADMIT_UPLOAD = f"""
+WITH lim AS (
+    SELECT wp.neon_suspended AS suspended, wp.storage_bytes AS stored,
+           {plans.limit_sql("pages_per_month")} AS pages_limit,
+           {plans.limit_sql("documents")} AS documents_limit,
+           {plans.limit_sql("storage_bytes")} AS storage_limit,
+           (SELECT count(*) FROM documents d WHERE d.workspace_id = wp.workspace_id) AS documents
+    FROM workspace_plans wp JOIN plans p ON p.id = wp.plan_id WHERE wp.workspace_id = %(workspace)s
+), reserved AS (
+    INSERT INTO workspace_usage (workspace_id, period, starts_on, pages, questions, tokens)
+    SELECT %(workspace)s, 'month', %(month)s, %(pages)s, 0, 0 FROM lim
+    WHERE NOT lim.suspended
+      AND (lim.documents_limit IS NULL OR lim.documents < lim.documents_limit)
+      AND (lim.storage_limit IS NULL OR lim.stored IS NULL OR lim.stored < lim.storage_limit)
+      AND (lim.pages_limit IS NULL OR %(pages)s <= lim.pages_limit)
+    ON CONFLICT (workspace_id, period, starts_on) DO UPDATE SET pages = workspace_usage.pages + EXCLUDED.pages
+    WHERE (SELECT pages_limit FROM lim) IS NULL
+       OR workspace_usage.pages + EXCLUDED.pages <= (SELECT pages_limit FROM lim)
+    RETURNING pages
+)
+SELECT lim.suspended, lim.stored, lim.pages_limit, lim.documents_limit, lim.storage_limit, lim.documents,
+       (SELECT pages FROM reserved)
+FROM lim
+"""
+
+
 def upload_admit(workspace: Workspace, pages: int) -> None:
     """Call inside the upload's transaction, with the workspace row locked: refuses a document over the documents,
-    storage or page limit before anything is stored, and reserves its pages (refunded only by a rollback)."""
-    assignment = plans.workspace_plan(workspace)
-    if assignment.neon_suspended:
+    storage or page limit before anything is stored, and reserves its pages (refunded only by a rollback). One
+    statement reads the limits, checks them and reserves: metering costs the upload one round trip."""
+    parameters = {"workspace": workspace.id, "month": _period_start(Period.MONTH), "pages": pages}
+    row = _one_statement(_ADMIT_UPLOAD, parameters, workspace.id)
+    suspended, stored, pages_limit, documents_limit, storage_limit, documents, reserved = row
+    if reserved is not None:
+        return
+    if suspended:
         raise plans.LimitReached(plans.NEON_SUSPENDED_MESSAGE, "neon_quota")
-    limits = plans.limits_of(assignment)
-    if limits["documents"] is not None:
-        if workspace.documents.count() >= limits["documents"]:
-            raise plans.documents_refusal(limits["documents"])
-    if limits["storage_bytes"] is not None:
-        stored = assignment.storage_bytes
-        if stored is not None and stored >= limits["storage_bytes"]:
-            raise plans.storage_refusal(limits["storage_bytes"], stored)
-    pages_reserve(workspace.id, pages, limits["pages_per_month"])
+    if documents_limit is not None and documents >= documents_limit:
+        raise plans.documents_refusal(documents_limit)
+    if storage_limit is not None and stored is not None and stored >= storage_limit:
+        raise plans.storage_refusal(storage_limit, stored)
+    raise plans.pages_refusal(pages, pages_limit, _used(workspace.id, Period.MONTH, "pages"))
+
+
+def _one_statement(sql: str, parameters: dict, workspace_id: int) -> tuple:
+    """Run a metering statement; a workspace without a plan row yet gets its first plan, and the statement again."""
+    for _ in range(2):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, parameters)
+            row = cursor.fetchone()
+        if row is not None:
+            return row
+        plans.workspace_plan(workspace_id)
+    raise AssertionError(f"workspace {workspace_id} has no plan")
 
 
 def pages_reserve(workspace_id: int, pages: int, limit: int | None) -> None:
@@ -149,22 +188,45 @@ def members_admit(workspace: Workspace, with_invitations: bool) -> None:
 # --- questions and tokens (in the chat service) ---------------------------------------------------------------------
 
 
+_ADMIT_QUESTION = f"""
+WITH lim AS (
+    SELECT wp.neon_suspended AS suspended,
+           {plans.limit_sql("questions_per_day")} AS questions_limit,
+           {plans.limit_sql("tokens_per_month")} AS tokens_limit,
+           COALESCE((SELECT u.tokens FROM workspace_usage u WHERE u.workspace_id = wp.workspace_id
+                     AND u.period = 'month' AND u.starts_on = %(month)s), 0) AS tokens_used
+    FROM workspace_plans wp JOIN plans p ON p.id = wp.plan_id WHERE wp.workspace_id = %(workspace)s
+), counted AS (
+    INSERT INTO workspace_usage (workspace_id, period, starts_on, pages, questions, tokens)
+    SELECT %(workspace)s, 'day', %(today)s, 0, 1, 0 FROM lim
+    WHERE NOT lim.suspended
+      AND (lim.tokens_limit IS NULL OR lim.tokens_used < lim.tokens_limit)
+      AND (lim.questions_limit IS NULL OR lim.questions_limit >= 1)
+    ON CONFLICT (workspace_id, period, starts_on) DO UPDATE SET questions = workspace_usage.questions + 1
+    WHERE (SELECT questions_limit FROM lim) IS NULL
+       OR workspace_usage.questions + 1 <= (SELECT questions_limit FROM lim)
+    RETURNING questions
+)
+SELECT lim.suspended, lim.questions_limit, lim.tokens_limit, lim.tokens_used, (SELECT questions FROM counted)
+FROM lim
+"""
+
+
 def question_admit(workspace: Workspace) -> None:
     """Count one question against today's allowance, or refuse it (also when this month's tokens are spent, or the
-    workspace's Neon project is suspended over its quota: a clear status rather than a connection error)."""
-    assignment = plans.workspace_plan(workspace)
-    if assignment.neon_suspended:
+    workspace's Neon project is suspended over its quota: a clear status rather than a connection error). One
+    statement reads the limits, checks them and counts."""
+    parameters = {"workspace": workspace.id, "month": _period_start(Period.MONTH), "today": _period_start(Period.DAY)}
+    suspended, questions_limit, tokens_limit, tokens_used, counted = _one_statement(
+        _ADMIT_QUESTION, parameters, workspace.id
+    )
+    if counted is not None:
+        return
+    if suspended:
         raise plans.LimitReached(plans.NEON_SUSPENDED_MESSAGE, "neon_quota")
-    limits = plans.limits_of(assignment)
-    tokens_limit = limits["tokens_per_month"]
-    if tokens_limit is not None:
-        tokens_used = _used(workspace.id, Period.MONTH, "tokens")
-        if tokens_used >= tokens_limit:
-            raise plans.tokens_refusal(tokens_limit, tokens_used)
-    limit = limits["questions_per_day"]
-    if _add(workspace.id, Period.DAY, "questions", 1, limit) is None:
-        assert limit is not None
-        raise plans.questions_refusal(limit, _used(workspace.id, Period.DAY, "questions"))
+    if tokens_limit is not None and tokens_used >= tokens_limit:
+        raise plans.tokens_refusal(tokens_limit, tokens_used)
+    raise plans.questions_refusal(questions_limit, _used(workspace.id, Period.DAY, "questions"))
 
 
 def question_refund(workspace_id: int) -> None:
