@@ -84,7 +84,7 @@ def pages_of_text(characters: int) -> int:
 
 
 _ADMIT_UPLOAD = f"""
-WITH lim AS (
+WITH allowed AS (
     SELECT wp.neon_suspended AS suspended, wp.storage_bytes AS stored,
            {plans.limit_sql("pages_per_month")} AS pages_limit,
            {plans.limit_sql("documents")} AS documents_limit,
@@ -93,19 +93,19 @@ WITH lim AS (
     FROM workspace_plans wp JOIN plans p ON p.id = wp.plan_id WHERE wp.workspace_id = %(workspace)s
 ), reserved AS (
     INSERT INTO workspace_usage (workspace_id, period, starts_on, pages, questions, tokens)
-    SELECT %(workspace)s, 'month', %(month)s, %(pages)s, 0, 0 FROM lim
-    WHERE NOT lim.suspended
-      AND (lim.documents_limit IS NULL OR lim.documents < lim.documents_limit)
-      AND (lim.storage_limit IS NULL OR lim.stored IS NULL OR lim.stored < lim.storage_limit)
-      AND (lim.pages_limit IS NULL OR %(pages)s <= lim.pages_limit)
+    SELECT %(workspace)s, 'month', %(month)s, %(pages)s, 0, 0 FROM allowed
+    WHERE NOT allowed.suspended
+      AND (allowed.documents_limit IS NULL OR allowed.documents < allowed.documents_limit)
+      AND (allowed.storage_limit IS NULL OR allowed.stored IS NULL OR allowed.stored < allowed.storage_limit)
+      AND (allowed.pages_limit IS NULL OR %(pages)s <= allowed.pages_limit)
     ON CONFLICT (workspace_id, period, starts_on) DO UPDATE SET pages = workspace_usage.pages + EXCLUDED.pages
-    WHERE (SELECT pages_limit FROM lim) IS NULL
-       OR workspace_usage.pages + EXCLUDED.pages <= (SELECT pages_limit FROM lim)
+    WHERE (SELECT pages_limit FROM allowed) IS NULL
+       OR workspace_usage.pages + EXCLUDED.pages <= (SELECT pages_limit FROM allowed)
     RETURNING pages
 )
-SELECT lim.suspended, lim.stored, lim.pages_limit, lim.documents_limit, lim.storage_limit, lim.documents,
+SELECT allowed.suspended, allowed.stored, allowed.pages_limit, allowed.documents_limit, allowed.storage_limit, allowed.documents,
        (SELECT pages FROM reserved)
-FROM lim
+FROM allowed
 """
 
 
@@ -189,7 +189,7 @@ def members_admit(workspace: Workspace, with_invitations: bool) -> None:
 
 
 _ADMIT_QUESTION = f"""
-WITH lim AS (
+WITH allowed AS (
     SELECT wp.neon_suspended AS suspended,
            {plans.limit_sql("questions_per_day")} AS questions_limit,
            {plans.limit_sql("tokens_per_month")} AS tokens_limit,
@@ -198,17 +198,17 @@ WITH lim AS (
     FROM workspace_plans wp JOIN plans p ON p.id = wp.plan_id WHERE wp.workspace_id = %(workspace)s
 ), counted AS (
     INSERT INTO workspace_usage (workspace_id, period, starts_on, pages, questions, tokens)
-    SELECT %(workspace)s, 'day', %(today)s, 0, 1, 0 FROM lim
-    WHERE NOT lim.suspended
-      AND (lim.tokens_limit IS NULL OR lim.tokens_used < lim.tokens_limit)
-      AND (lim.questions_limit IS NULL OR lim.questions_limit >= 1)
+    SELECT %(workspace)s, 'day', %(today)s, 0, 1, 0 FROM allowed
+    WHERE NOT allowed.suspended
+      AND (allowed.tokens_limit IS NULL OR allowed.tokens_used < allowed.tokens_limit)
+      AND (allowed.questions_limit IS NULL OR allowed.questions_limit >= 1)
     ON CONFLICT (workspace_id, period, starts_on) DO UPDATE SET questions = workspace_usage.questions + 1
-    WHERE (SELECT questions_limit FROM lim) IS NULL
-       OR workspace_usage.questions + 1 <= (SELECT questions_limit FROM lim)
+    WHERE (SELECT questions_limit FROM allowed) IS NULL
+       OR workspace_usage.questions + 1 <= (SELECT questions_limit FROM allowed)
     RETURNING questions
 )
-SELECT lim.suspended, lim.questions_limit, lim.tokens_limit, lim.tokens_used, (SELECT questions FROM counted)
-FROM lim
+SELECT allowed.suspended, allowed.questions_limit, allowed.tokens_limit, allowed.tokens_used, (SELECT questions FROM counted)
+FROM allowed
 """
 
 
