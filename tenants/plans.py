@@ -306,11 +306,13 @@ def neon_quota(limits: Limits) -> dict[str, int]:
     return {field: int(limits[f"neon_{field}"] or 0) for field in NEON_QUOTA_FIELDS}
 
 
-def neon_quota_sync(workspace: Workspace) -> bool:
+def neon_quota_sync(workspace: Workspace, provisioner=None) -> bool:
     """PATCH the workspace's Neon project with its plan's quota (on create, and on every plan change). False when
-    the workspace has no Neon project; errors from Neon are logged and left for the next sync (the schedule)."""
-    from tenants.provisioners import ProvisioningError
-    from tenants.provisioners.neon import NeonProvisioner
+    the workspace has no Neon project; errors from Neon are logged, and the next plan change sends it again.
+    `provisioner`: the caller's Neon provisioner (default: the one settings configure)."""
+    from django.core.exceptions import ImproperlyConfigured
+
+    from tenants.provisioners import ProvisioningError, get_provisioner
 
     vector_database = VectorDatabase.objects.filter(workspace=workspace, provider="neon").first()
     if vector_database is None or not vector_database.external_id:
@@ -318,8 +320,9 @@ def neon_quota_sync(workspace: Workspace) -> bool:
     assignment = workspace_plan(workspace)
     quota = neon_quota(limits_of(assignment))
     try:
-        project = NeonProvisioner.from_settings().quota_set(vector_database.external_id, quota)
-    except ProvisioningError as error:
+        provisioner = provisioner or get_provisioner("neon")
+        project = provisioner.quota_set(vector_database.external_id, quota)
+    except (ProvisioningError, ImproperlyConfigured) as error:
         logger.warning("setting the Neon quota of workspace %s failed: %s", workspace.id, error)
         return False
     suspended = neon_over_quota(quota, project)

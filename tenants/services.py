@@ -199,7 +199,7 @@ def _quota_apply(vector_database: VectorDatabase) -> None:
     if vector_database.provider == "neon" and vector_database.workspace_id and vector_database.is_ready:
         from tenants.plans import neon_quota_sync
 
-        neon_quota_sync(vector_database.workspace)  # type: ignore[arg-type]
+        neon_quota_sync(vector_database.workspace, get_provisioner(vector_database.provider))  # type: ignore[arg-type]
 
 
 LOCATION_FIELDS = ("external_id", "server", "region", "encrypted_credentials")

@@ -395,12 +395,19 @@ def _sample_neon(rows: list[VectorDatabase], report: SampleReport) -> None:
         logger.warning("reading Neon consumption failed: %s", error)
         report.skipped += len(rows)
         return
+    synced = dict(
+        WorkspacePlan.objects.filter(workspace_id__in=[row.workspace_id for row in rows]).values_list(
+            "workspace_id", "neon_quota_synced"
+        )
+    )
     for project_id, row in by_project.items():
         used = consumption.get(project_id)
         if used is None:
             report.skipped += 1
             continue
         quota = plans.neon_quota(plans.workspace_limits(row.workspace_id))  # type: ignore[arg-type]
+        if synced.get(row.workspace_id or 0) != quota:  # a sync that failed earlier (Neon down): send it now
+            plans.neon_quota_sync(row.workspace, provisioner)  # type: ignore[arg-type]
         suspended = plans.neon_over_quota(quota, used)
         _store_reading(
             row.workspace_id,
@@ -411,11 +418,6 @@ def _sample_neon(rows: list[VectorDatabase], report: SampleReport) -> None:
         report.neon_read += 1
         if suspended:
             report.suspended.append(project_id)
-
-
-def workspace_suspended(workspace_id: int) -> bool:
-    """Whether the last reading found the workspace's Neon project over its quota (its compute is suspended)."""
-    return bool(WorkspacePlan.objects.filter(workspace_id=workspace_id, neon_suspended=True).values_list("id").exists())
 
 
 @dataclass

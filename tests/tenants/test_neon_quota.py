@@ -138,3 +138,21 @@ def test_the_emulator_answers_429_past_its_rate_limit_and_the_client_paces_itsel
     for _ in range(5):
         rate.take()
     assert time.monotonic() - started >= 0.25  # three beyond the burst, 0.1 s apart
+
+
+def test_a_project_claimed_from_the_warm_pool_gets_its_workspaces_quota(neon, neon_settings, small_plan):
+    from tenants.models import User
+
+    neon_settings.TENANT_WARM_POOL_SIZE = 1
+    neon_settings.TENANT_WARM_POOL_REGION_SIZES = {}
+    [refill] = services.tenant_pool_refill(neon_settings.NEON_REGION)
+    assert refill.created == 1
+    pooled = VectorDatabase.objects.get(status=VectorDatabase.Status.POOLED)
+    assert _quota_on_neon(neon, pooled.external_id) == {}  # made before anyone's plan was known
+
+    person = User.objects.create_user(email="ada@example.com", password="a long enough password")
+    plans.workspace_plan_change(personal_workspace(person), "small")
+    claimed = services.vector_database_provision(services.vector_database_request(person).id)
+
+    assert (claimed.id, claimed.status) == (pooled.id, VectorDatabase.Status.READY)
+    assert _quota_on_neon(neon, pooled.external_id)["active_time_seconds"] == 3600
