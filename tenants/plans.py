@@ -246,6 +246,11 @@ def members_refusal(limit: int, used: int) -> LimitReached:
     )
 
 
+def workspace_paused(workspace_id: int) -> bool:
+    """Whether the last reading found the workspace's Neon project suspended over its quota."""
+    return WorkspacePlan.objects.filter(workspace_id=workspace_id, neon_suspended=True).exists()
+
+
 NEON_SUSPENDED_MESSAGE = (
     "This workspace's database is paused: it used up its plan's database allowance for this month. It resumes at "
     "the start of next month, or as soon as an operator moves the workspace to a larger plan."

@@ -95,6 +95,14 @@ def test_a_project_over_its_quota_is_suspended_silo_says_so_and_an_upgrade_resum
     events = list(chat_services.chat_turn(owner, "When is the tide high?"))
     assert events[-1].kind == "error"
     assert events[-1].data["message"] == plans.NEON_SUSPENDED_MESSAGE
+    from django.urls import reverse
+    from django.utils.html import escape
+
+    from tests.workspaces import client_in
+
+    browser = client_in(owner)
+    assert escape(plans.NEON_SUSPENDED_MESSAGE) in browser.get(reverse("chat")).content.decode()
+    assert escape(plans.NEON_SUSPENDED_MESSAGE) in browser.get("/account/").content.decode()
     call_usage = usage.usage_report([workspace])[0]
     assert call_usage.neon_suspended is True and call_usage.questions_today == 0
 
