@@ -57,18 +57,20 @@ class ChatStreamSlot:
             pass  # the lease ran out meanwhile: nothing to free
 
 
-def chat_stream_admit(user_id: object) -> ChatStreamSlot:
-    """Admit one more question from this user now, or raise ChatLimitReached with the reason."""
+def chat_stream_admit(user_id: object, max_streams: int | None = None) -> ChatStreamSlot:
+    """Admit one more question from this user now, or raise ChatLimitReached with the reason. `max_streams`: the
+    workspace plan's cap (default CHAT_MAX_CONCURRENT_STREAMS)."""
     client = _client()
+    max_streams = max_streams or settings.CHAT_MAX_CONCURRENT_STREAMS
     lease = settings.CHAT_STREAM_SLOT_LEASE_SECONDS
     slot = None
-    for index in range(settings.CHAT_MAX_CONCURRENT_STREAMS):
+    for index in range(max_streams):
         lock = client.lock(_slot_name(user_id, index), timeout=lease, blocking=False, thread_local=False)
         if lock.acquire():
             slot = ChatStreamSlot(lock, lease)
             break
     if slot is None:
-        limit = settings.CHAT_MAX_CONCURRENT_STREAMS
+        limit = max_streams
         raise ChatLimitReached(
             f"You already have {limit} answer{'s' if limit != 1 else ''} in progress, the most Silo runs at once "
             "for one person; wait for one to finish (or stop it), then ask again.",

@@ -27,6 +27,7 @@ from django.core.exceptions import PermissionDenied
 from chat import answers
 from documents.models import Document
 from documents.selectors import document_get_for_user, documents_for_user
+from tenants import usage
 from tenants.models import Workspace
 from tenants.permissions import (
     Action,
@@ -35,6 +36,7 @@ from tenants.permissions import (
     membership_still_allows,
     workspace_writable_require,
 )
+from tenants.plans import LimitReached
 from tenants.services import TenantDatabaseNotReady, tenant_target
 from vectordb import conversations
 from vectordb.connections import ConnectionCapacityExhausted, TenantTarget, get_registry
@@ -420,24 +422,32 @@ def chat_model(streaming: bool = True, max_tokens: int | None = None):
         timeout=settings.CHAT_REQUEST_TIMEOUT_SECONDS,
         max_retries=2,
         streaming=streaming,
+        stream_usage=True,  # the last streamed chunk reports the tokens used: metered per workspace
         max_tokens=max_tokens,  # type: ignore[call-arg]  # a field of ChatOpenAI the stubs know by its alias
     )
 
 
-def model_answer(question: str, citations: Sequence[Citation], history: Sequence[Exchange]) -> Iterator[str]:
+def model_answer(
+    question: str, citations: Sequence[Citation], history: Sequence[Exchange], meter: dict | None = None
+) -> Iterator[str]:
+    """The model's answer in pieces; `meter["tokens"]` gets the total the model reports using."""
     for chunk in chat_model().stream(_prompt_messages(question, citations, history)):
+        if chunk.usage_metadata and meter is not None:
+            meter["tokens"] = meter.get("tokens", 0) + int(chunk.usage_metadata.get("total_tokens") or 0)
         if chunk.content:
             yield chunk.content
 
 
-def answer_stream(question: str, retrieval: Retrieval, history: Sequence[Exchange] = ()) -> Iterator[str]:
+def answer_stream(
+    question: str, retrieval: Retrieval, history: Sequence[Exchange] = (), meter: dict | None = None
+) -> Iterator[str]:
     """The answer in pieces: "not found", the model's answer, or the quoted sentences."""
     if retrieval.no_documents:
         return _pieces(NO_DOCUMENTS_ANSWER)
     if not retrieval.found:
         return _pieces(NOT_FOUND_ANSWER)
     if settings.OPENAI_API_KEY:
-        return model_answer(question, retrieval.citations, history)
+        return model_answer(question, retrieval.citations, history, meter)
     return _pieces(extractive_answer(retrieval.citations))
 
 
@@ -497,11 +507,15 @@ def chat_turn(
     Never raises for expected failures: they end the stream with an `error` event the user can read. A person removed
     from the workspace while the answer streams loses it at once: the stream ends with an error, nothing more is
     stored. A reader who stops the answer keeps what was streamed so far in the conversation, marked as stopped."""
+    counted = answered = False  # the question is counted against the day's allowance; the answer is stored
+    meter: dict = {}
     try:
         question = question_validate(question)
         workspace = workspace or Workspace.objects.personal_for(user)
         membership_require(user, workspace, Action.CHAT)
         workspace_writable_require(workspace)  # the turn is stored: not while a restore or move runs
+        usage.question_admit(workspace)  # refused (with the limit and when it resets) before any work
+        counted = True
         is_owner = workspace.owner_id == user.id
         if document_id is not None:
             document_get_for_user(user, document_id, workspace)  # 404 for another workspace's document
@@ -524,7 +538,6 @@ def chat_turn(
             conversations.message_add(connection, conversation.id, "user", question)
         answer: list[str] = []
         citations: list[dict] = []
-        answered = False  # the assistant message is stored
         try:
             yield ChatEvent("conversation", {"id": str(conversation.id), "title": conversation.title})
             exchanges = history_from_messages(history)
@@ -534,7 +547,7 @@ def chat_turn(
             allowed(force=True)
             citations = [asdict(citation) for citation in retrieval.citations]
             yield ChatEvent("sources", {"citations": citations})
-            pieces = answer_stream(question, retrieval, exchanges)
+            pieces = answer_stream(question, retrieval, exchanges, meter)
             try:
                 for piece in pieces:
                     allowed()
@@ -548,6 +561,7 @@ def chat_turn(
                 with registry.connection(target) as connection:
                     conversations.message_add(connection, conversation.id, "assistant", partial, citations)
                 answered = True
+                _tokens_record(workspace, meter, question, partial)
                 yield ChatEvent("error", {"message": message})
                 return
             finally:
@@ -555,20 +569,25 @@ def chat_turn(
             with registry.connection(target) as connection:
                 conversations.message_add(connection, conversation.id, "assistant", "".join(answer), citations)
             answered = True
+            _tokens_record(workspace, meter, question, "".join(answer))
             yield ChatEvent("done", {"extractive": not settings.OPENAI_API_KEY, "found": retrieval.found})
         except GeneratorExit:
             # The reader stopped the answer (stop button, closed tab: the view closes this generator). What was
             # streamed so far stays in the conversation, marked as stopped, so that a reload shows what they saw.
             if not answered:
                 _answer_store_stopped(target, conversation.id, "".join(answer), citations)
+                _tokens_record(workspace, meter, question, "".join(answer))
             raise
     except QuestionRejected as error:
         yield ChatEvent("error", {"message": str(error)})
+    except LimitReached as error:
+        yield ChatEvent("error", {"message": str(error), "limit": error.limit})
     except (_AccessLost, WorkspaceNotFound):
         yield ChatEvent("error", {"message": ACCESS_LOST_MESSAGE})
     except PermissionDenied as error:
         yield ChatEvent("error", {"message": str(error)})
     except TenantDatabaseNotReady as error:
+        _question_refund(workspace, counted, answered)
         message = (
             "Your database is still being set up; try again in a moment."
             if error.status in {"pending", "provisioning"}
@@ -577,7 +596,18 @@ def chat_turn(
         yield ChatEvent("error", {"message": message})
     except (psycopg.OperationalError, ConnectionCapacityExhausted) as error:
         logger.warning("tenant database unreachable during chat: %s", type(error).__name__)
+        _question_refund(workspace, counted, answered)
         yield ChatEvent("error", {"message": "Your database cannot be reached right now. Please try again shortly."})
+
+
+def _tokens_record(workspace: Workspace, meter: dict, question: str, answer: str) -> None:
+    """The model's own count when it reported one; else (extractive mode) an estimate from the text."""
+    usage.tokens_record(workspace.id, meter.get("tokens") or usage.tokens_estimate(question, answer))
+
+
+def _question_refund(workspace: Workspace | None, counted: bool, answered: bool) -> None:
+    if counted and not answered and workspace is not None:
+        usage.question_refund(workspace.id)
 
 
 def answer_stopped(partial: str) -> str:

@@ -23,6 +23,7 @@ from documents.models import Document
 from documents.selectors import document_get_for_user, documents_for_user
 from tenants.models import AuthenticatedHttpRequest
 from tenants.permissions import Action
+from tenants.plans import NEON_SUSPENDED_MESSAGE, workspace_limit, workspace_paused
 from tenants.services import TenantDatabaseNotReady
 from tenants.workspaces import membership_current
 from vectordb.connections import ConnectionCapacityExhausted
@@ -77,7 +78,8 @@ def _chat_page(request: AuthenticatedHttpRequest, document: Document | None) -> 
             workspace.id,
             type(error).__name__,
         )
-        context["unavailable"] = UNREACHABLE_MESSAGE
+        # Suspended over its Neon quota: say so, rather than "cannot be reached".
+        context["unavailable"] = NEON_SUSPENDED_MESSAGE if workspace_paused(workspace.id) else UNREACHABLE_MESSAGE
     ready_documents = documents_for_user(user, workspace).filter(status=Document.Status.READY)
     context["ready_document_count"] = ready_documents.count()
     context["has_ready_documents"] = bool(context["ready_document_count"])
@@ -131,7 +133,8 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
         # the connection.
         await sync_to_async(document_get_for_user)(user, document_id, workspace)
     try:
-        slot = await sync_to_async(chat_stream_admit, thread_sensitive=False)(user.pk)
+        max_streams = await sync_to_async(workspace_limit)(workspace, "chat_max_concurrent_streams")
+        slot = await sync_to_async(chat_stream_admit, thread_sensitive=False)(user.pk, max_streams)
     except ChatLimitReached as error:
         refused = JsonResponse({"error": str(error)}, status=429)
         refused["Retry-After"] = str(error.retry_after_seconds)

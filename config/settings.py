@@ -208,6 +208,8 @@ NEON_OPERATION_TIMEOUT_SECONDS = env_float("NEON_OPERATION_TIMEOUT_SECONDS", 300
 NEON_RETRY_BASE_DELAY_SECONDS = env_float("NEON_RETRY_BASE_DELAY_SECONDS", 0.5, minimum=0)
 NEON_RETRY_MAX_DELAY_SECONDS = env_float("NEON_RETRY_MAX_DELAY_SECONDS", 30.0, minimum=0)
 NEON_POLL_INTERVAL_SECONDS = env_float("NEON_POLL_INTERVAL_SECONDS", 2.0, minimum=0.01)
+# Neon's API rate limit per account (700 a minute); Silo's requests stay under it (issue 21).
+NEON_API_REQUESTS_PER_MINUTE = env_int("NEON_API_REQUESTS_PER_MINUTE", 700, minimum=1)
 if TENANT_PROVIDER == "neon" and not NEON_API_KEY:
     raise ImproperEnvironment("TENANT_PROVIDER=neon needs NEON_API_KEY")
 # The plan's project limit, if known (0: unknown; then the pool refill stops only when Neon refuses a project).
@@ -391,6 +393,7 @@ CELERY_TASK_DEFAULT_QUEUE = env_str("CELERY_QUEUE", "silo")
 # Provisioning (sign-up, deletion, reconcile) has a queue and a worker of its own: an hour of ingest on every other
 # worker must not keep a new account's database pending.
 CELERY_PROVISIONING_QUEUE = f"{CELERY_TASK_DEFAULT_QUEUE}-provisioning"
+USAGE_SAMPLE_SECONDS = env_int("USAGE_SAMPLE_SECONDS", 900, minimum=10)
 # Celery beat (`make run` runs it inside the worker, docker-compose as a service of its own).
 CELERY_BEAT_SCHEDULE = {
     "refill-tenant-warm-pool": {
@@ -401,6 +404,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "tenants.tasks.back_up_due_workspaces",
         "schedule": float(TENANT_BACKUP_CHECK_SECONDS),
     },
+    # Storage and Neon consumption per workspace, read on a schedule, never on a page load (issue 21).
+    "sample-workspace-usage": {"task": "tenants.tasks.sample_workspace_usage", "schedule": float(USAGE_SAMPLE_SECONDS)},
 }
 # Scanned PDFs are ingested on a queue of their own, by workers of their own: one tenant's 300-page scan never stalls
 # everyone's text documents.

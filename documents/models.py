@@ -64,6 +64,8 @@ class Document(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     progress = models.FloatField(default=0.0)  # 0..1 within the whole pipeline
     page_count = models.PositiveIntegerField(null=True, blank=True)
+    # Pages counted against the workspace's monthly allowance, reserved at upload (tenants.usage): counted once.
+    pages_metered = models.PositiveIntegerField(default=0)
     chunk_count = models.PositiveIntegerField(default=0)
     # While embedding: how many chunks this run embeds, and how many it has embedded ("embedding 120/300 chunks").
     chunks_total = models.PositiveIntegerField(default=0)

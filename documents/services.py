@@ -5,9 +5,12 @@ The pipeline runs in a Celery task or in-process (the `ingest` command); both ca
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import logging
+import re
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,8 +47,10 @@ from documents.parsing import (
 )
 from documents.selectors import document_get_for_user, parse_limits
 from documents.storage import local_path, region_of, with_region
+from tenants import plans, usage
 from tenants.models import Workspace
 from tenants.permissions import Action, membership_require, workspace_writable_require
+from tenants.plans import LimitReached
 from tenants.selectors import vector_database_embedding_model
 from tenants.services import (
     Tenant,
@@ -154,6 +159,11 @@ def document_upload(
         # The workspace's row lock orders concurrent uploads of the same bytes: the second one sees the first.
         Workspace.objects.select_for_update().filter(id=workspace.id).exists()
         _refuse_duplicate(workspace, uploaded_file.name, digest.hexdigest())
+        metered = _metered_pages(file_format, uploaded_file, pages)
+        try:
+            usage.upload_admit(workspace, metered)  # refused whole, before anything is stored; pages reserved
+        except LimitReached as error:
+            raise DocumentRejected(f"{uploaded_file.name}: {_sentence_inside(str(error))}") from None
         document = Document.objects.create(
             workspace=workspace,
             uploaded_by=uploader,
@@ -163,10 +173,50 @@ def document_upload(
             file=uploaded_file,
             size_bytes=uploaded_file.size,
             sha256=digest.hexdigest(),
+            pages_metered=metered,
         )
         if enqueue:
             _enqueue_ingest(document)
     return document
+
+
+def _metered_pages(file_format: str, uploaded_file: UploadedFile | File, pdf_pages: int | None) -> int:
+    """The pages a document counts against the monthly allowance, known at upload: a PDF's pages, a deck's slides,
+    and for other formats one page per 3,000 characters (an office file's text estimated from its XML; ingest
+    corrects the figure once the text is parsed)."""
+    if pdf_pages is not None:
+        return pdf_pages
+    uploaded_file.seek(0)
+    try:
+        if file_format == formats.PPTX:
+            with zipfile.ZipFile(cast(BinaryIO, uploaded_file.file)) as package:
+                return max(1, sum(1 for name in package.namelist() if _SLIDE_PART.fullmatch(name)))
+        if file_format in {formats.DOCX, formats.XLSX}:
+            with zipfile.ZipFile(cast(BinaryIO, uploaded_file.file)) as package:
+                characters = sum(
+                    _xml_text_length(package.read(info))
+                    for info in package.infolist()
+                    if info.filename.endswith(".xml") and _TEXT_PARTS.match(info.filename)
+                )
+            return usage.pages_of_text(characters)
+        characters = 0
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for block in uploaded_file.chunks():
+            characters += len(decoder.decode(block))
+        return usage.pages_of_text(characters)
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return 1  # the parser will give the reason; the upload counts a page meanwhile
+    finally:
+        uploaded_file.seek(0)
+
+
+_SLIDE_PART = re.compile(r"ppt/slides/slide\d+\.xml")
+_TEXT_PARTS = re.compile(r"(word/document|xl/sharedStrings|xl/worksheets/sheet\d+)\.xml$")
+_XML_TAG = re.compile(rb"<[^>]*>")
+
+
+def _xml_text_length(xml: bytes) -> int:
+    return len(_XML_TAG.sub(b"", xml).decode("utf-8", errors="replace").strip())
 
 
 def _sentence_inside(message: str) -> str:
@@ -323,11 +373,17 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress, allow_oc
     with local_path(document.file) as path:  # a temporary copy when the file is on object storage
         pages = _parse(document, path, allow_ocr, on_progress)
     text_chars = sum(len(page.text) for page in pages)
-    if text_chars > settings.DOCUMENT_MAX_TEXT_CHARS:
+    limits = plans.workspace_limits(document.workspace_id)  # the plan's caps (the settings' by default)
+    max_text_chars = limits["document_max_text_chars"]
+    if max_text_chars is not None and text_chars > max_text_chars:
         raise DocumentTooBig(
-            f"This document has {text_chars:,} characters of text; Silo accepts up to "
-            f"{settings.DOCUMENT_MAX_TEXT_CHARS:,} per document."
+            f"This document has {text_chars:,} characters of text; Silo accepts up to {max_text_chars:,} per document."
         )
+    if document.file_format not in {formats.PDF, formats.PPTX}:
+        try:  # its pages were estimated at upload: now the text is known (before any embedding)
+            _pages_remeasure(document, usage.pages_of_text(text_chars))
+        except LimitReached as error:
+            raise DocumentTooBig(str(error)) from None
     timings.parse = time.perf_counter() - started
     _update(document, page_count=len(pages), progress=PROGRESS_PARSED)
     _notify(on_progress, document)
@@ -335,10 +391,10 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress, allow_oc
     started = time.perf_counter()
     chunks = chunk_pages(pages, settings.CHUNK_SIZE, settings.CHUNK_OVERLAP)
     timings.chunk = time.perf_counter() - started
-    if len(chunks) > settings.DOCUMENT_MAX_CHUNKS:  # checked before any embedding: that is where the cost lies
+    max_chunks = limits["document_max_chunks"]
+    if max_chunks is not None and len(chunks) > max_chunks:  # checked before any embedding: the cost lies there
         raise DocumentTooBig(
-            f"This document makes {len(chunks):,} passages; Silo accepts up to {settings.DOCUMENT_MAX_CHUNKS:,} "
-            "per document."
+            f"This document makes {len(chunks):,} passages; Silo accepts up to {max_chunks:,} per document."
         )
 
     _update(document, status=Status.EMBEDDING, chunks_total=len(chunks), chunks_embedded=0)
@@ -374,6 +430,20 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress, allow_oc
         ingested_at=timezone.now(),
         error_message="",
     )
+
+
+def _pages_remeasure(document: Document, measured: int) -> None:
+    """The pages the upload reserved, corrected to the parsed text's: under the document's row lock and conditional
+    on its recorded figure, so a rerun after a crash counts nothing twice."""
+    if document.pages_metered == measured:  # the common case (as loaded when the run started): nothing to lock
+        return
+    with transaction.atomic():
+        reserved = Document.objects.select_for_update().filter(id=document.id).values_list("pages_metered", flat=True)
+        if not reserved or reserved[0] == measured:
+            return
+        usage.pages_change(document.workspace_id, measured - reserved[0], measured)
+        Document.objects.filter(id=document.id).update(pages_metered=measured)
+        document.pages_metered = measured
 
 
 def parse_in_bounded_process(parse: Callable[..., list[TextUnit]], *arguments: Any) -> list[TextUnit]:

@@ -1,16 +1,26 @@
+from django import forms
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.core.exceptions import ValidationError
+from django.db.models import ExpressionWrapper, F, FloatField, OuterRef, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from tenants.models import (
     Membership,
     MigrationRun,
     MigrationRunTenant,
+    Plan,
     TenantArchive,
     TenantServer,
     User,
     VectorDatabase,
     Workspace,
+    WorkspacePlan,
+    WorkspaceUsage,
 )
+from tenants.plans import InvalidOverride, month_start, neon_quota_sync, parse_override, plan_quota_sync
+from tenants.usage import COST_PER_PAGE, COST_PER_STORAGE_BYTE_MONTH, COST_PER_TOKEN
 
 
 @admin.register(User)
@@ -128,3 +138,100 @@ class TenantArchiveAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(Plan)
+class PlanAdmin(admin.ModelAdmin):
+    """Plans and their limits (blank: unlimited, or the setting for the caps that are settings). Saving one sends the
+    new Neon quota to the projects of its workspaces."""
+
+    list_display = ["name", "label", "is_default", "documents", "pages_per_month", "questions_per_day", "members"]
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        if change:
+            plan_quota_sync(obj)
+
+
+def _usage_cost_queryset(queryset):
+    """Each workspace's counters this month and today, and the cost estimate the listing sorts by (most first)."""
+    month, today = month_start(), timezone.localdate()
+    counters = WorkspaceUsage.objects.filter(workspace=OuterRef("workspace"))
+    pages = Subquery(counters.filter(period="month", starts_on=month).values("pages")[:1])
+    tokens = Subquery(counters.filter(period="month", starts_on=today.replace(day=1)).values("tokens")[:1])
+    questions = Subquery(counters.filter(period="day", starts_on=today).values("questions")[:1])
+    queryset = queryset.annotate(
+        pages_this_month=Coalesce(pages, 0), tokens_this_month=Coalesce(tokens, 0),
+        questions_today=Coalesce(questions, 0),
+    )  # fmt: skip
+    cost = ExpressionWrapper(
+        F("pages_this_month") * COST_PER_PAGE
+        + F("tokens_this_month") * COST_PER_TOKEN
+        + Coalesce(F("storage_bytes"), 0) * COST_PER_STORAGE_BYTE_MONTH,
+        output_field=FloatField(),
+    )
+    return queryset.annotate(cost_estimate=cost)
+
+
+class WorkspacePlanForm(forms.ModelForm):
+    class Meta:
+        model = WorkspacePlan
+        fields = ["plan", "overrides"]
+
+    def clean_overrides(self) -> dict:
+        overrides = self.cleaned_data["overrides"] or {}
+        if not isinstance(overrides, dict):
+            raise ValidationError('Overrides are an object of limits, e.g. {"pages_per_month": 25}.')
+        try:
+            for name, value in overrides.items():
+                parse_override(f"{name}={'none' if value is None else value}")
+        except InvalidOverride as error:
+            raise ValidationError(str(error)) from None
+        return overrides
+
+
+@admin.register(WorkspacePlan)
+class WorkspacePlanAdmin(admin.ModelAdmin):
+    """Each workspace's plan, overrides ({"pages_per_month": 25}) and usage, most expensive first. Changing the plan
+    or an override here sends the new Neon quota, as `tenants plan` does."""
+
+    list_display = [
+        "workspace", "plan", "pages_this_month", "questions_today", "tokens_this_month", "storage_bytes",
+        "neon_suspended", "cost_estimate",
+    ]  # fmt: skip
+    list_filter = ["plan", "neon_suspended"]
+    search_fields = ["workspace__slug", "workspace__owner__email"]
+    fields = ["workspace", "plan", "overrides", "storage_bytes", "storage_sampled_at", "neon_consumption",
+              "neon_suspended", "neon_quota_synced"]  # fmt: skip
+    readonly_fields = ["workspace", "storage_bytes", "storage_sampled_at", "neon_consumption", "neon_suspended",
+                       "neon_quota_synced"]  # fmt: skip
+
+    def get_queryset(self, request):
+        # Annotated before any ordering is applied: the default order is by the annotation, most expensive first.
+        queryset = _usage_cost_queryset(WorkspacePlan.objects.select_related("workspace", "plan"))
+        return queryset.order_by("-cost_estimate", "workspace__slug")
+
+    @admin.display(ordering="pages_this_month", description="pages this month")
+    def pages_this_month(self, obj) -> int:
+        return obj.pages_this_month
+
+    @admin.display(ordering="questions_today", description="questions today")
+    def questions_today(self, obj) -> int:
+        return obj.questions_today
+
+    @admin.display(ordering="tokens_this_month", description="tokens this month")
+    def tokens_this_month(self, obj) -> int:
+        return obj.tokens_this_month
+
+    @admin.display(ordering="cost_estimate", description="cost estimate ($)")
+    def cost_estimate(self, obj) -> str:
+        return f"{obj.cost_estimate:.2f}"
+
+    def has_add_permission(self, request) -> bool:
+        return False  # every workspace gets one (the default plan)
+
+    form = WorkspacePlanForm
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        neon_quota_sync(obj.workspace)

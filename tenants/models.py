@@ -361,3 +361,81 @@ class TenantArchive(models.Model):
 
     def __str__(self) -> str:
         return f"archive {self.id} of {self.workspace_id} ({self.status})"
+
+
+class Plan(models.Model):
+    """What a workspace may use (issue 21). A blank limit is unlimited; for the caps that already exist as settings
+    (text, chunks, chat streams) a blank limit means the setting. Enforced by tenants.plans, metered by tenants.usage."""
+
+    name = models.SlugField(max_length=40, unique=True)
+    label = models.CharField(max_length=100)
+    is_default = models.BooleanField(default=False)  # given to new workspaces
+    storage_bytes = models.BigIntegerField(null=True, blank=True)
+    documents = models.PositiveIntegerField(null=True, blank=True)
+    pages_per_month = models.PositiveIntegerField(null=True, blank=True)
+    questions_per_day = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_month = models.BigIntegerField(null=True, blank=True)
+    members = models.PositiveIntegerField(null=True, blank=True)
+    document_max_text_chars = models.PositiveIntegerField(null=True, blank=True)
+    document_max_chunks = models.PositiveIntegerField(null=True, blank=True)
+    chat_max_concurrent_streams = models.PositiveIntegerField(null=True, blank=True)
+    # Neon's project quota (settings.quota); blank or 0 is unlimited, as on Neon.
+    neon_active_time_seconds = models.BigIntegerField(null=True, blank=True)
+    neon_compute_time_seconds = models.BigIntegerField(null=True, blank=True)
+    neon_written_data_bytes = models.BigIntegerField(null=True, blank=True)
+    neon_data_transfer_bytes = models.BigIntegerField(null=True, blank=True)
+    neon_logical_size_bytes = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        db_table = "plans"
+        constraints = [models.UniqueConstraint(fields=["is_default"], condition=models.Q(is_default=True),
+                                               name="plans_one_default")]  # fmt: skip
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WorkspacePlan(models.Model):
+    """A workspace's plan, its per-workspace overrides (B2B deals: {"pages_per_month": 25}), and the readings the
+    schedule takes (storage, Neon consumption) so that no page load reaches a tenant database to show usage."""
+
+    workspace = models.OneToOneField(Workspace, on_delete=models.CASCADE, related_name="plan_assignment")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="assignments")
+    overrides = models.JSONField(default=dict, blank=True)
+    storage_bytes = models.BigIntegerField(null=True, blank=True)
+    storage_sampled_at = models.DateTimeField(null=True, blank=True)
+    neon_consumption = models.JSONField(default=dict, blank=True)
+    neon_suspended = models.BooleanField(default=False)  # over its Neon quota: the project's compute is suspended
+    neon_quota_synced = models.JSONField(null=True, blank=True)  # the quota last sent to Neon
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "workspace_plans"
+
+    def __str__(self) -> str:
+        return f"{self.workspace_id}: {self.plan_id}"
+
+
+class WorkspaceUsage(models.Model):
+    """Counters of one workspace in one period: a month (pages, tokens) or a day (questions). Changed only by atomic
+    conditional UPDATEs in tenants.usage, so concurrent requests cannot overshoot a limit."""
+
+    class Period(models.TextChoices):
+        MONTH = "month"
+        DAY = "day"
+
+    workspace = models.ForeignKey(Workspace, on_delete=models.CASCADE, related_name="usage")
+    period = models.CharField(max_length=5, choices=Period.choices)
+    starts_on = models.DateField()
+    pages = models.PositiveIntegerField(default=0)
+    questions = models.PositiveIntegerField(default=0)
+    tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        db_table = "workspace_usage"
+        constraints = [
+            models.UniqueConstraint(fields=["workspace", "period", "starts_on"], name="workspace_usage_one_per_period")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workspace_id} {self.period} {self.starts_on}"

@@ -190,7 +190,16 @@ def vector_database_provision(vector_database_id: int) -> VectorDatabase:
         logger.info(
             "tenant database %s %s on %s", vector_database.tenant_key, vector_database.status, vector_database.server
         )
+        _quota_apply(vector_database)
         return vector_database
+
+
+def _quota_apply(vector_database: VectorDatabase) -> None:
+    """A workspace's new Neon project gets its plan's quota (a pooled one gets it when claimed)."""
+    if vector_database.provider == "neon" and vector_database.workspace_id and vector_database.is_ready:
+        from tenants.plans import neon_quota_sync
+
+        neon_quota_sync(vector_database.workspace, get_provisioner(vector_database.provider))  # type: ignore[arg-type]
 
 
 LOCATION_FIELDS = ("external_id", "server", "region", "encrypted_credentials")
@@ -786,6 +795,7 @@ def _claim_finish(vector_database: VectorDatabase) -> VectorDatabase:
         update_fields=["status", "rotation_pending", "last_error", "ready_at", *LOCATION_FIELDS, "updated_at"]
     )
     logger.info("claimed tenant database %s ready on %s", vector_database.tenant_key, vector_database.server)
+    _quota_apply(vector_database)
     return vector_database
 
 

@@ -76,3 +76,13 @@ def rewind_workspace(workspace_id: int, archive_id: int) -> bool:
         logger.error("rewind of workspace %s to archive %s failed: %s", workspace_id, archive_id, error)
         return False
     return True
+
+
+@shared_task(ignore_result=True)
+def sample_workspace_usage() -> dict:
+    """Periodically (Celery beat): each workspace's storage, and Neon consumption with suspension status."""
+    from dataclasses import asdict
+
+    from tenants.usage import usage_sample
+
+    return asdict(usage_sample())

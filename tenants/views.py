@@ -13,6 +13,8 @@ from django.views.decorators.http import require_GET, require_POST
 from tenants import archive_views, selectors, services, workspaces
 from tenants.models import AuthenticatedHttpRequest, User
 from tenants.permissions import Action, Role, role_allows
+from tenants.plans import NEON_SUSPENDED_MESSAGE, workspace_plan
+from tenants.usage import usage_bars
 from vectordb.connections import ConnectionCapacityExhausted
 
 
@@ -81,8 +83,10 @@ def database_retry(request: AuthenticatedHttpRequest) -> HttpResponse:
 @require_GET
 def account(request: AuthenticatedHttpRequest) -> HttpResponse:
     """The account: who is signed in, the current workspace's database facts, export and deletion."""
-    vector_database = selectors.vector_database_for_tenant(workspaces.membership_current(request).workspace)
+    workspace = workspaces.membership_current(request).workspace
+    vector_database = selectors.vector_database_for_tenant(workspace)
     database = selectors.vector_database_status_payload(vector_database)
+    usage_rows, suspended = usage_bars(workspace)
     if vector_database is not None and vector_database.is_ready:
         try:
             database["size_bytes"] = selectors.vector_database_size_bytes(vector_database)
@@ -91,7 +95,13 @@ def account(request: AuthenticatedHttpRequest) -> HttpResponse:
     return render(
         request,
         "tenants/account.html",
-        {"database": database, "workspaces_deleted_with_account": services.workspaces_solely_owned(request.user)},
+        {
+            "database": database,
+            "workspaces_deleted_with_account": services.workspaces_solely_owned(request.user),
+            "usage": usage_rows,
+            "plan": workspace_plan(workspace).plan,
+            "suspended_message": NEON_SUSPENDED_MESSAGE if suspended else "",
+        },
     )
 
 

@@ -20,6 +20,8 @@ from django.utils import timezone
 from tenants import services
 from tenants.models import Invitation, Membership, User, Workspace, new_workspace_slug
 from tenants.permissions import ROLE_RANK, Action, ActionForbidden, Role, membership_find, membership_require
+from tenants.plans import LimitReached
+from tenants.usage import members_admit
 
 logger = logging.getLogger(__name__)
 
@@ -235,14 +237,19 @@ def invitation_create(
     if workspace.memberships.filter(user__email__iexact=email).exists():
         raise WorkspaceRefused(f"{email} is already a member of {workspace.name}.")
     token = secrets.token_urlsafe(INVITATION_TOKEN_BYTES)
-    invitation = Invitation.objects.create(
-        workspace=workspace,
-        email=email,
-        role=role,
-        token_digest=_token_digest(token),
-        invited_by=actor_user,
-        expires_at=timezone.now() + timedelta(hours=settings.WORKSPACE_INVITATION_EXPIRY_HOURS),
-    )
+    with transaction.atomic():
+        try:
+            members_admit(workspace, with_invitations=True)  # the plan's members limit (issue 21)
+        except LimitReached as error:
+            raise WorkspaceRefused(str(error)) from None
+        invitation = Invitation.objects.create(
+            workspace=workspace,
+            email=email,
+            role=role,
+            token_digest=_token_digest(token),
+            invited_by=actor_user,
+            expires_at=timezone.now() + timedelta(hours=settings.WORKSPACE_INVITATION_EXPIRY_HOURS),
+        )
     from django.urls import reverse
 
     url = request.build_absolute_uri(reverse("invitation_accept", args=[token]))
@@ -328,6 +335,10 @@ def invitation_accept(user: User, token: str) -> Membership:
         if not claimed:  # used or revoked in the meantime
             invitation.refresh_from_db()
             raise InvitationInvalid(invitation_refusal(invitation, user) or "This invitation has already been used.")
+        try:
+            members_admit(invitation.workspace, with_invitations=False)
+        except LimitReached as error:
+            raise InvitationInvalid(str(error)) from None
         try:
             with transaction.atomic():
                 membership = Membership.objects.create(workspace=invitation.workspace, user=user, role=invitation.role)

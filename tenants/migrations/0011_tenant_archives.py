@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
     """Tenant archives (backups and the snapshots restores and moves are made from) and the registry's record of a
     restore or move in progress."""
 
-    dependencies = [("tenants", "0008_vector_database_tenant_removed")]
+    dependencies = [("tenants", "0010_default_plan")]
 
     operations = [
         migrations.AddField(

@@ -8,6 +8,7 @@ exponential back-off; every request has a timeout. Credentials (the API key, con
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 import os
 import random
@@ -40,6 +41,33 @@ TERMINAL_OPERATION_STATUSES = frozenset({"finished", "skipped", "cancelled"})
 FAILED_OPERATION_STATUSES = frozenset({"error"})
 RETRYABLE_STATUSES = frozenset({423, 429, 500, 502, 503, 504})
 LIST_PAGE_SIZE = 400  # the most GET /projects returns at once
+CONSUMPTION_PAGE_SIZE = 100  # the most project ids one consumption request takes
+
+
+class RequestRate:
+    """A token bucket: Neon allows 700 requests a minute per account, with bursts. This keeps one process's
+    consumption sweep under the rate; should the account's other traffic push it over, `_request` waits out the 429
+    (Retry-After)."""
+
+    def __init__(self, per_minute: int, burst: int):
+        self.per_second = per_minute / 60.0
+        self.burst = float(burst)
+        self._tokens = float(burst)
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.per_second)
+            self._at = now
+            self._tokens -= 1
+            wait = -self._tokens / self.per_second if self._tokens < 0 else 0.0
+        if wait > 0:
+            time.sleep(wait)  # in workers and commands only: no request handler calls the Neon API
+
+
+CONSUMPTION_RATE = RequestRate(settings.NEON_API_REQUESTS_PER_MINUTE, burst=40)
 
 
 class NeonProvisioner:
@@ -216,6 +244,43 @@ class NeonProvisioner:
             for project in projects
             if str(project.get("name", "")).startswith(PROJECT_NAME_PREFIX)
         ]
+
+    # --- quotas and consumption (issue 21) ----------------------------------------------------------------------------
+
+    def quota_set(self, external_id: str, quota: dict[str, int]) -> dict:
+        """PATCH the project's `settings.quota` (0 is unlimited); returns the project as Neon answers it."""
+        body = {"project": {"settings": {"quota": quota}}}
+        response = self._request(self._client(), "PATCH", f"/projects/{external_id}", json=body)
+        return response.json().get("project", {})
+
+    def consumption(self, project_ids: list[str], since: datetime.date) -> dict[str, dict[str, int]]:
+        """This billing period's consumption per project, from `GET /consumption_history/projects` (100 projects a
+        request, monthly granularity); reading it does not wake a compute. Timeframes are summed per metric, except
+        storage, which is the latest figure."""
+        totals: dict[str, dict[str, int]] = {}
+        start = f"{since:%Y-%m-%d}T00:00:00Z"
+        end = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%dT%H:00:00Z}"
+        for first in range(0, len(project_ids), CONSUMPTION_PAGE_SIZE):
+            batch = project_ids[first : first + CONSUMPTION_PAGE_SIZE]
+            params = {"project_ids": ",".join(batch), "from": start, "to": end, "granularity": "monthly",
+                      "limit": CONSUMPTION_PAGE_SIZE}  # fmt: skip
+            if self.org_id:
+                params["org_id"] = self.org_id
+            CONSUMPTION_RATE.take()  # a fleet-wide sweep: paced, so it never crowds out provisioning's requests
+            body = self._request(self._client(), "GET", "/consumption_history/projects", params=params).json()
+            for project in body.get("projects", []):
+                summed: dict[str, int] = {}
+                for period in project.get("periods", []):
+                    for frame in period.get("consumption", []):
+                        for metric, value in frame.items():
+                            if metric.startswith("timeframe_") or not isinstance(value, int):
+                                continue
+                            if metric == "synthetic_storage_size_bytes":
+                                summed[metric] = value
+                            else:
+                                summed[metric] = summed.get(metric, 0) + value
+                totals[project["project_id"]] = summed
+        return totals
 
     # --- steps -------------------------------------------------------------------------------------------------------
 

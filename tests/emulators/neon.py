@@ -13,6 +13,8 @@ It follows /work/shared/reference/neon-api.md (paths are under /api/v2, as on co
     GET    /projects/{id}/connection_uri?database_name=&role_name=&pooled=
                                                          {uri}
     GET    /projects/{id}/branches                       {branches, annotations}
+    GET    /consumption_history/projects?project_ids=&from=&to=&granularity=&limit=&cursor=
+                                                         {projects: [{project_id, periods: [{consumption}]}]}
     POST   /projects/{id}/branches/{branch_id}/roles/{role_name}/reset_password
                                                          {role, operations}
     POST   /projects/{id}/branches/{branch_id}/restore   {branch, operations}: the branch back to `source_timestamp`
@@ -35,6 +37,11 @@ project's database.
 Point-in-time history: Neon keeps every change (WAL); the emulator keeps snapshots, taken when a test calls
 `record_history()` (a `pg_dump` of every project), and a restore to a timestamp restores the newest snapshot at or
 before it (400 when there is none, as Neon answers for a time before the branch's history).
+Quotas (issue 21): `settings.quota` set on create or by PATCH is enforced as Neon does: once a period counter
+(`active_time_seconds`, `compute_time_seconds`, `written_data_bytes`, `data_transfer_bytes`) reaches its quota, the
+project's compute is suspended (its role may not log in, open sessions end: connections are refused) until the quota
+is raised or removed (0). Tests drive the counters with `consume(project_id, ...)`. Every route together allows
+`rate_limit_per_minute` requests a minute (700, Neon's limit per account), then answers 429 with Retry-After.
 
 Switches, as attributes or flags: `latency_seconds`, `operation_delay_seconds`, `fault_rate` (random
 423/429/500/503 from `fault_statuses`), `retry_after_seconds` (sent with 429), `projects_limit`, `required_org_id`;
@@ -73,6 +80,8 @@ LOCKED_MESSAGE = "project already has running operations, scheduling of new ones
 ORG_ID_PATTERN = re.compile(r"^[a-z0-9-]{1,60}$")
 PROJECT_ID_PATTERN = re.compile(r"^[a-z0-9-]{1,60}$")
 DEFAULT_API_KEY = "neon-emulator-api-key"
+# The period counters a quota suspends the compute on (logical size is enforced per branch, on writes).
+QUOTA_COUNTERS = ("active_time_seconds", "compute_time_seconds", "written_data_bytes", "data_transfer_bytes")
 
 _ADJECTIVES = ("solitary", "lingering", "yellow", "jolly", "dry", "aged", "cool", "young", "quiet", "bold")
 _NOUNS = ("cell", "surf", "dawn", "frost", "hall", "wildflower", "darkness", "forest", "river", "meadow")
@@ -127,6 +136,8 @@ class _Project:
     physical_database: str
     physical_role: str
     operations: list[dict] = field(default_factory=list)
+    suspended: bool = False  # over its quota: the compute does not start
+    period_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
     def running_operations(self) -> list[dict]:
         return [op for op in self.operations if op["status"] not in TERMINAL_OPERATION_STATUSES]
@@ -160,7 +171,10 @@ class NeonEmulator(ServedEmulator):
         retry_after_seconds: int = 1,
         projects_limit: int | None = None,
         required_org_id: str | None = None,
+        rate_limit_per_minute: int | None = 700,
     ) -> None:
+        self.rate_limit_per_minute = rate_limit_per_minute
+        self._request_times: list[float] = []  # the last minute's requests, for the rate limit
         self.admin_dsn = admin_dsn
         self.api_key = api_key
         self.host = host
@@ -277,6 +291,7 @@ class NeonEmulator(ServedEmulator):
             if path is None:
                 raise ApiError(404, "not found")
             self._authenticate(headers.get("authorization", ""))
+            self._check_rate()
             fault = self._take_fault(method, path)
             if fault and not fault.after_handling:
                 raise _fault_error(fault.status, self.retry_after_seconds)
@@ -299,6 +314,17 @@ class NeonEmulator(ServedEmulator):
         if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip(), self.api_key):
             raise ApiError(401, "authentication required: send Authorization: Bearer <API key>")
 
+    def _check_rate(self) -> None:
+        if not self.rate_limit_per_minute:
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._request_times = [at for at in self._request_times if at > now - 60]
+            if len(self._request_times) >= self.rate_limit_per_minute:
+                wait = max(1, int(self._request_times[0] + 60 - now) + 1)
+                raise ApiError(429, "rate limit exceeded", headers={"Retry-After": str(wait)})
+            self._request_times.append(now)
+
     def _take_fault(self, method: str, path: str) -> Fault | None:
         with self._lock:
             for index, fault in enumerate(self._faults):
@@ -310,6 +336,8 @@ class NeonEmulator(ServedEmulator):
 
     def _route(self, method: str, path: str, query: dict[str, str], body: bytes) -> tuple[int, dict]:
         segments = [segment for segment in path.split("/") if segment]
+        if segments == ["consumption_history", "projects"] and method == "GET":
+            return 200, self.consumption_history(query)
         if segments[:1] != ["projects"]:
             raise ApiError(404, "not found")
         if len(segments) == 1:
@@ -510,7 +538,90 @@ class NeonEmulator(ServedEmulator):
                 if key in changes:
                     project.data[key] = {**project.data.get(key, {}), **changes[key]}
             project.data["updated_at"] = _now()
+            self._enforce_quota(project)
             return {"project": dict(project.data), "operations": []}
+
+    def consumption_history(self, query: dict[str, str]) -> dict:
+        """This period's counters per project, as one monthly timeframe; reading them wakes no compute."""
+        granularity = query.get("granularity")
+        if granularity not in {"hourly", "daily", "monthly"}:
+            raise ApiError(400, "invalid request: granularity must be one of hourly, daily, monthly")
+        for name in ("from", "to"):
+            if not query.get(name):
+                raise ApiError(400, f"invalid request: {name} (field required)")
+        limit = _int_parameter(query, "limit", 10, 1, 100)
+        wanted = [pid for pid in query.get("project_ids", "").split(",") if pid]
+        if len(wanted) > 100:
+            raise ApiError(400, "invalid request: at most 100 project_ids")
+        cursor = query.get("cursor")
+        with self._lock:
+            projects = [p for p in self._projects.values() if not wanted or p.data["id"] in wanted]
+            if cursor:
+                ids = [p.data["id"] for p in projects]
+                projects = projects[ids.index(cursor) + 1 :] if cursor in ids else []
+            page = projects[:limit]
+        items = []
+        for project in page:
+            data = project.data
+            items.append({
+                "project_id": data["id"],
+                "periods": [{
+                    "period_id": project.period_id, "period_plan": "scale", "period_start": query["from"],
+                    "consumption": [{
+                        "timeframe_start": query["from"], "timeframe_end": query["to"],
+                        "active_time_seconds": data["active_time_seconds"],
+                        "compute_time_seconds": data["compute_time_seconds"],
+                        "written_data_bytes": data["written_data_bytes"],
+                        "synthetic_storage_size_bytes": self._storage_size(project),
+                    }],
+                }],
+            })  # fmt: skip
+        pagination = {"cursor": items[-1]["project_id"], "limit": limit} if items else None
+        return {"projects": items, **({"pagination": pagination} if pagination else {})}
+
+    def _storage_size(self, project: _Project) -> int:
+        """The project's database size, read from the server's catalogue (no session in the tenant's database)."""
+        try:
+            with self._admin_connection() as connection:
+                row = connection.execute("SELECT pg_database_size(%s)", [project.physical_database]).fetchone()
+        except psycopg.Error:
+            return 0
+        return int(row[0]) if row else 0
+
+    def consume(self, project_id: str, **metrics: int) -> bool:
+        """Add consumption to a project's period counters (active_time_seconds=..., written_data_bytes=...), as
+        its compute would; returns whether the project is now suspended over its quota."""
+        with self._lock:
+            project = self._project(project_id)
+            for metric, amount in metrics.items():
+                if metric not in QUOTA_COUNTERS:
+                    raise ValueError(f"unknown metric {metric}")
+                project.data[metric] = int(project.data.get(metric, 0)) + amount
+            self._enforce_quota(project)
+            return project.suspended
+
+    def is_suspended(self, project_id: str) -> bool:
+        with self._lock:
+            return self._project(project_id).suspended
+
+    def _enforce_quota(self, project: _Project) -> None:
+        """Suspend the compute once a counter reaches its quota (0 is unlimited); resume when none does. Called
+        under the lock."""
+        quota = (project.data.get("settings") or {}).get("quota") or {}
+        over = any(quota.get(name) and project.data.get(name, 0) >= quota[name] for name in QUOTA_COUNTERS)
+        if over == project.suspended:
+            return
+        project.suspended = over
+        project.endpoint.update(current_state="idle" if over else "active")
+        role = sql.Identifier(project.physical_role)
+        with self._admin_connection() as connection:
+            if over:
+                connection.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(role))
+                connection.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [project.physical_role]
+                )
+            else:
+                connection.execute(sql.SQL("ALTER ROLE {} LOGIN").format(role))
 
     def delete_project(self, project_id: str) -> dict:
         with self._lock:

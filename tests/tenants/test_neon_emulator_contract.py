@@ -5,6 +5,7 @@ Tests that pass against the emulator then say something about the real API."""
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import re
 from functools import cache
@@ -115,6 +116,12 @@ def test_every_response_to_the_providers_calls_matches_neons_openapi_document(ne
     moment = neon.record_history()
     provisioner.branch_restore(created.external_id, moment.isoformat())
     assert again.external_id == refreshed.external_id == rotated.external_id == created.external_id
+    # Plans (issue 21): the quota PATCHed, consumption read.
+    quota = {"active_time_seconds": 3600, "compute_time_seconds": 0, "written_data_bytes": 0,
+             "data_transfer_bytes": 0, "logical_size_bytes": 0}  # fmt: skip
+    assert provisioner.quota_set(created.external_id, quota)["settings"]["quota"] == quota
+    consumption = provisioner.consumption([created.external_id], since=datetime.date.today().replace(day=1))
+    assert consumption[created.external_id]["active_time_seconds"] == 0
     with httpx.Client(base_url=neon.base_url, headers={"Authorization": f"Bearer {neon.api_key}"}) as client:
         client.get(f"/projects/{created.external_id}")
         client.patch(f"/projects/{created.external_id}", json={"project": {"name": "renamed"}})
@@ -133,13 +140,15 @@ def test_every_response_to_the_providers_calls_matches_neons_openapi_document(ne
         ("DELETE", "/projects/{id}"),
         ("GET", "/projects/{id}/connection_uri"),
         ("GET", "/projects/{id}/branches"),
+        ("GET", "/consumption_history/projects"),
     } <= calls
     assert any(path.endswith("/roles/neondb_owner/reset_password") for method, path in calls if method == "POST")
     assert any(path.endswith("/restore") for method, path in calls if method == "POST")
     assert {status for _, _, status, _ in neon.responses} >= {200, 201, 401, 404}
     projects = [
         project
-        for _, _, _, body in neon.responses
+        for _, path, _, body in neon.responses
+        if not path.startswith("/consumption_history")
         for project in ([body["project"]] if "project" in body else body.get("projects", []))
     ]
     assert projects and all("synthetic_storage_size" in project for project in projects)  # Neon always sends it

@@ -51,7 +51,10 @@ def test_tenants_add_slug_with_owner_creates_a_team_workspace_with_its_own_datab
 
     call_command("tenants", "list")
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["workspace", "owner", "members", "status", "region", "schema", "provider"]
+    assert table[0].split() == [
+        "workspace", "owner", "members", "status", "region", "schema", "provider",
+        "plan", "pages/mo", "questions/day", "storage",
+    ]  # fmt: skip
     assert table[-1] == "2 workspace database(s)"
 
     with pytest.raises(CommandError, match="workspace acme exists, owned by ada@example.com"):

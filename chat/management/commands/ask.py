@@ -8,9 +8,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.http import Http404
 
 from chat import services
+from tenants import usage
 from tenants.management.lookup import membership_for_command, user_for_command
 from tenants.models import User, Workspace
 from tenants.permissions import Action
+from tenants.plans import LimitReached
 from tenants.services import TenantDatabaseNotReady
 
 CITATION_FIELDS = ("document_id", "title", "page", "page_end", "location", "ocr", "score", "text", "quote")
@@ -74,6 +76,11 @@ class Command(BaseCommand):
         except services.QuestionRejected as error:
             where = f"line {question.line}: " if question.line else ""
             raise CommandError(f"{where}{error}") from None
+        if not options["retrieve_only"]:  # an answer is metered as in the chat; retrieval alone is not
+            try:
+                usage.question_admit(workspace)
+            except LimitReached as error:
+                raise CommandError(str(error)) from None
         retrieval = services.passages_for_turn(
             user,
             text,
@@ -84,8 +91,9 @@ class Command(BaseCommand):
             workspace=workspace,
         )
         answer = ""
+        meter: dict = {}
         if not options["retrieve_only"]:
-            pieces = services.answer_stream(text, retrieval, history)
+            pieces = services.answer_stream(text, retrieval, history, meter)
             if as_json:
                 answer = "".join(pieces)
             else:
@@ -94,6 +102,7 @@ class Command(BaseCommand):
                     self.stdout.write(piece, ending="")
                     self.stdout.flush()
                 self.stdout.write("")
+            usage.tokens_record(workspace.id, meter.get("tokens") or usage.tokens_estimate(text, answer))
         # The next question of the conversation may refer to this one's answer: without a model, the quotes.
         remembered = answer or (services.extractive_answer(retrieval.citations) if not settings.OPENAI_API_KEY else "")
         history.append(services.Exchange(text, remembered, retrieval.found))

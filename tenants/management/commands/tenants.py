@@ -9,7 +9,10 @@ from tenants import selectors, services
 from tenants.crypto import decrypt_credentials
 from tenants.management import archive_commands
 from tenants.management.lookup import user_for_command, workspace_for_command
+from tenants.management.usage_format import USAGE_COLUMNS_HEADER, usage_columns, usage_table
 from tenants.models import Membership, User, VectorDatabase, Workspace
+from tenants.plans import InvalidOverride, workspace_plan_change
+from tenants.usage import usage_report
 from tenants.workspaces import WorkspaceRefused, workspace_create
 
 WORKSPACE_HELP = "A workspace slug, or an email for that person's personal workspace."
@@ -18,7 +21,8 @@ WORKSPACE_HELP = "A workspace slug, or an email for that person's personal works
 class Command(BaseCommand):
     help = (
         "Operate the fleet of workspaces (the tenants) and their databases: add, show, dsn, remove, list, reconcile, "
-        "limits, pool, verify, servers, backup, backups, restore, move, import. Every subcommand that names a tenant takes a workspace slug or an email (that "
+        "limits, pool, verify, servers, usage, plan, backup, backups, restore, move, import. Every subcommand that names "
+        "a tenant takes a workspace slug or an email (that "
         "person's personal workspace)."
     )
 
@@ -72,6 +76,14 @@ class Command(BaseCommand):
         servers.add_argument("action", nargs="?", choices=["drain", "undrain"], help="Mark a server (no new tenants).")
         servers.add_argument("name", nargs="?", help="The server's name in TENANT_POSTGRES_SERVERS.")
         archive_commands.add_archive_subcommands(subcommands)  # backup, backups, restore, move, import
+        usage = subcommands.add_parser("usage", help="Usage against the plan's limits, most expensive first.")
+        usage.add_argument("identifier", nargs="?", metavar="SLUG_OR_EMAIL", help="Only this workspace.")
+        usage.add_argument("--json", action="store_true")
+        plan = subcommands.add_parser("plan", help="Move a workspace to a plan and/or override one of its limits.")
+        plan.add_argument("identifier", metavar="SLUG_OR_EMAIL", help=WORKSPACE_HELP)
+        plan.add_argument("plan", nargs="?", metavar="PLAN", help="The plan's name (see the admin's Plans).")
+        plan.add_argument("--set", action="append", default=[], metavar="LIMIT=VALUE", dest="overrides",
+                          help="Override one limit for this workspace (none: unlimited, default: the plan's).")  # fmt: skip
 
     def handle(self, *args, subcommand: str, **options) -> None:
         if subcommand in archive_commands.SUBCOMMANDS:
@@ -160,6 +172,22 @@ class Command(BaseCommand):
         services.workspace_erase(workspace.id)
         self.stdout.write(self.style.SUCCESS(f"{workspace.slug}: database dropped and workspace deleted"))
 
+    def _usage(self, identifier: str | None, json: bool, **_) -> None:
+        workspaces = [workspace_for_command(identifier)] if identifier else None
+        reports = [report.as_dict() for report in usage_report(workspaces)]
+        self.stdout.write(_json(reports) if json else usage_table(reports))
+
+    def _plan(self, identifier: str, plan: str | None, overrides: list[str], **_) -> None:
+        workspace = workspace_for_command(identifier)
+        if plan is None and not overrides:
+            raise CommandError("Name a plan, or --set LIMIT=VALUE, or both.")
+        try:
+            assignment = workspace_plan_change(workspace, plan, overrides)
+        except InvalidOverride as error:
+            raise CommandError(str(error)) from None
+        extra = f" with {_json(assignment.overrides)}" if assignment.overrides else ""
+        self.stdout.write(self.style.SUCCESS(f"{workspace.label}: plan {assignment.plan.name}{extra}"))
+
     def _list(self, json: bool, **_) -> None:
         live = VectorDatabase.objects.select_related("workspace__owner").exclude(status=VectorDatabase.Status.DELETED)
         members = dict(
@@ -167,22 +195,27 @@ class Command(BaseCommand):
             .annotate(count=Count("id"))
             .values_list("workspace_id", "count")
         )
+        by_slug = {report.slug: report.as_dict() for report in usage_report()}
+        used = {w.id: by_slug[w.slug] for w in Workspace.objects.filter(slug__in=by_slug)}
         rows = []
         for row in live.order_by("id"):
             summary = selectors.vector_database_summary(row)
             summary["members"] = members.get(row.workspace_id, 0) if row.workspace_id else 0
+            summary["usage"] = used.get(row.workspace_id) if row.workspace_id else None
             rows.append(summary)
         if json:
             self.stdout.write(_json(rows))
             return
         self.stdout.write(
             f"{'workspace':<30} {'owner':<30} {'members':>7} {'status':<13} {'region':<16} {'schema':<28} provider"
+            f"  {USAGE_COLUMNS_HEADER}"
         )
         for summary in rows:
             named = summary["workspace"] or {"slug": "-", "owner": "-"}
             self.stdout.write(
                 f"{named['slug']:<30} {named['owner']:<30} {summary['members']:>7} {summary['status']:<13} "
-                f"{summary['region']:<16} {summary['schema_version']:<28} {summary['provider']}"
+                f"{summary['region']:<16} {summary['schema_version']:<28} {summary['provider']:<8}  "
+                f"{usage_columns(summary['usage'])}"
             )
         self.stdout.write(f"{len(rows)} workspace database(s)")
 
