@@ -373,7 +373,9 @@ def _leftovers_remove(source: VectorDatabase) -> None:
     """Databases an earlier run built for this workspace and died before switching to, and the one an earlier run
     switched away from and died before dropping: they go."""
     left = VectorDatabase.objects.filter(replaces=source, workspace__isnull=True).exclude(status=Status.DELETED)
-    replaced = VectorDatabase.objects.filter(id=source.replaces_id, workspace__isnull=True, status=Status.DELETING)
+    replaced = VectorDatabase.objects.filter(
+        id__in=[source.replaces_id] if source.replaces_id else [], workspace__isnull=True, status=Status.DELETING
+    )
     for row in [*left, *replaced]:
         logger.warning("removing %s, left by an interrupted restore or move", row.tenant_key)
         vector_database_deprovision(row.id)
