@@ -301,6 +301,63 @@ def test_a_worker_killed_after_the_switch_leaves_the_new_state_and_the_next_run_
     assert tenant.snapshot() == before
 
 
+def _reconcile(*args: str) -> tuple[str, str]:
+    """`tenants reconcile`'s output and its error ("" when it agrees)."""
+    out = io.StringIO()
+    try:
+        call_command("tenants", "reconcile", *args, stdout=out)
+    except CommandError as error:
+        return out.getvalue(), str(error)
+    return out.getvalue(), ""
+
+
+def test_reconcile_reports_a_half_done_restore_and_never_reprovisions_the_database_it_was_building(
+    tenant, archive_settings, admin_dsn
+):
+    archive = archives.archive_create(tenant.workspace)
+    database, label = tenant.database, tenant.workspace.label
+
+    def dies_at(when: str):
+        def die(step: str) -> None:
+            if step == when:
+                raise WorkerKilled(step)
+
+        return die
+
+    with pytest.raises(WorkerKilled):
+        archives.workspace_restore(tenant.workspace, archive=archive, on_step=dies_at("checking the restored database"))
+    half_built = VectorDatabase.objects.get(replaces=database)
+    long_ago = timezone.now() - timedelta(hours=1)  # well past reconcile's "stuck" age
+    VectorDatabase.objects.filter(id__in=[database.id, half_built.id]).update(updated_at=long_ago)
+
+    out, error = _reconcile()
+    assert f"half done: {label}: restoring stopped at 'checking the restored database' since " in out
+    assert f"(database {half_built.tenant_key} half built)" in out
+    assert f"run `tenants restore {label} --from ARCHIVE (or --at TIMESTAMP)" in out
+    assert half_built.tenant_key not in out.replace(f"(database {half_built.tenant_key} half built)", "")
+    assert error
+
+    out, _ = _reconcile("--apply")
+    assert f"re-provisioning {half_built.tenant_key}" not in out
+    half_built.refresh_from_db()
+    assert (half_built.status, half_built.workspace_id) == ("provisioning", None)
+    assert half_built.external_id in _tenant_databases(admin_dsn)
+
+    # A worker killed after the switch: the old database lingers; reconcile says so and --apply drops it.
+    with pytest.raises(WorkerKilled):
+        archives.workspace_restore(tenant.workspace, archive=archive, on_step=dies_at("dropping the old database"))
+    assert VectorDatabase.objects.get(id=half_built.id).status == "deleted"  # the re-run removed it
+    out, _ = _reconcile()
+    assert f"{label}: restoring stopped" not in out
+    assert f"half done: {label}: the database it switched away from ({database.tenant_key}) was not dropped" in out
+    out, _ = _reconcile("--apply")
+    assert f"fixed: dropped {database.tenant_key}, which {label} switched away from" in out
+    assert VectorDatabase.objects.get(id=database.id).status == "deleted"
+    assert database.external_id not in _tenant_databases(admin_dsn)
+    out, _ = _reconcile()
+    assert "half done" not in out
+
+
 # --- moves between servers -----------------------------------------------------------------------------------------
 
 
