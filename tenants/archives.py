@@ -126,6 +126,11 @@ def archive_location(archive: TenantArchive) -> str:
 def archive_file(archive: TenantArchive) -> Iterator[Path]:
     """A path on this machine holding the archive, wherever it is stored."""
     with archive_store.local_copy(archive.file_name) as path:
+        if not path.is_file():
+            raise ArchiveUnreadable(
+                f"The file of the restore point of {archive.created_at:%d %b %Y %H:%M} UTC is missing from the "
+                "archive storage: choose another restore point."
+            )
         yield path
 
 

@@ -24,7 +24,7 @@ from chat import services as chat_services
 from config import embedded_postgres
 from documents import services as document_services
 from documents.models import Document
-from tenants import archives
+from tenants import archive_store, archives, tasks
 from tenants import services as tenant_services
 from tenants.archive_files import archive_write
 from tenants.models import TenantArchive, User, VectorDatabase, Workspace
@@ -651,3 +651,33 @@ def test_only_owners_download_and_rewind_and_only_their_workspaces_archives(owne
         assert client_in(stranger).get(download).status_code == 404
     finally:
         erase_databases()
+
+
+def test_a_failed_rewind_or_backup_shows_on_the_workspace_page_with_its_reason(tenant, archive_settings, tmp_path):
+    """What the worker did with an owner's Rewind or Back up now reaches the owner on the page, not only the logs."""
+    workspace, page = tenant.workspace, client_in(tenant.user)
+    archive = archives.archive_create(workspace)
+    assert b'id="backup-outcome"' not in page.get("/workspace/members").content
+
+    archive_store.delete(archive.file_name)  # the storage lost the restore point's file
+    assert tasks.rewind_workspace(workspace.id, archive.id) is False
+    html = page.get("/workspace/members").content.decode()
+    assert 'id="backup-outcome"' in html and 'data-ok="false"' in html and "Rewind failed" in html
+    assert (
+        f"Rewind to {archive.created_at:%d %b %Y %H:%M} UTC did not happen: The file of the restore point of "
+        f"{archive.created_at:%d %b %Y %H:%M} UTC is missing from the archive storage: choose another restore point."
+    ) in html
+    assert tenant.database.operation == ""  # refused: the workspace is as it was, writes allowed
+
+    archive_settings.TENANT_PG_BIN_DIR = str(tmp_path / "no-binaries-here")
+    with pytest.raises(archives.ArchiveFailed):
+        tasks.back_up_workspace(workspace.id, "manual")
+    html = page.get("/workspace/members").content.decode()
+    assert "Backup failed" in html and "It is tried again automatically." in html and "pg_dump" in html
+    assert "the latest attempt failed (" in html  # the status line says why too
+
+    archive_settings.TENANT_PG_BIN_DIR = ""
+    made = TenantArchive.objects.get(id=tasks.back_up_workspace(workspace.id, "manual"))
+    html = page.get("/workspace/members").content.decode()
+    assert "Backup done" in html and 'data-ok="true"' in html
+    assert f"Restore point of {made.created_at:%d %b %Y %H:%M} UTC made." in html
