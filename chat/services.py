@@ -28,6 +28,7 @@ from chat import answers
 from documents.models import Document
 from documents.selectors import document_get_for_user, documents_for_user
 from tenants.models import Workspace
+from tenants.open_streams import OpenStream, workspace_stream_open
 from tenants.permissions import (
     Action,
     WorkspaceNotFound,
@@ -497,10 +498,12 @@ def chat_turn(
     Never raises for expected failures: they end the stream with an `error` event the user can read. A person removed
     from the workspace while the answer streams loses it at once: the stream ends with an error, nothing more is
     stored. A reader who stops the answer keeps what was streamed so far in the conversation, marked as stopped."""
+    stream: OpenStream | None = None
     try:
         question = question_validate(question)
         workspace = workspace or Workspace.objects.personal_for(user)
         membership_require(user, workspace, Action.CHAT)
+        stream = workspace_stream_open(workspace.id)  # first: a restore or move marked after this waits for it
         workspace_writable_require(workspace)  # the turn is stored: not while a restore or move runs
         is_owner = workspace.owner_id == user.id
         if document_id is not None:
@@ -555,6 +558,7 @@ def chat_turn(
             with registry.connection(target) as connection:
                 conversations.message_add(connection, conversation.id, "assistant", "".join(answer), citations)
             answered = True
+            stream.close()
             yield ChatEvent("done", {"extractive": not settings.OPENAI_API_KEY, "found": retrieval.found})
         except GeneratorExit:
             # The reader stopped the answer (stop button, closed tab: the view closes this generator). What was
@@ -578,6 +582,9 @@ def chat_turn(
     except (psycopg.OperationalError, ConnectionCapacityExhausted) as error:
         logger.warning("tenant database unreachable during chat: %s", type(error).__name__)
         yield ChatEvent("error", {"message": "Your database cannot be reached right now. Please try again shortly."})
+    finally:
+        if stream is not None:
+            stream.close()
 
 
 def answer_stopped(partial: str) -> str:

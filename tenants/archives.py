@@ -30,6 +30,7 @@ from django.utils import timezone
 from tenants import archive_store
 from tenants.archive_files import ArchiveUnreadable, OpenedArchive, archive_open, archive_write, stream_plaintext_chunks
 from tenants.models import Membership, TenantArchive, User, VectorDatabase, Workspace
+from tenants.open_streams import workspace_streams_wait
 from tenants.provisioners import ProvisioningError, get_provisioner
 from tenants.services import (
     TRANSIENT_ERRORS,
@@ -375,10 +376,25 @@ def _operation(workspace: Workspace, name: str, on_step: Step | None) -> Iterato
                 on_step(text)
 
         try:
+            _streams_wait(workspace, step)
             yield source, step
         except (ArchiveRefused, ArchiveFailed):
             _operation_clear(source)
             raise
+
+
+def _streams_wait(workspace: Workspace, step: Step) -> None:
+    """New writes are refused from now on; answers already streaming store their final message first (in the database
+    about to be archived or switched away from). Bounded: past it the operation is refused rather than lose one."""
+    limit = settings.TENANT_SWITCH_STREAM_WAIT_SECONDS
+    still = workspace_streams_wait(
+        workspace.id, limit, on_waiting=lambda count: step(f"waiting for {count} chat answer(s) to finish")
+    )
+    if still:
+        raise ArchiveRefused(
+            f"{still} chat answer(s) in {workspace.label} were still streaming after {limit:g} s; nothing changed. "
+            "Try again in a minute."
+        )
 
 
 def _operation_clear(source: VectorDatabase) -> None:

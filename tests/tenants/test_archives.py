@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import shutil
 import tarfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,6 +20,7 @@ from cryptography.fernet import Fernet
 from django.conf import settings as django_settings
 from django.core.files.base import ContentFile
 from django.core.management import CommandError, call_command
+from django.db import connections as db_connections
 from django.utils import timezone
 
 from chat import services as chat_services
@@ -408,6 +411,62 @@ def test_a_move_to_another_server_keeps_every_chunk_and_conversation_and_refuses
     assert tenant.snapshot() == before
     assert _tenant_databases(second_admin) == set()
     assert tenant.ask("When is the lamp cleaned?")[-1].kind == "done"
+
+
+def test_an_answer_streaming_when_a_move_starts_stores_its_final_message_in_the_new_database(tenant, two_servers):
+    """The move refuses new writes, then waits for the answer already streaming; the answer ends normally and its
+    final message is in the archive the move restores, so it is on the new server."""
+    events = chat_services.chat_turn(tenant.user, "When is the lamp cleaned?")
+    streamed = []
+    for event in events:
+        streamed.append(event)
+        if event.kind == "token":
+            break  # streaming: its question is stored, its answer not yet
+    outcome: dict = {}
+
+    def move() -> None:
+        try:
+            outcome["moved"] = archives.workspace_move(tenant.workspace, server="second")
+        except BaseException as error:
+            outcome["error"] = error
+        finally:
+            db_connections.close_all()
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    deadline = time.monotonic() + 30
+    while tenant.database.operation_step != "waiting for 1 chat answer(s) to finish":
+        assert time.monotonic() < deadline and mover.is_alive(), (tenant.database.operation_step, outcome)
+        time.sleep(0.05)
+    assert tenant.ask("Another question?")[-1].data == {"message": MOVING_MESSAGE}  # new writes are refused
+
+    streamed += list(events)  # the answer goes on to its end
+    mover.join(timeout=240)
+
+    assert "error" not in outcome, outcome
+    assert streamed[-1].kind == "done", streamed[-1]
+    assert tenant.database.server == "second"
+    answer = "".join(event.data["text"] for event in streamed if event.kind == "token")
+    assert tenant.rows("SELECT role, content FROM messages ORDER BY id")[-2:] == [
+        ("user", "When is the lamp cleaned?"),
+        ("assistant", answer),
+    ]
+
+
+def test_a_move_is_refused_when_an_answer_streams_past_the_bound_and_nothing_changes(
+    tenant, two_servers, archive_settings
+):
+    database = tenant.database
+    archive_settings.TENANT_SWITCH_STREAM_WAIT_SECONDS = 0.5
+    events = chat_services.chat_turn(tenant.user, "When is the lamp cleaned?")
+    assert next(event for event in events if event.kind == "token")
+    try:
+        with pytest.raises(archives.ArchiveRefused, match=r"1 chat answer\(s\) in .* still streaming after 0.5 s"):
+            archives.workspace_move(tenant.workspace, server="second")
+        assert (tenant.database.id, tenant.database.operation) == (database.id, "")
+    finally:
+        events.close()
+    assert tenant.rows("SELECT role FROM messages ORDER BY id")[-1] == ("assistant",)  # stopped, stored as such
 
 
 def test_a_worker_killed_mid_move_leaves_the_workspace_on_its_server_and_a_rerun_finishes(
