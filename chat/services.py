@@ -29,6 +29,7 @@ from documents.models import Document
 from documents.selectors import document_get_for_user, documents_for_user
 from tenants import usage
 from tenants.models import Workspace
+from tenants.open_streams import OpenStream, workspace_stream_open
 from tenants.permissions import (
     Action,
     WorkspaceNotFound,
@@ -509,10 +510,12 @@ def chat_turn(
     stored. A reader who stops the answer keeps what was streamed so far in the conversation, marked as stopped."""
     counted = answered = False  # the question is counted against the day's allowance; the answer is stored
     meter: dict = {}
+    stream: OpenStream | None = None
     try:
         question = question_validate(question)
         workspace = workspace or Workspace.objects.personal_for(user)
         membership_require(user, workspace, Action.CHAT)
+        stream = workspace_stream_open(workspace.id)  # first: a restore or move marked after this waits for it
         workspace_writable_require(workspace)  # the turn is stored: not while a restore or move runs
         usage.question_admit(workspace)  # refused (with the limit and when it resets) before any work
         counted = True
@@ -570,6 +573,7 @@ def chat_turn(
                 conversations.message_add(connection, conversation.id, "assistant", "".join(answer), citations)
             answered = True
             _tokens_record(workspace, meter, question, "".join(answer))
+            stream.close()
             yield ChatEvent("done", {"extractive": not settings.OPENAI_API_KEY, "found": retrieval.found})
         except GeneratorExit:
             # The reader stopped the answer (stop button, closed tab: the view closes this generator). What was
@@ -598,6 +602,9 @@ def chat_turn(
         logger.warning("tenant database unreachable during chat: %s", type(error).__name__)
         _question_refund(workspace, counted, answered)
         yield ChatEvent("error", {"message": "Your database cannot be reached right now. Please try again shortly."})
+    finally:
+        if stream is not None:
+            stream.close()
 
 
 def _tokens_record(workspace: Workspace, meter: dict, question: str, answer: str) -> None:

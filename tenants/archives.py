@@ -27,8 +27,10 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from tenants.archive_files import ArchiveUnreadable, OpenedArchive, archive_open, archive_write, plaintext_chunks
+from tenants import archive_store
+from tenants.archive_files import ArchiveUnreadable, OpenedArchive, archive_open, archive_write, stream_plaintext_chunks
 from tenants.models import Membership, TenantArchive, User, VectorDatabase, Workspace
+from tenants.open_streams import workspace_streams_wait
 from tenants.provisioners import ProvisioningError, get_provisioner
 from tenants.services import (
     TRANSIENT_ERRORS,
@@ -109,11 +111,28 @@ def archive_part_register(part: ArchivePart) -> None:
 
 
 def archive_root() -> Path:
-    return Path(settings.ARCHIVE_ROOT)
+    return archive_store.local_root()
 
 
 def archive_path(archive: TenantArchive) -> Path:
+    """The archive's file on the local folder (object storage: see archive_location, archive_file)."""
     return archive_root() / archive.file_name
+
+
+def archive_location(archive: TenantArchive) -> str:
+    return archive_store.location(archive.file_name)
+
+
+@contextlib.contextmanager
+def archive_file(archive: TenantArchive) -> Iterator[Path]:
+    """A path on this machine holding the archive, wherever it is stored."""
+    with archive_store.local_copy(archive.file_name) as path:
+        if not path.is_file():
+            raise ArchiveUnreadable(
+                f"The file of the restore point of {archive.created_at:%d %b %Y %H:%M} UTC is missing from the "
+                "archive storage: choose another restore point."
+            )
+        yield path
 
 
 def _ready_database(workspace: Workspace) -> VectorDatabase:
@@ -161,7 +180,8 @@ def archive_create(workspace: Workspace, kind: str = TenantArchive.Kind.MANUAL) 
             "documents": len(main_rows["parts"].get("documents", {}).get("documents", [])),
         }
         file_name = f"workspace-{workspace.id}/{archive.created_at:%Y%m%dT%H%M%S}-{archive.id}.silo"
-        size, digest = archive_write(folder, manifest, archive_root() / file_name)
+        with archive_store.writing(file_name) as target:
+            size, digest = archive_write(folder, manifest, target)
     except (*ARCHIVE_ERRORS, TenantDatabaseNotReady) as error:
         message = str(error) or type(error).__name__
         TenantArchive.objects.filter(id=archive.id).update(
@@ -283,9 +303,7 @@ def archives_prune(workspace: Workspace, now: datetime | None = None) -> int:
 
 def _archive_file_delete(archive: TenantArchive) -> None:
     if archive.file_name:
-        path = archive_path(archive)
-        path.unlink(missing_ok=True)
-        path.with_name(path.name + ".partial").unlink(missing_ok=True)
+        archive_store.delete(archive.file_name)
 
 
 def archives_erase(workspace: Workspace) -> int:
@@ -294,14 +312,19 @@ def archives_erase(workspace: Workspace) -> int:
     for archive in archives:
         _archive_file_delete(archive)
     TenantArchive.objects.filter(workspace=workspace).delete()
-    shutil.rmtree(archive_root() / f"workspace-{workspace.id}", ignore_errors=True)
+    archive_store.erase_workspace(workspace.id)
     return len(archives)
 
 
 def archive_download_chunks(archive: TenantArchive) -> Iterator[bytes]:
     """The archive as its owner downloads it: the plain tar (manifest, the database as a `pg_dump --no-owner
     --no-acl` any PostgreSQL with pgvector restores, rows, files), decrypted as it streams."""
-    return plaintext_chunks(archive_path(archive))
+    return _stream_closing(archive_store.open_stream(archive.file_name))
+
+
+def _stream_closing(handle) -> Iterator[bytes]:
+    with contextlib.closing(handle):
+        yield from stream_plaintext_chunks(handle)
 
 
 def archive_get_for_workspace(workspace: Workspace, archive_id: int | str) -> TenantArchive:
@@ -353,10 +376,25 @@ def _operation(workspace: Workspace, name: str, on_step: Step | None) -> Iterato
                 on_step(text)
 
         try:
+            _streams_wait(workspace, step)
             yield source, step
         except (ArchiveRefused, ArchiveFailed):
             _operation_clear(source)
             raise
+
+
+def _streams_wait(workspace: Workspace, step: Step) -> None:
+    """New writes are refused from now on; answers already streaming store their final message first (in the database
+    about to be archived or switched away from). Bounded: past it the operation is refused rather than lose one."""
+    limit = settings.TENANT_SWITCH_STREAM_WAIT_SECONDS
+    still = workspace_streams_wait(
+        workspace.id, limit, on_waiting=lambda count: step(f"waiting for {count} chat answer(s) to finish")
+    )
+    if still:
+        raise ArchiveRefused(
+            f"{still} chat answer(s) in {workspace.label} were still streaming after {limit:g} s; nothing changed. "
+            "Try again in a minute."
+        )
 
 
 def _operation_clear(source: VectorDatabase) -> None:
@@ -373,9 +411,7 @@ def _leftovers_remove(source: VectorDatabase) -> None:
     """Databases an earlier run built for this workspace and died before switching to, and the one an earlier run
     switched away from and died before dropping: they go."""
     left = VectorDatabase.objects.filter(replaces=source, workspace__isnull=True).exclude(status=Status.DELETED)
-    replaced = VectorDatabase.objects.filter(
-        id__in=[source.replaces_id] if source.replaces_id else [], workspace__isnull=True, status=Status.DELETING
-    )
+    replaced = VectorDatabase.objects.filter(id=source.replaces_id or 0, workspace__isnull=True, status=Status.DELETING)
     for row in [*left, *replaced]:
         logger.warning("removing %s, left by an interrupted restore or move", row.tenant_key)
         vector_database_deprovision(row.id)
@@ -477,13 +513,11 @@ def workspace_restore(
     if archive is not None:
         if archive.workspace_id != workspace.id or archive.status != TenantArchive.Status.READY:
             raise ArchiveRefused("That archive is not a ready archive of this workspace.")
-        path = archive_path(archive)
-    assert path is not None
     with _operation(workspace, "restoring", on_step) as (source, step):
         _refuse_if_busy(workspace)
         _leftovers_remove(source)
         step("reading the archive")
-        with _opened(path) as opened:
+        with _opened(archive=archive, path=path) as opened:
             archived = opened.manifest.get("workspace", {})
             if archived.get("id") != workspace.id or archived.get("slug") != workspace.slug:
                 raise ArchiveRefused(
@@ -498,9 +532,13 @@ def workspace_restore(
 
 
 @contextlib.contextmanager
-def _opened(path: Path) -> Iterator[OpenedArchive]:
+def _opened(path: Path | None = None, archive: TenantArchive | None = None) -> Iterator[OpenedArchive]:
     try:
-        with archive_open(path) as opened:
+        with contextlib.ExitStack() as stack:
+            if archive is not None:
+                path = stack.enter_context(archive_file(archive))
+            assert path is not None
+            opened = stack.enter_context(archive_open(path))
             yield opened
     except ArchiveUnreadable as error:
         raise ArchiveRefused(str(error)) from None
@@ -561,7 +599,7 @@ def _neon_point_in_time(workspace: Workspace, at: datetime, on_step: Step | None
             .first()
         )
         with contextlib.ExitStack() as stack:
-            opened = stack.enter_context(_opened(archive_path(earlier))) if earlier else None
+            opened = stack.enter_context(_opened(archive=earlier)) if earlier else None
             for part in _PARTS.values():
                 part.agree(workspace, present, at, opened)
         VectorDatabase.objects.filter(id=source.id).update(
@@ -633,7 +671,7 @@ def workspace_move(
         _leftovers_remove(source)
         step("archiving the database")
         archive = archive_create(workspace, TenantArchive.Kind.MOVE)
-        with _opened(archive_path(archive)) as opened:
+        with _opened(archive=archive) as opened:
             return _replace(workspace, source, opened, placement, step, archive)
 
 

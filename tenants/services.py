@@ -368,6 +368,8 @@ def tenants_reconcile(apply: bool = False, stuck_after_seconds: int = 600) -> Re
     report = ReconcileReport()
     report.orphans = sorted(existing - known)
     for row in live_rows:
+        if row.replaces_id is not None and row.workspace_id is None:
+            continue  # a restore or move's (tenants.archive_reconcile reports it): never re-provisioned as stuck
         long_unchanged = (timezone.now() - row.updated_at).total_seconds() > stuck_after_seconds
         if row.status in {Status.READY, Status.POOLED} and (row.server, row.external_id) not in existing:
             (report.pooled_missing if row.status == Status.POOLED else report.missing).append(row.tenant_key)

@@ -3,6 +3,7 @@ import logging
 from celery import shared_task
 
 from tenants import archives, services
+from tenants.archive_outcomes import outcome_record
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +54,20 @@ def back_up_workspace(workspace_id: int, kind: str = "scheduled") -> int | None:
     workspace = Workspace.objects.filter(id=workspace_id).first()
     if workspace is None:
         return None
+    manual = kind == TenantArchive.Kind.MANUAL  # an owner asked from the workspace page: the page shows the outcome
     try:
         archive = archives.archive_create(workspace, TenantArchive.Kind(kind))
-    except archives.ArchiveRefused:  # no ready database (being made, moved or erased): nothing to back up now
+    except archives.ArchiveRefused as refused:  # no ready database (being made, moved or erased): nothing to back up
+        if manual:
+            outcome_record(workspace_id, "backup", False, f"{refused} Try Back up now again once it is ready.")
         return None
+    except archives.ArchiveFailed as failed:
+        if manual:
+            outcome_record(workspace_id, "backup", False, f"{failed}. It is tried again automatically.")
+        raise
     archives.archives_prune(workspace)
+    if manual:
+        outcome_record(workspace_id, "backup", True, f"Restore point of {archive.created_at:%d %b %Y %H:%M} UTC made.")
     return archive.id
 
 
@@ -70,11 +80,14 @@ def rewind_workspace(workspace_id: int, archive_id: int) -> bool:
     archive = TenantArchive.objects.filter(id=archive_id, workspace_id=workspace_id).select_related("workspace").first()
     if archive is None:
         return False
+    moment = f"{archive.created_at:%d %b %Y %H:%M} UTC"
     try:
         archives.workspace_restore(archive.workspace, archive=archive)
     except (archives.ArchiveRefused, archives.ArchiveFailed) as error:
         logger.error("rewind of workspace %s to archive %s failed: %s", workspace_id, archive_id, error)
+        outcome_record(workspace_id, "rewind", False, f"Rewind to {moment} did not happen: {error}")
         return False
+    outcome_record(workspace_id, "rewind", True, f"Rewound to {moment}.")
     return True
 
 

@@ -57,7 +57,7 @@ def backup(command: BaseCommand, identifier: str, **_) -> None:
     command.stdout.write(
         command.style.SUCCESS(
             f"{workspace.label}: archive {archive.id} ready ({archive.size_bytes} bytes, {archive.documents} "
-            f"documents, {archive.chunks} chunks) at {archives.archive_path(archive)}"
+            f"documents, {archive.chunks} chunks) at {archives.archive_location(archive)}"
         )
     )
 

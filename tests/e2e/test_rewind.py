@@ -1,6 +1,6 @@
 """Rewind in a real browser: the owner backs the workspace up from its page, adds a document, then rewinds to the
 restore point; the dashboard shows the earlier state (the later document gone), and the page lists the restore point
-with its download on a phone too."""
+with its download on a phone too. A Rewind the worker refuses shows on the page with its reason."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from playwright.sync_api import expect
 
 from documents.models import Document
+from tenants import archive_store
 from tenants.models import TenantArchive
 from tests.e2e.steps import (
     assert_no_script_errors,
@@ -83,11 +84,24 @@ def test_owner_backs_up_then_rewinds_the_workspace_to_before_a_new_document(
     expect(document_item(page, "orchard notes")).to_have_count(0)
     screenshots.take(page, "dashboard-after-rewind")
     assert TenantArchive.objects.filter(status="ready").count() == 1
+    page.goto(f"{base}/workspace/members")
+    _reload_until(page, lambda: page.locator("#backup-outcome").count() == 1)
+    expect(page.locator("#backup-outcome")).to_contain_text("Rewind done")
+
+    # A Rewind the worker cannot do (the restore point's file is gone from storage) is shown on the page with why.
+    archive_store.delete(TenantArchive.objects.get(status="ready").file_name)
+    page.get_by_role("button", name="Rewind to").click()
+    expect(page.locator(".messages")).to_contain_text("Rewinding")
+    _reload_until(page, lambda: page.locator('#backup-outcome[data-ok="false"]').count() == 1)
+    expect(page.locator("#backup-outcome")).to_contain_text("Rewind failed")
+    expect(page.locator("#backup-outcome")).to_contain_text("is missing from the archive storage")
+    screenshots.take(page, "rewind-failed")
     assert_no_script_errors(page)
 
     # The same page on a phone.
     phone_page.context.add_cookies(page.context.cookies())
     phone_page.goto(f"{base}/workspace/members#backups")
     expect(phone_page.locator("#restore-points")).to_be_visible()
+    expect(phone_page.locator("#backup-outcome")).to_contain_text("Rewind failed")
     assert has_no_sideways_scroll(phone_page)
     screenshots.take(phone_page, "phone-backups")

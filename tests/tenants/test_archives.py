@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import shutil
 import tarfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,13 +20,14 @@ from cryptography.fernet import Fernet
 from django.conf import settings as django_settings
 from django.core.files.base import ContentFile
 from django.core.management import CommandError, call_command
+from django.db import connections as db_connections
 from django.utils import timezone
 
 from chat import services as chat_services
 from config import embedded_postgres
 from documents import services as document_services
 from documents.models import Document
-from tenants import archives
+from tenants import archive_store, archives, tasks
 from tenants import services as tenant_services
 from tenants.archive_files import archive_write
 from tenants.models import TenantArchive, User, VectorDatabase, Workspace
@@ -301,6 +304,63 @@ def test_a_worker_killed_after_the_switch_leaves_the_new_state_and_the_next_run_
     assert tenant.snapshot() == before
 
 
+def _reconcile(*args: str) -> tuple[str, str]:
+    """`tenants reconcile`'s output and its error ("" when it agrees)."""
+    out = io.StringIO()
+    try:
+        call_command("tenants", "reconcile", *args, stdout=out)
+    except CommandError as error:
+        return out.getvalue(), str(error)
+    return out.getvalue(), ""
+
+
+def test_reconcile_reports_a_half_done_restore_and_never_reprovisions_the_database_it_was_building(
+    tenant, archive_settings, admin_dsn
+):
+    archive = archives.archive_create(tenant.workspace)
+    database, label = tenant.database, tenant.workspace.label
+
+    def dies_at(when: str):
+        def die(step: str) -> None:
+            if step == when:
+                raise WorkerKilled(step)
+
+        return die
+
+    with pytest.raises(WorkerKilled):
+        archives.workspace_restore(tenant.workspace, archive=archive, on_step=dies_at("checking the restored database"))
+    half_built = VectorDatabase.objects.get(replaces=database)
+    long_ago = timezone.now() - timedelta(hours=1)  # well past reconcile's "stuck" age
+    VectorDatabase.objects.filter(id__in=[database.id, half_built.id]).update(updated_at=long_ago)
+
+    out, error = _reconcile()
+    assert f"half done: {label}: restoring stopped at 'checking the restored database' since " in out
+    assert f"(database {half_built.tenant_key} half built)" in out
+    assert f"run `tenants restore {label} --from ARCHIVE (or --at TIMESTAMP)" in out
+    assert half_built.tenant_key not in out.replace(f"(database {half_built.tenant_key} half built)", "")
+    assert error
+
+    out, _ = _reconcile("--apply")
+    assert f"re-provisioning {half_built.tenant_key}" not in out
+    half_built.refresh_from_db()
+    assert (half_built.status, half_built.workspace_id) == ("provisioning", None)
+    assert half_built.external_id in _tenant_databases(admin_dsn)
+
+    # A worker killed after the switch: the old database lingers; reconcile says so and --apply drops it.
+    with pytest.raises(WorkerKilled):
+        archives.workspace_restore(tenant.workspace, archive=archive, on_step=dies_at("dropping the old database"))
+    assert VectorDatabase.objects.get(id=half_built.id).status == "deleted"  # the re-run removed it
+    out, _ = _reconcile()
+    assert f"{label}: restoring stopped" not in out
+    assert f"half done: {label}: the database it switched away from ({database.tenant_key}) was not dropped" in out
+    out, _ = _reconcile("--apply")
+    assert f"fixed: dropped {database.tenant_key}, which {label} switched away from" in out
+    assert VectorDatabase.objects.get(id=database.id).status == "deleted"
+    assert database.external_id not in _tenant_databases(admin_dsn)
+    out, _ = _reconcile()
+    assert "half done" not in out
+
+
 # --- moves between servers -----------------------------------------------------------------------------------------
 
 
@@ -351,6 +411,62 @@ def test_a_move_to_another_server_keeps_every_chunk_and_conversation_and_refuses
     assert tenant.snapshot() == before
     assert _tenant_databases(second_admin) == set()
     assert tenant.ask("When is the lamp cleaned?")[-1].kind == "done"
+
+
+def test_an_answer_streaming_when_a_move_starts_stores_its_final_message_in_the_new_database(tenant, two_servers):
+    """The move refuses new writes, then waits for the answer already streaming; the answer ends normally and its
+    final message is in the archive the move restores, so it is on the new server."""
+    events = chat_services.chat_turn(tenant.user, "When is the lamp cleaned?")
+    streamed = []
+    for event in events:
+        streamed.append(event)
+        if event.kind == "token":
+            break  # streaming: its question is stored, its answer not yet
+    outcome: dict = {}
+
+    def move() -> None:
+        try:
+            outcome["moved"] = archives.workspace_move(tenant.workspace, server="second")
+        except BaseException as error:
+            outcome["error"] = error
+        finally:
+            db_connections.close_all()
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    deadline = time.monotonic() + 30
+    while tenant.database.operation_step != "waiting for 1 chat answer(s) to finish":
+        assert time.monotonic() < deadline and mover.is_alive(), (tenant.database.operation_step, outcome)
+        time.sleep(0.05)
+    assert tenant.ask("Another question?")[-1].data == {"message": MOVING_MESSAGE}  # new writes are refused
+
+    streamed += list(events)  # the answer goes on to its end
+    mover.join(timeout=240)
+
+    assert "error" not in outcome, outcome
+    assert streamed[-1].kind == "done", streamed[-1]
+    assert tenant.database.server == "second"
+    answer = "".join(event.data["text"] for event in streamed if event.kind == "token")
+    assert tenant.rows("SELECT role, content FROM messages ORDER BY id")[-2:] == [
+        ("user", "When is the lamp cleaned?"),
+        ("assistant", answer),
+    ]
+
+
+def test_a_move_is_refused_when_an_answer_streams_past_the_bound_and_nothing_changes(
+    tenant, two_servers, archive_settings
+):
+    database = tenant.database
+    archive_settings.TENANT_SWITCH_STREAM_WAIT_SECONDS = 0.5
+    events = chat_services.chat_turn(tenant.user, "When is the lamp cleaned?")
+    assert next(event for event in events if event.kind == "token")
+    try:
+        with pytest.raises(archives.ArchiveRefused, match=r"1 chat answer\(s\) in .* still streaming after 0.5 s"):
+            archives.workspace_move(tenant.workspace, server="second")
+        assert (tenant.database.id, tenant.database.operation) == (database.id, "")
+    finally:
+        events.close()
+    assert tenant.rows("SELECT role FROM messages ORDER BY id")[-1] == ("assistant",)  # stopped, stored as such
 
 
 def test_a_worker_killed_mid_move_leaves_the_workspace_on_its_server_and_a_rerun_finishes(
@@ -594,3 +710,33 @@ def test_only_owners_download_and_rewind_and_only_their_workspaces_archives(owne
         assert client_in(stranger).get(download).status_code == 404
     finally:
         erase_databases()
+
+
+def test_a_failed_rewind_or_backup_shows_on_the_workspace_page_with_its_reason(tenant, archive_settings, tmp_path):
+    """What the worker did with an owner's Rewind or Back up now reaches the owner on the page, not only the logs."""
+    workspace, page = tenant.workspace, client_in(tenant.user)
+    archive = archives.archive_create(workspace)
+    assert b'id="backup-outcome"' not in page.get("/workspace/members").content
+
+    archive_store.delete(archive.file_name)  # the storage lost the restore point's file
+    assert tasks.rewind_workspace(workspace.id, archive.id) is False
+    html = page.get("/workspace/members").content.decode()
+    assert 'id="backup-outcome"' in html and 'data-ok="false"' in html and "Rewind failed" in html
+    assert (
+        f"Rewind to {archive.created_at:%d %b %Y %H:%M} UTC did not happen: The file of the restore point of "
+        f"{archive.created_at:%d %b %Y %H:%M} UTC is missing from the archive storage: choose another restore point."
+    ) in html
+    assert tenant.database.operation == ""  # refused: the workspace is as it was, writes allowed
+
+    archive_settings.TENANT_PG_BIN_DIR = str(tmp_path / "no-binaries-here")
+    with pytest.raises(archives.ArchiveFailed):
+        tasks.back_up_workspace(workspace.id, "manual")
+    html = page.get("/workspace/members").content.decode()
+    assert "Backup failed" in html and "It is tried again automatically." in html and "pg_dump" in html
+    assert "the latest attempt failed (" in html  # the status line says why too
+
+    archive_settings.TENANT_PG_BIN_DIR = ""
+    made = TenantArchive.objects.get(id=tasks.back_up_workspace(workspace.id, "manual"))
+    html = page.get("/workspace/members").content.decode()
+    assert "Backup done" in html and 'data-ok="true"' in html
+    assert f"Restore point of {made.created_at:%d %b %Y %H:%M} UTC made." in html

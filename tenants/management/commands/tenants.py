@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count
 from django.utils.text import slugify
 
-from tenants import selectors, services
+from tenants import archive_reconcile, selectors, services
 from tenants.crypto import decrypt_credentials
 from tenants.management import archive_commands
 from tenants.management.lookup import user_for_command, workspace_for_command
@@ -231,10 +231,16 @@ class Command(BaseCommand):
             self.stdout.write(f"missing: pooled database {tenant_key} is gone from its server")
         for tenant_key in report.pooled_stuck:
             self.stdout.write(f"stuck: pooled database {tenant_key} never became ready")
-        for line in report.fixed:
+        half_done = archive_reconcile.operations_half_done()
+        old_left, dropped = archive_reconcile.old_databases_left(apply)
+        for item in half_done + old_left:
+            self.stdout.write(f"half done: {item.message}")
+        for line in report.fixed + dropped:
             self.stdout.write(f"fixed: {line}")
-        if report.clean:
+        if report.clean and not half_done and not old_left:
             self.stdout.write(self.style.SUCCESS("registry and provider agree"))
+        elif half_done and report.clean and (apply or not old_left):
+            raise CommandError("a restore or move is half done: run the command shown to finish it")
         elif not apply:
             raise CommandError("registry and provider disagree; run with --apply to fix")
 
