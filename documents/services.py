@@ -42,6 +42,7 @@ from documents.parsing import (
     inspect_pdf,
     page_count,
 )
+from documents.pdf_tables import split_tables
 from documents.selectors import document_get_for_user, parse_limits
 from documents.storage import local_path, region_of, with_region
 from tenants.models import Workspace
@@ -328,7 +329,8 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress, allow_oc
             f"{settings.DOCUMENT_MAX_TEXT_CHARS:,} per document."
         )
     timings.parse = time.perf_counter() - started
-    _update(document, page_count=len(pages), progress=PROGRESS_PARSED)
+    # A PDF page with a table is several units: the count is of pages (and of units for other formats).
+    _update(document, page_count=len({page.page_number for page in pages}), progress=PROGRESS_PARSED)
     _notify(on_progress, document)
 
     started = time.perf_counter()
@@ -422,7 +424,7 @@ def _parse(document: Document, path: str, allow_ocr: bool, on_progress) -> list[
     if not scanned:
         if not any(page.text for page in pages):
             raise BlankPdf()
-        return pages
+        return split_tables(path, pages)
     if len(scanned) > settings.OCR_MAX_PAGES:
         raise TooManyScannedPages(
             f"This PDF has {len(scanned):,} scanned pages; Silo reads up to {settings.OCR_MAX_PAGES:,} scanned "
@@ -440,7 +442,7 @@ def _parse(document: Document, path: str, allow_ocr: bool, on_progress) -> list[
     pages = with_ocr_text(pages, ocr_pages(path, scanned, ocr_options(), on_page=page_done))
     if not any(page.text for page in pages):
         raise NoTextLayer("This PDF's pages are images in which Silo could read no text.")
-    return pages
+    return split_tables(path, pages)  # the pages with a text layer
 
 
 def document_mark_failed(document_id: int, message: str) -> None:
