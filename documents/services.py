@@ -411,7 +411,9 @@ def _attempts_exhausted_message() -> str:
 
 
 def ocr_options() -> OcrOptions:
-    return OcrOptions(dpi=settings.OCR_DPI, language=settings.OCR_LANGUAGE)
+    return OcrOptions(
+        dpi=settings.OCR_DPI, language=settings.OCR_LANGUAGE, page_segmentation=settings.OCR_PAGE_SEGMENTATION
+    )
 
 
 def _parse(document: Document, path: str, allow_ocr: bool, on_progress) -> list[TextUnit]:
