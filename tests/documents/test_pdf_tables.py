@@ -70,6 +70,20 @@ def test_the_chunker_keeps_a_pdf_table_whole_with_its_caption_where_plain_text_w
     assert not any("West" in chunk.text and "Table 2" in chunk.text for chunk in chunk_pages(pages, 120, 20))
 
 
+def test_an_aligned_block_without_a_caption_stays_in_the_text(tmp_path):
+    path = tmp_path / "options.pdf"
+    items = [
+        (72 + 110 * column, 700 - 14 * number, cell)
+        for number, row in enumerate(ROWS)
+        for column, cell in enumerate(row)
+    ]
+    path.write_bytes(placed_text_pdf([items]))
+
+    pages = extract_pages(path)
+
+    assert split_tables(path, pages) == pages
+
+
 def test_prose_lists_and_single_columns_are_not_tables(tmp_path):
     path = tmp_path / "prose.pdf"
     prose = " ".join(f"Sentence {number} of a long paragraph that wraps over many lines." for number in range(40))
