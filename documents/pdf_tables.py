@@ -2,10 +2,10 @@
 
 A PDF has no table structure to read, only characters placed on the page; a table is what the eye sees: consecutive
 lines broken into cells by wide gaps, the cells of each line starting (or ending, for figures) where the cells of the
-line above do. Such a run of at least MIN_ROWS lines is cut out of its page as a table unit when it has a caption ("Table 3:
-...", the line above or below it), the caption on top, cells joined by " | ", so the chunker keeps it whole
-(documents/chunking.py). No library PDFium's positions need: the candidates on the package index (pdfplumber, camelot-py)
-bring pdfminer.six or OpenCV, PyMuPDF is AGPL, for what a few dozen lines do here. Pure Python, no Django.
+line above do. Such a run of at least MIN_ROWS lines is cut out of its page as a table unit when it has a caption
+("Table 3: ...", the line above or below it), the caption on top, cells joined by " | ", so the chunker keeps it whole
+(documents/chunking.py). No library PDFium's positions need: the candidates on the package index (pdfplumber,
+camelot-py) bring pdfminer.six or OpenCV, PyMuPDF is AGPL, for what a few dozen lines do here. Pure Python, no Django.
 """
 
 from __future__ import annotations
