@@ -83,7 +83,9 @@ def _ocr_accuracy(quick: bool) -> dict:
     files = sorted((EVAL_DIR / "pdfs").glob("*.pdf"))
     wanted = QUICK_OCR_SAMPLE_PAGES if quick else OCR_SAMPLE_PAGES
     per_file = wanted // len(files)
-    options = OcrOptions(dpi=settings.OCR_DPI, language=settings.OCR_LANGUAGE)
+    options = OcrOptions(
+        dpi=settings.OCR_DPI, language=settings.OCR_LANGUAGE, page_segmentation=settings.OCR_PAGE_SEGMENTATION
+    )
     seconds, letter_edits, letters, text_edits, characters, pages = 0.0, 0, 0, 0, 0, 0
     worst: list[tuple[float, str]] = []
     with tempfile.TemporaryDirectory() as folder:
@@ -114,6 +116,7 @@ def _ocr_accuracy(quick: bool) -> dict:
     return {
         "ocr_engine": "tesseract",
         "ocr_render_dpi": settings.OCR_DPI,
+        "ocr_page_segmentation": settings.OCR_PAGE_SEGMENTATION,
         "ocr_pages_measured": pages,
         "ocr_pages_per_second": round(pages / seconds, 3),
         "ocr_seconds_per_page": round(seconds / pages, 2),

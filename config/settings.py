@@ -382,6 +382,11 @@ if OCR_DPI > 600:
 OCR_LANGUAGE = env_str("OCR_LANGUAGE", "eng")
 if not all(part.replace("_", "").isalpha() for part in OCR_LANGUAGE.split("+")):
     raise ImproperEnvironment(f"OCR_LANGUAGE={OCR_LANGUAGE!r} must be Tesseract language codes joined by '+'")
+# Tesseract's page segmentation: 3 (automatic layout: columns, margin notes) or 4 (one column of lines: reads margin
+# notes in line order, mixes the columns of a two-column page), 6 (one block), 1 (automatic with orientation).
+OCR_PAGE_SEGMENTATION = env_int("OCR_PAGE_SEGMENTATION", 3, minimum=1)
+if OCR_PAGE_SEGMENTATION not in (1, 3, 4, 6):
+    raise ImproperEnvironment(f"OCR_PAGE_SEGMENTATION={OCR_PAGE_SEGMENTATION} must be 1, 3, 4 or 6")
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 

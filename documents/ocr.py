@@ -44,6 +44,7 @@ class OcrOptions:
     dpi: int = 300  # rendering resolution: Tesseract reads best at about 300 dpi, whatever the scan's own
     language: str = "eng"  # Tesseract language codes joined by "+", only those whose data is installed
     max_pixels: int = 40_000_000  # a huge page is rendered at a lower resolution rather than fill memory
+    page_segmentation: int = 3  # Tesseract's --psm: 3 finds the layout itself (settings.OCR_PAGE_SEGMENTATION)
 
 
 def _letters(text: str) -> int:
@@ -95,14 +96,14 @@ def tesseract_available() -> bool:
     return shutil.which("tesseract") is not None
 
 
-def recognise_image(image, language: str) -> str:
+def recognise_image(image, language: str, page_segmentation: int = 3) -> str:
     """Tesseract's reading of one page image (a PIL image)."""
     import pytesseract
 
     # One thread per page: the OCR queue's concurrency, not Tesseract's OpenMP, decides how many cores OCR takes.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
     try:
-        return pytesseract.image_to_string(image, lang=language)
+        return pytesseract.image_to_string(image, lang=language, config=f"--psm {page_segmentation}")
     except pytesseract.TesseractError as error:
         # One page Tesseract cannot read; the rest of the document is still worth reading.
         logger.warning("Tesseract could not read a page: %s", error)
@@ -145,7 +146,9 @@ def ocr_pages(
                 image = _render(document, number - 1, options)
             finally:
                 document.close()
-        texts[number] = normalise_text(recognise_image(image, options.language), join_hyphenated_lines=True)
+        texts[number] = normalise_text(
+            recognise_image(image, options.language, options.page_segmentation), join_hyphenated_lines=True
+        )
         if on_page:
             on_page(done, len(page_numbers))
     return texts

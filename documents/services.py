@@ -45,6 +45,7 @@ from documents.parsing import (
     inspect_pdf,
     page_count,
 )
+from documents.pdf_tables import split_tables
 from documents.selectors import document_get_for_user, parse_limits
 from documents.storage import local_path, region_of, with_region
 from tenants import plans, usage
@@ -385,7 +386,8 @@ def _run_pipeline(document, target, timings: StageTimings, on_progress, allow_oc
         except LimitReached as error:
             raise DocumentTooBig(str(error)) from None
     timings.parse = time.perf_counter() - started
-    _update(document, page_count=len(pages), progress=PROGRESS_PARSED)
+    # A PDF page with a table is several units: the count is of pages (and of units for other formats).
+    _update(document, page_count=len({page.page_number for page in pages}), progress=PROGRESS_PARSED)
     _notify(on_progress, document)
 
     started = time.perf_counter()
@@ -480,7 +482,9 @@ def _attempts_exhausted_message() -> str:
 
 
 def ocr_options() -> OcrOptions:
-    return OcrOptions(dpi=settings.OCR_DPI, language=settings.OCR_LANGUAGE)
+    return OcrOptions(
+        dpi=settings.OCR_DPI, language=settings.OCR_LANGUAGE, page_segmentation=settings.OCR_PAGE_SEGMENTATION
+    )
 
 
 def _parse(document: Document, path: str, allow_ocr: bool, on_progress) -> list[TextUnit]:
@@ -493,7 +497,7 @@ def _parse(document: Document, path: str, allow_ocr: bool, on_progress) -> list[
     if not scanned:
         if not any(page.text for page in pages):
             raise BlankPdf()
-        return pages
+        return split_tables(path, pages)
     if len(scanned) > settings.OCR_MAX_PAGES:
         raise TooManyScannedPages(
             f"This PDF has {len(scanned):,} scanned pages; Silo reads up to {settings.OCR_MAX_PAGES:,} scanned "
@@ -511,7 +515,7 @@ def _parse(document: Document, path: str, allow_ocr: bool, on_progress) -> list[
     pages = with_ocr_text(pages, ocr_pages(path, scanned, ocr_options(), on_page=page_done))
     if not any(page.text for page in pages):
         raise NoTextLayer("This PDF's pages are images in which Silo could read no text.")
-    return pages
+    return split_tables(path, pages)  # the pages with a text layer
 
 
 def document_mark_failed(document_id: int, message: str) -> None:

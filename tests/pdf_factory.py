@@ -84,3 +84,15 @@ def image_only_pdf(page_count: int = 1) -> bytes:
         content.set_data(b"q 500 0 0 700 50 50 cm /Im1 Do Q")
         page[NameObject("/Contents")] = writer._add_object(content)
     return pdf_bytes(writer)
+
+
+def placed_text_pdf(pages: list[list[tuple[float, float, str]]]) -> bytes:
+    """One page per list of (x, y, text): each text shown at that point (PDF points from the bottom left), in
+    Helvetica 10, the way typesetters place table cells."""
+    writer = text_pdf_writer([""] * len(pages))
+    for page, items in zip(writer.pages, pages, strict=True):
+        content = StreamObject()
+        shown = " ".join(f"BT /F1 10 Tf {x} {y} Td ({_escape(text)}) Tj ET" for x, y, text in items)
+        content.set_data(shown.encode("latin-1"))
+        page[NameObject("/Contents")] = writer._add_object(content)
+    return pdf_bytes(writer)
