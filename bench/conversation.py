@@ -138,14 +138,16 @@ def _rate(hits: int, total: int) -> float:
 def _today_hybrid(user, question: str, k: int):
     """Chat's ranking before this section's work: hybrid search, fused by reciprocal rank, nothing else."""
     from chat.services import _citations, _ready_titles
+    from tenants.models import Workspace
     from tenants.services import tenant_target
     from vectordb.connections import get_registry
     from vectordb.embeddings import get_embedder
     from vectordb.search import hybrid_search
 
-    titles = _ready_titles(user, None)
+    workspace = Workspace.objects.personal_for(user)
+    titles = _ready_titles(user, None, workspace)
     embedding = get_embedder().embed_query(question)
-    with get_registry().connection(tenant_target(user)) as connection:
+    with get_registry().connection(tenant_target(workspace)) as connection:
         hits = hybrid_search(connection, embedding, question, list(titles), k)
     return _citations(hits, titles)
 

@@ -154,3 +154,61 @@ def test_words_drop_backslashes_and_punctuation_and_content_words_are_stems_with
         "seri",
     }
     assert answers.content_words("descale descaled descaling descales") == {"descal"}
+
+
+# A long block as PDFs give it: a record's fields on lines of their own, then a paragraph wrapped at the page's width.
+WRAPPED_BLOCK = (
+    "LATEX name: OT1\n"
+    "Public name: TEX text\n"
+    "Further reference: [16, p.427]\n"
+    "Donald Knuth designed his font encoding (and hence his fonts) in a\n"
+    "very different environment from that which now pervades the TEX\n"
+    "world: his computer had very little memory, there was\n"
+    "little experience in multilingual technical typesetting, and as a result it was appropriate to sacrifice "
+    "uniformity for\n"
+    "efficiency.\n"
+    "-b, --benchmark perform a benchmark on decoding\n"
+    "-s, --strict use strict DER decoding and the list of options goes on"
+)
+
+
+def test_lines_the_pdf_only_wrapped_stay_one_unit_when_a_long_block_is_cut():
+    assert len(WRAPPED_BLOCK) > answers.WINDOW_CHARS
+    units = [" ".join(WRAPPED_BLOCK[start:end].split()) for start, end in answers.answer_units(WRAPPED_BLOCK)]
+
+    assert units == [
+        "LATEX name: OT1",
+        "Public name: TEX text",
+        "Further reference: [16, p.427]",
+        "Donald Knuth designed his font encoding (and hence his fonts) in a very different environment from that "
+        "which now pervades the TEX world: his computer had very little memory, there was little experience in "
+        "multilingual technical typesetting, and as a result it was appropriate to sacrifice uniformity for "
+        "efficiency.",
+        # A block no longer than a window after the sentence's end stays whole.
+        "-b, --benchmark perform a benchmark on decoding -s, --strict use strict DER decoding and the list of options "
+        "goes on",
+    ]
+
+
+def test_wrapped_lines_longer_than_a_window_together_are_still_cut_at_their_line_breaks():
+    line = "a line of a listing that goes on without ever closing its sentence, " * 2
+    block = "\n".join([line.strip()] * 4)  # every line starts in lower case and ends without punctuation
+
+    units = answers.answer_units(block)
+
+    assert len(block) > answers.WINDOW_CHARS
+    assert [block[start:end] for start, end in units] == [line.strip()] * 4
+
+
+def test_a_sentence_is_judged_without_the_heading_run_into_its_line():
+    text = "3.4 A minimal class file\nMost of the work of a class or package is in defining new commands."
+    embedder = get_embedder()
+    question = "What is the bare minimum a class file needs?"
+    query = embedder.embed_query(question)
+
+    similarities = answers._sentence_similarities(query, [text], [0], embedder)
+
+    (unit,) = answers.answer_units(text)  # the heading and the sentence form one unit
+    (body_vector,) = embedder.embed_documents(["Most of the work of a class or package is in defining new commands."])
+    expected = sum(a * b for a, b in zip(body_vector, query, strict=True))
+    assert similarities == {(0, *unit): pytest.approx(expected, abs=1e-5)}
