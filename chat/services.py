@@ -184,9 +184,10 @@ def search_choice(question_relevance: float | None, contextual_relevance: float 
     return "fused"
 
 
-def standalone_question(question: str, history: Sequence[Exchange]) -> str | None:
+def standalone_question(question: str, history: Sequence[Exchange], workspace_id: int | None = None) -> str | None:
     """The chat model's rewrite of a follow-up as a standalone question; None when the model fails or answers
-    something that is not a question of sensible length (the caller then decides without it)."""
+    something that is not a question of sensible length (the caller then decides without it). The tokens the model
+    reports using count against `workspace_id`'s monthly allowance: the rewrite is on the operator's bill too."""
     from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
     messages: list[BaseMessage] = [SystemMessage(STANDALONE_QUESTION_PROMPT)]
@@ -198,6 +199,8 @@ def standalone_question(question: str, history: Sequence[Exchange]) -> str | Non
     except _model_errors() as error:
         logger.warning("chat model could not rewrite a follow-up: %s", type(error).__name__)
         return None
+    if workspace_id is not None and reply.usage_metadata:
+        usage.tokens_record(workspace_id, int(reply.usage_metadata.get("total_tokens") or 0))
     rewritten = " ".join(str(reply.content or "").split())
     if not rewritten or len(rewritten) > 2 * len(question) + 500:
         return None
@@ -325,7 +328,7 @@ def passages_for_turn(
     embedder = get_embedder()
     strategy, queries = "question", [question]
     if history and with_model:
-        rewritten = standalone_question(question, history)
+        rewritten = standalone_question(question, history, workspace.id)
         if rewritten is not None:
             strategy, queries = "standalone", [rewritten]
     if strategy == "question" and history and refers_back(question):

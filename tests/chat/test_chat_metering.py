@@ -60,6 +60,21 @@ def test_an_answer_counts_one_question_and_the_tokens_the_model_reports(owner, w
     assert _counters(workspace) == (1, prompt_tokens + len(tokens))  # the usage chunk's total_tokens
 
 
+def test_a_follow_ups_rewrite_counts_its_tokens_beside_the_answers(owner, workspace, emulator):
+    first = list(services.chat_turn(owner, "When is the harbour lamp cleaned?"))
+    emulator.rewrite = "When is high tide in summer?"
+
+    follow_up = list(services.chat_turn(owner, "And the tide?", conversation_id=first[0].data["id"]))
+
+    assert follow_up[-1].kind == "done", follow_up[-1]
+    used = 0
+    for request in emulator.requests_to(CHAT_COMPLETIONS):  # two answers and, between them, one rewrite
+        tokens, _, prompt_tokens = emulator.chat_answer({"model": request.model, "messages": request.messages})
+        used += prompt_tokens + len(tokens)
+    assert len(emulator.requests_to(CHAT_COMPLETIONS)) == 3
+    assert _counters(workspace) == (2, used)  # two questions; the rewrite's tokens count, it is no question
+
+
 def test_the_extractive_mode_counts_an_estimate(owner, workspace, settings):
     settings.OPENAI_API_KEY = ""
     events = list(services.chat_turn(owner, "When is the harbour lamp cleaned?"))
