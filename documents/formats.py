@@ -151,7 +151,7 @@ def _check_utf8(source: BinaryIO, block_size: int = 1 << 20) -> None:
         raise NotUtf8() from error
 
 
-def check_archive(path: str | Path, limits: ParseLimits) -> None:
+def check_archive(path: str | Path | BinaryIO, limits: ParseLimits) -> None:
     """Refuses a zip bomb before any parser unpacks it: the sizes the archive declares, checked against limits (the
     parsers' reads are bounded by the same declared sizes, which zipfile enforces)."""
     try:

@@ -20,9 +20,12 @@ from tenants.provisioners.base import ProvisioningError
 from tests.emulators.neon import NeonEmulator
 from tests.tenants.test_neon_provider import make_provisioner
 
-# The project's shared folder sits beside the repository (as in CI); Neon publishes the document at
-# https://neon.com/api_spec/release/v2.json
-SPEC_PATH = BASE_DIR.parent / "shared" / "reference" / "neon-openapi-v2.json"
+# The project's shared folder sits beside the repository (as in CI), or at /work/shared where the other tests read the
+# eval PDFs (a clone elsewhere); Neon publishes the document at https://neon.com/api_spec/release/v2.json
+SPEC_CANDIDATES = [
+    folder / "reference" / "neon-openapi-v2.json" for folder in (BASE_DIR.parent / "shared", Path("/work/shared"))
+]
+SPEC_PATH = next((path for path in SPEC_CANDIDATES if path.exists()), SPEC_CANDIDATES[0])
 
 
 @cache
