@@ -14,6 +14,7 @@ numbered passages, cited inline as [n]; without one, it quotes the sentences tha
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -415,15 +416,31 @@ def _prompt_messages(question: str, citations: Sequence[Citation], history: Sequ
 
 
 def chat_model(streaming: bool = True, max_tokens: int | None = None):
+    return _chat_model(
+        settings.CHAT_MODEL,
+        settings.OPENAI_API_KEY,
+        settings.OPENAI_BASE_URL or None,
+        settings.CHAT_REQUEST_TIMEOUT_SECONDS,
+        streaming,
+        max_tokens,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _chat_model(
+    model: str, api_key: str, base_url: str | None, timeout: float, streaming: bool, max_tokens: int | None
+):
+    """One client per configuration, kept: building one costs milliseconds a turn, and a kept one reuses its
+    connections to the model's server (thread-safe: each call is its own request)."""
     from langchain_openai import ChatOpenAI
     from pydantic import SecretStr
 
     return ChatOpenAI(
-        model=settings.CHAT_MODEL,
+        model=model,
         temperature=0,
-        api_key=SecretStr(settings.OPENAI_API_KEY),
-        base_url=settings.OPENAI_BASE_URL or None,
-        timeout=settings.CHAT_REQUEST_TIMEOUT_SECONDS,
+        api_key=SecretStr(api_key),
+        base_url=base_url,
+        timeout=timeout,
         max_retries=2,
         streaming=streaming,
         stream_usage=True,  # the last streamed chunk reports the tokens used: metered per workspace

@@ -9,6 +9,7 @@ Each entry is a lease (CHAT_STREAM_SLOT_LEASE_SECONDS): a process that dies mid-
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -21,7 +22,13 @@ logger = logging.getLogger(__name__)
 
 
 def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
+    return _client_for(settings.REDIS_URL)
+
+
+@functools.lru_cache(maxsize=4)
+def _client_for(url: str) -> redis.Redis:
+    """One client (and its connection pool) per URL: a new connection for every answer cost a connect each time."""
+    return redis.Redis.from_url(url)
 
 
 def _key(workspace_id: int) -> str:
@@ -37,9 +44,10 @@ class OpenStream:
         self._open = False
         lease = settings.CHAT_STREAM_SLOT_LEASE_SECONDS
         try:
-            client = _client()
-            client.zadd(self._key, {self._member: time.time() + lease})
-            client.expire(self._key, int(lease) + 60)
+            pipeline = _client().pipeline(transaction=False)  # one round trip
+            pipeline.zadd(self._key, {self._member: time.time() + lease})
+            pipeline.expire(self._key, int(lease) + 60)
+            pipeline.execute()
             self._open = True
         except redis.RedisError as error:  # Redis down: the answer still streams; a move will not wait for it
             logger.warning("could not count an open stream: %s", type(error).__name__)
