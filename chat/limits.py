@@ -8,6 +8,7 @@ slots when their leases run out.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import redis
@@ -25,7 +26,13 @@ class ChatLimitReached(Exception):
 
 
 def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
+    return _client_for(settings.REDIS_URL)
+
+
+@functools.lru_cache(maxsize=4)
+def _client_for(url: str) -> redis.Redis:
+    """One client, and so one connection pool, per URL: a client per question opened a new connection every time."""
+    return redis.Redis.from_url(url)
 
 
 def _slot_name(user_id: object, slot: int) -> str:

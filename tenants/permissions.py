@@ -72,7 +72,11 @@ def membership_find(user: User, workspace: Workspace | str | int) -> Membership:
 def membership_require(user: User, workspace: Workspace | str | int, action: Action) -> Membership:
     """The user's membership, checked for `action`: WorkspaceNotFound for a non-member, ActionForbidden for a member
     whose role lacks it. Read fresh from the database on every call, so a removed member loses access at once."""
-    membership = membership_find(user, workspace)
+    return membership_check(membership_find(user, workspace), action)
+
+
+def membership_check(membership: Membership, action: Action) -> Membership:
+    """A membership just read, checked for `action` (ActionForbidden, saying which role it needs, when it lacks it)."""
     if not role_allows(membership.role, action):
         raise ActionForbidden(
             f"Your role in {membership.workspace.name} is {membership.role}, which cannot {action.value}. "

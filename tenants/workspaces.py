@@ -19,7 +19,15 @@ from django.utils import timezone
 
 from tenants import services
 from tenants.models import Invitation, Membership, User, Workspace, new_workspace_slug
-from tenants.permissions import ROLE_RANK, Action, ActionForbidden, Role, membership_find, membership_require
+from tenants.permissions import (
+    ROLE_RANK,
+    Action,
+    ActionForbidden,
+    Role,
+    membership_check,
+    membership_find,
+    membership_require,
+)
 from tenants.plans import LimitReached
 from tenants.usage import members_admit
 
@@ -79,7 +87,7 @@ def membership_current(request: HttpRequest, action: Action = Action.READ) -> Me
             request.session.pop(CURRENT_WORKSPACE_SESSION_KEY, None)
     if workspace_id is None or membership is None:
         membership = membership_find(user, Workspace.objects.personal_for(user))
-    return membership_require(user, membership.workspace, action)
+    return membership_check(membership, action)  # just read: no second query for the same row
 
 
 def workspace_switch(request: HttpRequest, slug: str) -> Membership:
