@@ -167,3 +167,15 @@ def owner(django_user_model):
 def stranger(django_user_model):
     """A tenant from elsewhere, who must see nothing of the owner's."""
     return django_user_model.objects.create_user(email="stranger@example.org", password="another long secret")
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A real S3 API (moto's server) on a free port, for the modules that store files or archives in object storage."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()

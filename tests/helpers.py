@@ -85,3 +85,13 @@ def without_csrf_tokens(html: bytes) -> bytes:
     import re
 
     return re.sub(rb'name="csrfmiddlewaretoken" value="[^"]+"', b"", html)
+
+
+def s3_client(endpoint_url: str):
+    """A boto3 S3 client for the test S3 server (tests/conftest.py `s3_server`), with the credentials the app gets."""
+    import boto3
+
+    return boto3.client(
+        "s3", endpoint_url=endpoint_url, aws_access_key_id="silo", aws_secret_access_key="silo-secret",
+        region_name="us-east-1",
+    )  # fmt: skip

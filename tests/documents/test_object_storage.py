@@ -4,39 +4,25 @@ app, the worker ingests from there, and moving a workspace's files moves them be
 
 import io
 
-import boto3
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.urls import reverse
-from moto.server import ThreadedMotoServer
 
 from documents import services
 from documents.models import Document
 from documents.storage import local_path
 from tenants.models import Membership, VectorDatabase, Workspace
-from tests.helpers import personal_workspace
+from tests.helpers import personal_workspace, s3_client
 from tests.pdf_factory import text_pdf
 
 BUCKETS = {"local": "silo-uploads-local", "eu": "silo-uploads-eu"}
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
 def s3(s3_server, settings, media_root):
-    client = boto3.client(
-        "s3", endpoint_url=s3_server, aws_access_key_id="silo", aws_secret_access_key="silo-secret",
-        region_name="us-east-1",
-    )  # fmt: skip
+    client = s3_client(s3_server)
     for bucket in BUCKETS.values():
         client.create_bucket(Bucket=bucket)
     settings.S3_BUCKETS = BUCKETS

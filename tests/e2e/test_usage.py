@@ -3,9 +3,6 @@ and members; an upload over the monthly pages is refused with the limit, what is
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 from playwright.sync_api import expect
 
@@ -27,12 +24,6 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.usefixtures("erase_tenant_databases"),
 ]
-REVIEW_SCREENS = Path("/work/screens21")
-
-
-def _keep(path: Path, name: str) -> None:
-    REVIEW_SCREENS.mkdir(exist_ok=True)
-    shutil.copy(path, REVIEW_SCREENS / name)
 
 
 def test_the_account_page_shows_usage_bars_and_an_upload_over_the_limit_is_refused(
@@ -55,7 +46,7 @@ def test_the_account_page_shows_usage_bars_and_an_upload_over_the_limit_is_refus
     page.set_input_files("#upload-files", str(tides))  # refused: the page stays and says why
     refusal = page.get_by_text("this document has 3 pages; this workspace's limit is 5 pages a month and 4 are used")
     expect(refusal).to_be_visible()
-    _keep(screenshots.take(page, "upload-refused"), "desktop-upload-refused.png")
+    screenshots.take(page, "upload-refused")
 
     page.goto(f"{base}/account/")
     card = page.locator("#usage-card")
@@ -65,7 +56,7 @@ def test_the_account_page_shows_usage_bars_and_an_upload_over_the_limit_is_refus
     expect(pages_row.locator("progress")).to_have_attribute("value", "80")
     expect(card.locator(".usage-row").filter(has_text="Documents")).to_contain_text("1 of 4")
     card.scroll_into_view_if_needed()
-    _keep(screenshots.take(page, "account-usage"), "desktop-account-usage.png")
+    screenshots.take(page, "account-usage")
     assert_no_script_errors(page)
 
     phone_page.goto(f"{base}/accounts/login/")
@@ -76,5 +67,5 @@ def test_the_account_page_shows_usage_bars_and_an_upload_over_the_limit_is_refus
     phone_page.goto(f"{base}/account/")
     expect(phone_page.locator("#usage-card")).to_be_visible()
     assert has_no_sideways_scroll(phone_page)
-    _keep(screenshots.take(phone_page, "account-usage-phone"), "phone-account-usage.png")
+    screenshots.take(phone_page, "account-usage-phone")
     assert_no_script_errors(phone_page)

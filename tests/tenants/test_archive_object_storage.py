@@ -8,14 +8,13 @@ import io
 import tarfile
 from datetime import timedelta
 
-import boto3
 import pytest
 from django.utils import timezone
-from moto.server import ThreadedMotoServer
 
 from tenants import archives
 from tenants import services as tenant_services
 from tenants.models import TenantArchive
+from tests.helpers import s3_client
 from tests.tenants.test_archives import ORCHARD, _erase_all, _stored_files, make_tenant
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.timeout(300)]
@@ -24,21 +23,9 @@ UPLOADS = {"local": "silo-uploads-local"}
 ARCHIVES = "silo-archives"
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
 def s3(s3_server, settings, tmp_path):
-    client = boto3.client(
-        "s3", endpoint_url=s3_server, aws_access_key_id="silo", aws_secret_access_key="silo-secret",
-        region_name="us-east-1",
-    )  # fmt: skip
+    client = s3_client(s3_server)
     buckets = [*UPLOADS.values(), ARCHIVES]
     for bucket in buckets:
         client.create_bucket(Bucket=bucket)
