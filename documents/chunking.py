@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from documents.parsing import PageText, SectionStart
+from documents.parsing import PageText, section_title_at
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def _segments(pages: Iterable[PageText], chunk_size: int) -> Iterable[_Segment]:
         spans = _sentence_spans(text, *_body_bounds(text))
         for number, (start, end) in enumerate(spans):
             separator = "\n" if number == len(spans) - 1 or "\n" in text[end : _next_start(spans, number, end)] else " "
-            section = _section_at(page.sections, start)
+            section = section_title_at(page.sections, start)
             sentence = text[start:end]
             if len(sentence) <= chunk_size:
                 yield _Segment(sentence, separator, page.page_number, section, page.location, page.ocr)
@@ -258,12 +258,3 @@ def _split_long(text: str, chunk_size: int) -> list[tuple[str, str]]:
     if current:
         pieces.append((current, separator))
     return pieces
-
-
-def _section_at(sections: tuple[SectionStart, ...], offset: int) -> str:
-    title = ""
-    for section in sections:
-        if section.offset > offset:
-            break
-        title = section.title
-    return title

@@ -105,6 +105,16 @@ class SectionStart:
     title: str
 
 
+def section_title_at(sections: tuple[SectionStart, ...], offset: int) -> str:
+    """The title of the section the character at `offset` belongs to ("" before the first)."""
+    title = ""
+    for section in sections:
+        if section.offset > offset:
+            break
+        title = section.title
+    return title
+
+
 @dataclass(frozen=True)
 class PageText:
     page_number: int  # 1-based physical page index (PDFium index + 1), not the printed page label

@@ -20,7 +20,7 @@ import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
 from documents.office import table_text
-from documents.parsing import PDFIUM_LOCK, PageText, SectionStart, normalise_text
+from documents.parsing import PDFIUM_LOCK, PageText, SectionStart, normalise_text, section_title_at
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def _split_page(page: PageText, tables: list[_Table], raw_texts: list[str]) -> l
         offset = start + len(text)
         if number < len(tables):
             table = tables[number]
-            section = _section_title_at(page.sections, offset)
+            section = section_title_at(page.sections, offset)
             units.append(
                 PageText(
                     page.page_number,
@@ -245,19 +245,10 @@ def _split_page(page: PageText, tables: list[_Table], raw_texts: list[str]) -> l
     return units
 
 
-def _section_title_at(sections: tuple[SectionStart, ...], offset: int) -> str:
-    title = ""
-    for section in sections:
-        if section.offset > offset:
-            break
-        title = section.title
-    return title
-
-
 def _sections_from(sections: tuple[SectionStart, ...], start: int, length: int) -> tuple[SectionStart, ...]:
     """The sections of the page's text [start, start + length), their offsets made relative to start."""
     result: list[SectionStart] = []
-    current = _section_title_at(sections, start)
+    current = section_title_at(sections, start)
     if current:
         result.append(SectionStart(0, current))
     for section in sections:
