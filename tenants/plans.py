@@ -188,11 +188,11 @@ def resets_on(period: str, today: datetime.date | None = None) -> str:
     return f"The limit resets on {reset.day} {reset:%B}."
 
 
-def _number(value: int) -> str:
+def count_text(value: int) -> str:
     return f"{value:,}"
 
 
-def _bytes(value: int) -> str:
+def size_text(value: int) -> str:
     for unit, size in (("GB", 1024**3), ("MB", 1024**2), ("kB", 1024)):
         if value >= size:
             return f"{value / size:.1f} {unit}"
@@ -201,15 +201,15 @@ def _bytes(value: int) -> str:
 
 def pages_refusal(pages: int, limit: int, used: int) -> LimitReached:
     return LimitReached(
-        f"This document has {_number(pages)} page{'s' if pages != 1 else ''}; this workspace's limit is "
-        f"{_number(limit)} pages a month and {_number(used)} are used. {resets_on('month')}",
+        f"This document has {count_text(pages)} page{'s' if pages != 1 else ''}; this workspace's limit is "
+        f"{count_text(limit)} pages a month and {count_text(used)} are used. {resets_on('month')}",
         "pages_per_month",
     )
 
 
 def documents_refusal(limit: int) -> LimitReached:
     return LimitReached(
-        f"This workspace has {_number(limit)} documents, the most its plan allows; delete one or ask an operator "
+        f"This workspace has {count_text(limit)} documents, the most its plan allows; delete one or ask an operator "
         "for a larger plan to upload more.",
         "documents",
     )
@@ -217,7 +217,7 @@ def documents_refusal(limit: int) -> LimitReached:
 
 def storage_refusal(limit: int, used: int) -> LimitReached:
     return LimitReached(
-        f"This workspace's database uses {_bytes(used)} of the {_bytes(limit)} its plan allows; delete documents "
+        f"This workspace's database uses {size_text(used)} of the {size_text(limit)} its plan allows; delete documents "
         "or ask an operator for a larger plan to upload more.",
         "storage_bytes",
     )
@@ -225,14 +225,14 @@ def storage_refusal(limit: int, used: int) -> LimitReached:
 
 def questions_refusal(limit: int, used: int) -> LimitReached:
     return LimitReached(
-        f"This workspace's limit is {_number(limit)} questions a day and {_number(used)} are used. {resets_on('day')}",
+        f"This workspace's limit is {count_text(limit)} questions a day and {count_text(used)} are used. {resets_on('day')}",
         "questions_per_day",
     )
 
 
 def tokens_refusal(limit: int, used: int) -> LimitReached:
     return LimitReached(
-        f"This workspace's limit is {_number(limit)} model tokens a month and {_number(used)} are used. "
+        f"This workspace's limit is {count_text(limit)} model tokens a month and {count_text(used)} are used. "
         f"{resets_on('month')}",
         "tokens_per_month",
     )
@@ -240,7 +240,7 @@ def tokens_refusal(limit: int, used: int) -> LimitReached:
 
 def members_refusal(limit: int, used: int) -> LimitReached:
     return LimitReached(
-        f"This workspace's limit is {_number(limit)} members and {_number(used)} are members or invited; remove "
+        f"This workspace's limit is {count_text(limit)} members and {count_text(used)} are members or invited; remove "
         "a member or revoke an invitation, or ask an operator for a larger plan.",
         "members",
     )

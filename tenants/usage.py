@@ -435,7 +435,7 @@ def usage_bars(workspace: Workspace) -> tuple[list[UsageBar], bool]:
     limits = report.limits
 
     def bar(label: str, used: int, limit: int | None, note: str = "", size: bool = False) -> UsageBar:
-        shown = _size_text if size else _count_text
+        shown = plans.size_text if size else plans.count_text  # as the refusals write them
         percent = 0 if not limit else min(100, round(100 * used / limit))
         return UsageBar(label, shown(used), None if limit is None else shown(limit), percent, note)
 
@@ -450,14 +450,3 @@ def usage_bars(workspace: Workspace) -> tuple[list[UsageBar], bool]:
     if report.storage_bytes is not None:
         bars.append(bar("Storage", report.storage_bytes, limits["storage_bytes"], "measured every few minutes", True))
     return bars, report.neon_suspended
-
-
-def _count_text(value: int) -> str:
-    return f"{value:,}"
-
-
-def _size_text(value: int) -> str:
-    for unit, size in (("GB", 1024**3), ("MB", 1024**2), ("kB", 1024)):
-        if value >= size:
-            return f"{value / size:.1f} {unit}"
-    return f"{value} bytes"
