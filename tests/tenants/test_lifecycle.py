@@ -180,7 +180,11 @@ def test_tenants_command_adds_shows_and_removes_a_tenant(capsys, admin_dsn):
         assert tenant.execute("SELECT current_database()").fetchone() == (vector_database.external_id,)
 
     call_command("tenants", "list")
-    assert "ops@example.com" in capsys.readouterr().out
+    header, *rows, _count = capsys.readouterr().out.splitlines()
+    listed = next(row for row in rows if "ops@example.com" in row)
+    # Columns line up under their headers, however long the schema name ("0004_conversation_started_by_shared").
+    assert listed.index("postgres") == header.index("provider")
+    assert listed.index(latest_schema_version()) == header.index("schema")
 
     call_command("tenants", "remove", "ops@example.com")
     assert not User.objects.filter(email="ops@example.com").exists()

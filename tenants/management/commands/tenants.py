@@ -206,15 +206,21 @@ class Command(BaseCommand):
         if json:
             self.stdout.write(_json(rows))
             return
+        named_rows = [(summary, summary["workspace"] or {"slug": "-", "owner": "-"}) for summary in rows]
+        # Columns as wide as their longest value, so a long email or schema name never shifts the columns after it.
+        slug_width = max([len("workspace"), *(len(named["slug"]) for _, named in named_rows)])
+        owner_width = max([len("owner"), *(len(named["owner"]) for _, named in named_rows)])
+        region_width = max([len("region"), *(len(summary["region"]) for summary, _ in named_rows)])
+        schema_width = max([len("schema"), *(len(summary["schema_version"]) for summary, _ in named_rows)])
         self.stdout.write(
-            f"{'workspace':<30} {'owner':<30} {'members':>7} {'status':<13} {'region':<16} {'schema':<28} provider"
-            f"  {USAGE_COLUMNS_HEADER}"
+            f"{'workspace':<{slug_width}} {'owner':<{owner_width}} {'members':>7} {'status':<13} "
+            f"{'region':<{region_width}} {'schema':<{schema_width}} {'provider':<8}  {USAGE_COLUMNS_HEADER}"
         )
-        for summary in rows:
-            named = summary["workspace"] or {"slug": "-", "owner": "-"}
+        for summary, named in named_rows:
             self.stdout.write(
-                f"{named['slug']:<30} {named['owner']:<30} {summary['members']:>7} {summary['status']:<13} "
-                f"{summary['region']:<16} {summary['schema_version']:<28} {summary['provider']:<8}  "
+                f"{named['slug']:<{slug_width}} {named['owner']:<{owner_width}} {summary['members']:>7} "
+                f"{summary['status']:<13} {summary['region']:<{region_width}} "
+                f"{summary['schema_version']:<{schema_width}} {summary['provider']:<8}  "
                 f"{usage_columns(summary['usage'])}"
             )
         self.stdout.write(f"{len(rows)} workspace database(s)")
