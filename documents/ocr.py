@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,13 +98,18 @@ def tesseract_available() -> bool:
 
 
 def recognise_image(image, language: str, page_segmentation: int = 3) -> str:
-    """Tesseract's reading of one page image (a PIL image)."""
+    """Tesseract's reading of one page image (a PIL image), laid out in paragraphs (`text_from_tesseract_data`)."""
+    return text_from_tesseract_data(tesseract_data(image, language, page_segmentation))
+
+
+def tesseract_data(image, language: str, page_segmentation: int = 3) -> str:
+    """Tesseract's TSV for one page image: every word with its box, confidence and block, paragraph and line."""
     import pytesseract
 
     # One thread per page: the OCR queue's concurrency, not Tesseract's OpenMP, decides how many cores OCR takes.
     os.environ.setdefault("OMP_THREAD_LIMIT", "1")
     try:
-        return pytesseract.image_to_string(image, lang=language, config=f"--psm {page_segmentation}")
+        return pytesseract.image_to_data(image, lang=language, config=f"--psm {page_segmentation}")
     except pytesseract.TesseractError as error:
         # One page Tesseract cannot read; the rest of the document is still worth reading.
         logger.warning("Tesseract could not read a page: %s", error)
@@ -164,3 +170,97 @@ def with_ocr_text(pages: list[PageText], texts: dict[int, str]) -> list[PageText
             page = PageText(page.page_number, texts[page.page_number], sections=sections, ocr=True)
         result.append(page)
     return result
+
+
+# -- laying out what Tesseract read ----------------------------------------------------------------------------------
+
+# A block at most this share of the widest block's width, mostly beside the body's columns, is a margin note.
+MARGIN_NOTE_MAX_WIDTH = 0.5
+# A line with no letter or digit and words Tesseract is this unsure of is noise (a smudge, a rule, a bullet's ghost).
+NOISE_LINE_MAX_CONFIDENCE = 50.0
+_SENTENCE_END = re.compile(r"[.!?:;][)\]\"'’”]*$")
+
+
+@dataclass
+class _Line:
+    words: list[str]
+    confidences: list[float]
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.words)
+
+    def is_noise(self) -> bool:
+        if any(character.isalnum() for character in self.text):
+            return False
+        return sum(self.confidences) / len(self.confidences) < NOISE_LINE_MAX_CONFIDENCE
+
+
+@dataclass
+class _Block:
+    paragraphs: list[list[_Line]]
+    paragraph_numbers: list[int]
+    left: int
+    right: int
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+
+def _tesseract_blocks(data: str) -> list[_Block]:
+    """Tesseract's words grouped as it found them: blocks of paragraphs of lines, in its reading order."""
+    blocks: dict[int, _Block] = {}
+    lines: dict[tuple[int, int, int], _Line] = {}
+    for row in data.splitlines()[1:]:
+        fields = row.split("\t")
+        if len(fields) < 12 or fields[0] != "5" or not fields[11].strip():
+            continue
+        block_number, paragraph_number, line_number = int(fields[2]), int(fields[3]), int(fields[4])
+        left, width = int(fields[6]), int(fields[8])
+        block = blocks.get(block_number)
+        if block is None:
+            block = blocks[block_number] = _Block([], [], left, left + width)
+        block.left, block.right = min(block.left, left), max(block.right, left + width)
+        line = lines.get((block_number, paragraph_number, line_number))
+        if line is None:
+            line = lines[(block_number, paragraph_number, line_number)] = _Line([], [])
+            if paragraph_number not in block.paragraph_numbers:
+                block.paragraph_numbers.append(paragraph_number)
+                block.paragraphs.append([])
+            block.paragraphs[-1].append(line)
+        line.words.append(fields[11].strip())
+        line.confidences.append(float(fields[10]))
+    return list(blocks.values())
+
+
+def _is_margin_note(block: _Block, body: list[_Block], widest: int) -> bool:
+    if block.width > widest * MARGIN_NOTE_MAX_WIDTH:
+        return False
+    overlap = max((min(block.right, other.right) - max(block.left, other.left) for other in body), default=0)
+    return overlap < block.width / 2
+
+
+def text_from_tesseract_data(data: str) -> str:
+    """The page's text from Tesseract's TSV: a paragraph per paragraph Tesseract found, its lines kept; margin notes
+    (narrow blocks beside the body's columns) after the body, each a paragraph of its own, instead of wherever
+    Tesseract's reading order put them (often inside a body sentence); lines of noise dropped; a paragraph that stops
+    mid-sentence and one that goes on in lower case (a sentence Tesseract cut in two at a note or a column break)
+    joined again."""
+    blocks = _tesseract_blocks(data)
+    if not blocks:
+        return ""
+    widest = max(block.width for block in blocks)
+    body = [block for block in blocks if block.width > widest * MARGIN_NOTE_MAX_WIDTH]
+    notes = [block for block in blocks if block not in body and _is_margin_note(block, body, widest)]
+    paragraphs: list[str] = []
+    for block in [block for block in blocks if block not in notes] + notes:
+        for paragraph in block.paragraphs:
+            text = "\n".join(line.text for line in paragraph if not line.is_noise())
+            if not text:
+                continue
+            if paragraphs and block not in notes and text[0].islower() and not _SENTENCE_END.search(paragraphs[-1]):
+                paragraphs[-1] += "\n" + text
+            else:
+                paragraphs.append(text)
+    return "\n\n".join(paragraphs)
