@@ -174,93 +174,123 @@ def with_ocr_text(pages: list[PageText], texts: dict[int, str]) -> list[PageText
 
 # -- laying out what Tesseract read ----------------------------------------------------------------------------------
 
-# A block at most this share of the widest block's width, mostly beside the body's columns, is a margin note.
-MARGIN_NOTE_MAX_WIDTH = 0.5
+# Margin notes ("New feature 1995/06/01" beside a paragraph) sit in a strip of their own at the page's edge, past a
+# gutter no line of the body crosses; Tesseract's reading order often puts their words inside the body's lines. A
+# gutter is at least one text height wide and crossed by at most this share of the page's lines.
+GUTTER_MAX_CROSSING_LINES = 0.03
+# An edge strip is a margin when it holds at most this share of the page's characters, is at most this share of the
+# text's width, and has words on at most this share of the body's lines (a table's last column has a word on most).
+MARGIN_MAX_CHARACTERS = 0.2
+MARGIN_MAX_WIDTH = 0.3
+MARGIN_MAX_LINES = 0.4
 # A line with no letter or digit and words Tesseract is this unsure of is noise (a smudge, a rule, a bullet's ghost).
 NOISE_LINE_MAX_CONFIDENCE = 50.0
 _SENTENCE_END = re.compile(r"[.!?:;][)\]\"'’”]*$")
 
 
-@dataclass
-class _Line:
-    words: list[str]
-    confidences: list[float]
-
-    @property
-    def text(self) -> str:
-        return " ".join(self.words)
-
-    def is_noise(self) -> bool:
-        if any(character.isalnum() for character in self.text):
-            return False
-        return sum(self.confidences) / len(self.confidences) < NOISE_LINE_MAX_CONFIDENCE
-
-
-@dataclass
-class _Block:
-    paragraphs: list[list[_Line]]
-    paragraph_numbers: list[int]
+@dataclass(frozen=True)
+class _Word:
+    text: str
     left: int
     right: int
-
-    @property
-    def width(self) -> int:
-        return self.right - self.left
+    height: int
+    confidence: float
 
 
-def _tesseract_blocks(data: str) -> list[_Block]:
-    """Tesseract's words grouped as it found them: blocks of paragraphs of lines, in its reading order."""
-    blocks: dict[int, _Block] = {}
-    lines: dict[tuple[int, int, int], _Line] = {}
+def _tesseract_lines(data: str) -> list[tuple[tuple[int, int], list[_Word]]]:
+    """Tesseract's lines in its reading order, each with its (block, paragraph) and its words."""
+    lines: dict[tuple[int, int, int], list[_Word]] = {}
     for row in data.splitlines()[1:]:
         fields = row.split("\t")
         if len(fields) < 12 or fields[0] != "5" or not fields[11].strip():
             continue
-        block_number, paragraph_number, line_number = int(fields[2]), int(fields[3]), int(fields[4])
-        left, width = int(fields[6]), int(fields[8])
-        block = blocks.get(block_number)
-        if block is None:
-            block = blocks[block_number] = _Block([], [], left, left + width)
-        block.left, block.right = min(block.left, left), max(block.right, left + width)
-        line = lines.get((block_number, paragraph_number, line_number))
-        if line is None:
-            line = lines[(block_number, paragraph_number, line_number)] = _Line([], [])
-            if paragraph_number not in block.paragraph_numbers:
-                block.paragraph_numbers.append(paragraph_number)
-                block.paragraphs.append([])
-            block.paragraphs[-1].append(line)
-        line.words.append(fields[11].strip())
-        line.confidences.append(float(fields[10]))
-    return list(blocks.values())
+        left, width, height = int(fields[6]), int(fields[8]), int(fields[9])
+        word = _Word(fields[11].strip(), left, left + width, height, float(fields[10]))
+        lines.setdefault((int(fields[2]), int(fields[3]), int(fields[4])), []).append(word)
+    return [((block, paragraph), words) for (block, paragraph, _), words in lines.items()]
 
 
-def _is_margin_note(block: _Block, body: list[_Block], widest: int) -> bool:
-    if block.width > widest * MARGIN_NOTE_MAX_WIDTH:
+def _margin_ranges(lines: list[list[_Word]]) -> list[tuple[int, int]]:
+    """The x ranges of the page's margin strips (none, one or both edges)."""
+    words = [word for line in lines for word in line]
+    left, right = min(word.left for word in words), max(word.right for word in words)
+    crossing = [0] * (right - left + 1)  # how many words cover each pixel column
+    for word in words:
+        for x in range(word.left - left, word.right - left):
+            crossing[x] += 1
+    allowed = int(len(lines) * GUTTER_MAX_CROSSING_LINES)
+    gutter_width = sorted(word.height for word in words)[len(words) // 2]
+    gutters, start = [], None
+    for x, count in enumerate(crossing):
+        if count <= allowed and start is None:
+            start = x
+        elif count > allowed and start is not None:
+            if x - start >= gutter_width:
+                gutters.append((left + start, left + x))
+            start = None
+    if not gutters:
+        return []
+    characters = sum(len(word.text) for word in words)
+    margins = []
+    for strip in ((left, gutters[0][0]), (gutters[-1][1], right)):
+        inside = [line for line in lines if any(strip[0] <= word.left < strip[1] for word in line)]
+        strip_characters = sum(len(w.text) for line in inside for w in line if strip[0] <= w.left < strip[1])
+        if (
+            strip_characters <= characters * MARGIN_MAX_CHARACTERS
+            and strip[1] - strip[0] <= (right - left) * MARGIN_MAX_WIDTH
+            and len(inside) <= (len(lines) - len(inside)) * MARGIN_MAX_LINES
+        ):
+            margins.append(strip)
+    return margins
+
+
+def _is_noise(words: list[_Word]) -> bool:
+    if any(character.isalnum() for word in words for character in word.text):
         return False
-    overlap = max((min(block.right, other.right) - max(block.left, other.left) for other in body), default=0)
-    return overlap < block.width / 2
+    return sum(word.confidence for word in words) / len(words) < NOISE_LINE_MAX_CONFIDENCE
 
 
 def text_from_tesseract_data(data: str) -> str:
-    """The page's text from Tesseract's TSV: a paragraph per paragraph Tesseract found, its lines kept; margin notes
-    (narrow blocks beside the body's columns) after the body, each a paragraph of its own, instead of wherever
-    Tesseract's reading order put them (often inside a body sentence); lines of noise dropped; a paragraph that stops
-    mid-sentence and one that goes on in lower case (a sentence Tesseract cut in two at a note or a column break)
-    joined again."""
-    blocks = _tesseract_blocks(data)
-    if not blocks:
+    """The page's text from Tesseract's TSV: a paragraph per paragraph Tesseract found, its lines kept; a margin note
+    (words in a narrow strip at the page's edge, past a gutter) as a paragraph of its own after the paragraph it sits
+    beside, instead of inside that paragraph's lines where Tesseract's reading order often puts it; lines of noise
+    dropped; a paragraph that stops mid-sentence joined to one that goes on in lower case (a sentence Tesseract cut
+    in two at a note or a figure)."""
+    lines = _tesseract_lines(data)
+    if not lines:
         return ""
-    widest = max(block.width for block in blocks)
-    body = [block for block in blocks if block.width > widest * MARGIN_NOTE_MAX_WIDTH]
-    notes = [block for block in blocks if block not in body and _is_margin_note(block, body, widest)]
+    margins = _margin_ranges([words for _, words in lines])
+
+    def in_margin(word: _Word) -> bool:
+        return any(start <= word.left < end for start, end in margins)
+
     paragraphs: list[str] = []
-    for block in [block for block in blocks if block not in notes] + notes:
-        for paragraph in block.paragraphs:
-            text = "\n".join(line.text for line in paragraph if not line.is_noise())
-            if not text:
-                continue
-            if paragraphs and block not in notes and text[0].islower() and not _SENTENCE_END.search(paragraphs[-1]):
+    notes: list[list[str]] = []  # the margin notes beside each paragraph, line by line
+    previous_paragraph, previous_note_line = None, -2
+    for number, (paragraph_key, words) in enumerate(lines):
+        body_words = [word for word in words if not in_margin(word)]
+        if body_words and not _is_noise(body_words):
+            text = " ".join(word.text for word in body_words)
+            if paragraphs and (
+                paragraph_key == previous_paragraph or (text[0].islower() and not _SENTENCE_END.search(paragraphs[-1]))
+            ):
                 paragraphs[-1] += "\n" + text
             else:
                 paragraphs.append(text)
-    return "\n\n".join(paragraphs)
+                notes.append([])
+            previous_paragraph = paragraph_key
+        note_words = [word for word in words if in_margin(word)]
+        if note_words:
+            if not notes:
+                paragraphs.append("")
+                notes.append([])
+            note = " ".join(word.text for word in note_words)
+            if number == previous_note_line + 1 and notes[-1]:
+                notes[-1][-1] += "\n" + note
+            else:
+                notes[-1].append(note)
+            previous_note_line = number
+    laid_out = []
+    for paragraph, beside in zip(paragraphs, notes, strict=True):
+        laid_out += ([paragraph] if paragraph else []) + beside
+    return "\n\n".join(laid_out)
