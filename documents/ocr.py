@@ -185,6 +185,9 @@ MARGIN_MAX_WIDTH = 0.3
 MARGIN_MAX_LINES = 0.4
 # A line with no letter or digit and words Tesseract is this unsure of is noise (a smudge, a rule, a bullet's ghost).
 NOISE_LINE_MAX_CONFIDENCE = 50.0
+# What Tesseract's English model reads a list's bullet (•) as, at the start of a line: no English line starts with
+# the word "e".
+_BULLET_READINGS = frozenset({"e"})
 _SENTENCE_END = re.compile(r"[.!?:;][)\]\"'’”]*$")
 
 
@@ -204,9 +207,13 @@ def _tesseract_lines(data: str) -> list[tuple[tuple[int, int], list[_Word]]]:
         fields = row.split("\t")
         if len(fields) < 12 or fields[0] != "5" or not fields[11].strip():
             continue
+        confidence = float(fields[10])
         left, width, height = int(fields[6]), int(fields[8]), int(fields[9])
-        word = _Word(fields[11].strip(), left, left + width, height, float(fields[10]))
-        lines.setdefault((int(fields[2]), int(fields[3]), int(fields[4])), []).append(word)
+        text = fields[11].strip()
+        key = (int(fields[2]), int(fields[3]), int(fields[4]))
+        if text in _BULLET_READINGS and key not in lines:
+            text = "•"
+        lines.setdefault(key, []).append(_Word(text, left, left + width, height, confidence))
     return [((block, paragraph), words) for (block, paragraph, _), words in lines.items()]
 
 

@@ -104,6 +104,20 @@ def test_a_paragraph_cut_mid_sentence_is_joined_to_its_lower_case_continuation()
     )
 
 
+def test_a_bullet_tesseract_read_as_the_letter_e_at_a_line_start_is_a_bullet_again():
+    data = _tsv(
+        [
+            _body(1, 1, 1, "e No limits for the lamp."),
+            _body(1, 2, 1, "e It is free: anyone may use it."),
+            _body(1, 3, 1, "The constant e is kept."),
+        ]
+    )
+
+    assert text_from_tesseract_data(data) == (
+        "• No limits for the lamp.\n\n• It is free: anyone may use it.\n\nThe constant e is kept."
+    )
+
+
 def test_lines_without_a_letter_or_digit_that_tesseract_is_unsure_of_are_dropped():
     noisy = _tsv([_body(1, 1, 1, "The lamp is cleaned at dawn."), _body(1, 1, 2, "~ — ,")], confidence=30.0)
     confident_rule = _tsv([_body(1, 1, 1, "Total"), _body(1, 1, 2, "— —")], confidence=90.0)
