@@ -782,12 +782,19 @@ def _claim_finish(vector_database: VectorDatabase) -> VectorDatabase:
     gets another (claimed or created)."""
     get_registry().close_tenant(vector_database.tenant_key)  # no connection made with the pool's password stays
     provisioner = get_provisioner(vector_database.provider)
+    # A Neon project gets its tenant's plan's quota in the request that names it (one request fewer than a sync).
+    planned = None
+    if vector_database.provider == "neon" and vector_database.workspace_id:
+        from tenants.plans import neon_quota_planned
+
+        planned = neon_quota_planned(vector_database.workspace)  # type: ignore[arg-type]
     try:
         placed = provisioner.credentials_rotate(
             vector_database.external_id,
             vector_database.server,
             vector_database.tenant_key,
             current=decrypt_credentials(vector_database.encrypted_credentials),
+            quota=planned[1] if planned else None,
         )
     except DatabaseMissing:
         logger.error("claimed pooled database %s is missing on its server; replacing it", vector_database.tenant_key)
@@ -806,7 +813,10 @@ def _claim_finish(vector_database: VectorDatabase) -> VectorDatabase:
         update_fields=["status", "rotation_pending", "last_error", "ready_at", *LOCATION_FIELDS, "updated_at"]
     )
     logger.info("claimed tenant database %s ready on %s", vector_database.tenant_key, vector_database.server)
-    _quota_apply(vector_database)
+    if planned:
+        from tenants.plans import neon_quota_recorded
+
+        neon_quota_recorded(*planned, placed.details)
     return vector_database
 
 

@@ -173,17 +173,27 @@ class NeonProvisioner:
         return (SERVER_NAME, project["id"]) if project else None
 
     def credentials_rotate(
-        self, external_id: str, server: str, tenant_key: str, *, current: dict[str, str] | None = None
+        self,
+        external_id: str,
+        server: str,
+        tenant_key: str,
+        *,
+        current: dict[str, str] | None = None,
+        quota: dict[str, int] | None = None,
     ) -> ProvisionedDatabase:
-        """Name the project for its tenant, reset the owner role's password and wait for the reset to finish: until
-        then Neon keeps the old password valid, after it the old one fails and open connections are dropped.
+        """Name the project for its tenant (with `quota` as its `settings.quota`, in the same PATCH), reset the owner
+        role's password and wait for the reset to finish: until then Neon keeps the old password valid, after it the
+        old one fails and open connections are dropped. `details` of the answer: the project, as the PATCH left it.
 
         `current`: the registry's credentials. Their branch id spares listing the branches, and the reset's answer
         carries the new password, so the new URIs are the current ones with it (a reset changes nothing else): three
         requests and the wait instead of six. Without them, Neon is asked."""
         client = self._client()
         path = f"/projects/{external_id}"
-        rename = {"project": {"name": PROJECT_NAME_PREFIX + tenant_key}}
+        rename: dict[str, Any] = {"name": PROJECT_NAME_PREFIX + tenant_key}
+        if quota is not None:
+            rename["settings"] = {"quota": quota}
+        rename = {"project": rename}
         # Renaming schedules no operation, so it goes first, and says whether the project is there. A reset that an
         # interrupted attempt started locks the project (423) until its operation finishes: wait, then rename.
         renamed = self._send(client, "PATCH", path, json=rename)
@@ -209,7 +219,7 @@ class NeonProvisioner:
             database = self._connection_details(client, project)
         else:
             database = self._database(project, pooled=uris[0], direct=uris[1])
-        return dataclasses.replace(database, branch_id=branch_id)
+        return dataclasses.replace(database, branch_id=branch_id, details=project)
 
     def _branch_id(self, client: httpx.Client, project_id: str) -> str:
         listed = self._request(client, "GET", f"/projects/{project_id}/branches").json().get("branches", [])

@@ -432,10 +432,17 @@ class PostgresProvisioner:
         )
 
     def credentials_rotate(
-        self, external_id: str, server: str, tenant_key: str, *, current: dict[str, str] | None = None
+        self,
+        external_id: str,
+        server: str,
+        tenant_key: str,
+        *,
+        current: dict[str, str] | None = None,
+        quota: dict[str, int] | None = None,
     ) -> ProvisionedDatabase:
         # Already named for its tenant: database and role are named after the registry row's key, which the claim
-        # keeps. Sessions opened with the pool's password (its checks) end with it. `current` is not needed here.
+        # keeps. Sessions opened with the pool's password (its checks) end with it. Neither `current` nor `quota`
+        # (our servers have no quota) is needed here.
         administered = self._server(server)
         password = secrets.token_urlsafe(32)
         # One simple query, one round trip, one implicit transaction: the database must still be there (else it
