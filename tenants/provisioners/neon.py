@@ -186,14 +186,15 @@ class NeonProvisioner:
         old one fails and open connections are dropped. `details` of the answer: the project, as the PATCH left it.
 
         `current`: the registry's credentials. Their branch id spares listing the branches, and the reset's answer
-        carries the new password, so the new URIs are the current ones with it (a reset changes nothing else): three
-        requests and the wait instead of six. Without them, Neon is asked."""
+        carries the new password, so the new URIs are the current ones with it (a reset changes nothing else): the PATCH,
+        the reset and its polls, where a separate quota sync, the branch list and two URI look-ups made it seven
+        requests. Without them, Neon is asked."""
         client = self._client()
         path = f"/projects/{external_id}"
-        rename: dict[str, Any] = {"name": PROJECT_NAME_PREFIX + tenant_key}
+        changes: dict[str, Any] = {"name": PROJECT_NAME_PREFIX + tenant_key}
         if quota is not None:
-            rename["settings"] = {"quota": quota}
-        rename = {"project": rename}
+            changes["settings"] = {"quota": quota}
+        rename = {"project": changes}
         # Renaming schedules no operation, so it goes first, and says whether the project is there. A reset that an
         # interrupted attempt started locks the project (423) until its operation finishes: wait, then rename.
         renamed = self._send(client, "PATCH", path, json=rename)

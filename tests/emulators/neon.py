@@ -124,6 +124,7 @@ class RecordedRequest:
     method: str
     path: str  # after /api/v2, with the query string
     status: int
+    at: float = 0.0  # time.perf_counter() when its answer was ready to send
 
 
 @dataclass
@@ -311,8 +312,9 @@ class NeonEmulator(ServedEmulator):
 
         def record() -> None:
             with self._lock:
-                self.requests.append(RecordedRequest(method, recorded, status))
-                self.work_intervals.append((started, time.perf_counter()))
+                now = time.perf_counter()
+                self.requests.append(RecordedRequest(method, recorded, status, now))
+                self.work_intervals.append((started, now))
 
         return status, payload, extra, record
 
