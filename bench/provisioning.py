@@ -27,6 +27,7 @@ import time
 from unittest import mock
 
 from django.conf import settings
+from django.db import connection
 from django.test import override_settings
 
 from bench.common import (
@@ -211,13 +212,24 @@ def _pool_fill_and_claim(provider: str, region: str, count: int, prefix: str) ->
             [User(email=bench_email(prefix, number), password="!") for number in range(size)]
         )
         progress(f"{provider} pool: {count} sign-ups claiming from it (after {WARM_UP_TENANTS} untimed)")
-        windows = []
+        windows, cpu_seconds, statements = [], [], []
+        counted = [0]
+
+        def count_statement(execute, sql, params, many, context):
+            counted[0] += 1
+            return execute(sql, params, many, context)
+
         for number, user in enumerate(users):
-            started = time.perf_counter()
-            claimed = services.vector_database_request(user, region)
-            ready = services.vector_database_provision(claimed.id)
+            counted[0] = 0
+            with connection.execute_wrapper(count_statement):
+                started, cpu_started = time.perf_counter(), time.thread_time()
+                claimed = services.vector_database_request(user, region)
+                ready = services.vector_database_provision(claimed.id)
+                ended, cpu_ended = time.perf_counter(), time.thread_time()
             if number >= WARM_UP_TENANTS:  # the first open the broker connection and the kept admin connection
-                windows.append((started, time.perf_counter()))
+                windows.append((started, ended))
+                cpu_seconds.append(cpu_ended - cpu_started)
+                statements.append(counted[0])
             if ready.status != VectorDatabase.Status.READY or ready.claimed_at is None:
                 raise RuntimeError(f"{user.email}: not ready from the pool ({ready.status}, {ready.last_error})")
         progress(f"{provider} pool: dropped {remove_tenants(prefix)} claimed databases")
@@ -227,6 +239,10 @@ def _pool_fill_and_claim(provider: str, region: str, count: int, prefix: str) ->
         f"pool_refill_{provider}_databases_per_second": round(refill.created / refill.seconds, 2),
         f"pool_claim_{provider}_p50_ms": _ms(seconds),
         f"pool_claim_{provider}_p99_ms": _ms(seconds, 0.99),
+        # Where the time goes, for information: our thread's CPU in a claim (the rest is waiting: on the main
+        # database, Redis, the tenant's server or Neon), and the statements sent to the main database.
+        f"pool_claim_{provider}_our_cpu_p50_ms": _ms(cpu_seconds),
+        f"pool_claim_{provider}_main_database_statements_p50": percentile(statements, 0.50),
     }
     return figures, windows
 
@@ -251,6 +267,8 @@ def _pool_neon(count: int) -> dict:
         with mock.patch.object(services, "get_provisioner", get_bench_provisioner):
             figures, windows = _pool_fill_and_claim("neon", settings.NEON_REGION, count, "bench-pool-neon")
         intervals = list(emulator.work_intervals)
+        # Each request is recorded as its answer leaves: those inside a claim's window are the claim's.
+        requests = [[r for r in emulator.requests if start <= r.at <= end] for start, end in windows]
     finally:
         emulator.stop()
         neon_emulator._Handler.disable_nagle_algorithm = nagle_was_disabled
@@ -259,6 +277,10 @@ def _pool_neon(count: int) -> dict:
     overheads = [end - start - _covered_seconds(intervals, (start, end)) for start, end in windows]
     figures["pool_claim_neon_overhead_p50_ms"] = _ms(overheads)
     figures["pool_claim_neon_overhead_p99_ms"] = _ms(overheads, 0.99)
+    figures["pool_claim_neon_requests_p50"] = percentile([len(claim) for claim in requests], 0.50)
+    figures["pool_claim_neon_operation_polls_p50"] = percentile(
+        [sum(1 for r in claim if r.method == "GET" and _is_operations_path(r.path)) for claim in requests], 0.50
+    )
     return figures
 
 

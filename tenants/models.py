@@ -3,7 +3,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models.functions import Lower
 from django.http import HttpRequest
 from django.utils import timezone
@@ -65,17 +65,24 @@ class WorkspaceManager(models.Manager["Workspace"]):
         workspace = self.filter(owner=user, personal=True).first()
         if workspace is not None:
             return workspace
+        # Two first requests both insert; the unique constraint lets one through and the other reads its workspace
+        # (no lock taken first: a sign-up is two round trips shorter).
+        try:
+            return self._personal_create(user)
+        except IntegrityError:
+            existing = self.filter(owner=user, personal=True).first()
+            # None: it was the random slug that collided with another workspace's; a new one will not.
+            return existing if existing is not None else self._personal_create(user)
+
+    def _personal_create(self, user: User) -> Workspace:
         with transaction.atomic():
-            User.objects.select_for_update().filter(id=user.id).exists()  # two first requests: one creates
-            workspace = self.filter(owner=user, personal=True).first()
-            if workspace is None:
-                workspace = self.create(
-                    name=f"{user.display_name}'s workspace"[:150],
-                    slug=new_workspace_slug(user.email.split("@")[0]),
-                    owner=user,
-                    personal=True,
-                )
-                Membership.objects.create(workspace=workspace, user=user, role=Membership.Role.OWNER)
+            workspace = self.create(
+                name=f"{user.display_name}'s workspace"[:150],
+                slug=new_workspace_slug(user.email.split("@")[0]),
+                owner=user,
+                personal=True,
+            )
+            Membership.objects.create(workspace=workspace, user=user, role=Membership.Role.OWNER)
         return workspace
 
 

@@ -322,19 +322,29 @@ def neon_quota_sync(workspace: Workspace, provisioner=None) -> bool:
     vector_database = VectorDatabase.objects.filter(workspace=workspace, provider="neon").first()
     if vector_database is None or not vector_database.external_id:
         return False
-    assignment = workspace_plan(workspace)
-    quota = neon_quota(limits_of(assignment))
+    assignment, quota = neon_quota_planned(workspace)
     try:
         provisioner = provisioner or get_provisioner("neon")
         project = provisioner.quota_set(vector_database.external_id, quota)
     except (ProvisioningError, ImproperlyConfigured) as error:
         logger.warning("setting the Neon quota of workspace %s failed: %s", workspace.id, error)
         return False
-    suspended = neon_over_quota(quota, project)
-    WorkspacePlan.objects.filter(id=assignment.id).update(
-        neon_quota_synced=quota, neon_suspended=suspended, updated_at=timezone.now()
-    )
+    neon_quota_recorded(assignment, quota, project)
     return True
+
+
+def neon_quota_planned(workspace: Workspace) -> tuple[WorkspacePlan, dict[str, int]]:
+    """The workspace's plan assignment and the Neon quota it gives its project."""
+    assignment = workspace_plan(workspace)
+    return assignment, neon_quota(limits_of(assignment))
+
+
+def neon_quota_recorded(assignment: WorkspacePlan, quota: dict[str, int], project: dict) -> None:
+    """After Neon took `quota` for the project (`project`: its answer, with the period counters): what was synced,
+    and whether Neon suspends it."""
+    WorkspacePlan.objects.filter(id=assignment.id).update(
+        neon_quota_synced=quota, neon_suspended=neon_over_quota(quota, project), updated_at=timezone.now()
+    )
 
 
 def neon_over_quota(quota: dict[str, int], consumption: dict) -> bool:

@@ -5,6 +5,7 @@ Views, Celery tasks and the `tenants` command all call these functions; signals 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -74,12 +75,6 @@ def tenant_workspace(tenant: Tenant) -> Workspace:
     """The workspace a tenant-level operation acts on: the workspace itself, or a person's personal workspace (made
     the first time it is needed; commands take an email for it too)."""
     return tenant if isinstance(tenant, Workspace) else Workspace.objects.personal_for(tenant)
-
-
-def _bind_to_workspace(vector_database: VectorDatabase, workspace: Workspace) -> list[str]:
-    """Sets the workspace a registry row belongs to; returns the fields to save."""
-    vector_database.workspace = workspace
-    return ["workspace"]
 
 
 def vector_database_bind(workspace: Workspace, region: str | None = None) -> VectorDatabase:
@@ -210,9 +205,10 @@ def _set_location(vector_database: VectorDatabase, placed: ProvisionedDatabase) 
     vector_database.external_id = placed.external_id
     vector_database.server = placed.server
     vector_database.region = placed.region
-    vector_database.encrypted_credentials = encrypt_credentials(
-        {"dsn": placed.dsn, "migration_dsn": placed.migration_dsn}
-    )
+    credentials = {"dsn": placed.dsn, "migration_dsn": placed.migration_dsn}
+    if placed.branch_id:
+        credentials["branch_id"] = placed.branch_id
+    vector_database.encrypted_credentials = encrypt_credentials(credentials)
 
 
 def _mark_failed(vector_database: VectorDatabase, message: str) -> VectorDatabase:
@@ -747,23 +743,33 @@ def vector_database_claim(workspace: Workspace, region: str) -> VectorDatabase |
     take, the same row), pending until the provisioning task rotates its credentials (vector_database_request
     enqueues it); then a refill. None when the region's pool has nothing to give (or the claim failed): the caller
     (vector_database_bind, the one place a row gets its workspace) falls back to creating a database."""
-    provider = settings.TENANT_PROVIDER
+    # One statement, so one round trip and its own transaction: lock the first claimable row no other claim holds
+    # (SKIP LOCKED), bind it, and return it. Not ready until its credentials are rotated: nothing may connect with
+    # the pool's password.
+    claimable, parameters = (
+        _claimable(settings.TENANT_PROVIDER, region).order_by("id").values("id")[:1].query.sql_with_params()
+    )
+    now = timezone.now()
+    # Inside a caller's transaction, a savepoint, so a failed claim leaves that transaction usable.
+    savepoint = transaction.atomic() if transaction.get_connection().in_atomic_block else contextlib.nullcontext()
     try:
-        with transaction.atomic():
-            row = _claimable(provider, region).select_for_update(skip_locked=True).order_by("id").first()
-            if row is None:
-                return None
-            # Not ready until its credentials are rotated: nothing may connect with the pool's password.
-            row.status = Status.PENDING
-            row.rotation_pending = True
-            row.claimed_at = timezone.now()
-            row.save(update_fields=[*_bind_to_workspace(row, workspace), "status", "rotation_pending", "claimed_at",
-                                    "updated_at"])  # fmt: skip
+        with savepoint:
+            claimed = list(
+                VectorDatabase.objects.raw(
+                    f"UPDATE {VectorDatabase._meta.db_table} SET workspace_id = %s, status = %s, "
+                    f"rotation_pending = true, claimed_at = %s, updated_at = %s "
+                    f"WHERE id = ({claimable} FOR UPDATE SKIP LOCKED) RETURNING *",
+                    [workspace.id, Status.PENDING, now, now, *parameters],
+                )
+            )
     except IntegrityError:  # the workspace got a database meanwhile (a concurrent request): that one stands
         return None
     except DatabaseError:
         logger.exception("claiming a pooled database in %s failed; creating one instead", region)
         return None
+    if not claimed:
+        return None
+    [row] = claimed
     transaction.on_commit(lambda: enqueue("tenants.tasks.refill_tenant_pool", region))
     logger.info("tenant database %s claimed from the %s pool", row.tenant_key, region)
     return row
@@ -776,9 +782,19 @@ def _claim_finish(vector_database: VectorDatabase) -> VectorDatabase:
     gets another (claimed or created)."""
     get_registry().close_tenant(vector_database.tenant_key)  # no connection made with the pool's password stays
     provisioner = get_provisioner(vector_database.provider)
+    # A Neon project gets its tenant's plan's quota in the request that names it (one request fewer than a sync).
+    planned = None
+    if vector_database.provider == "neon" and vector_database.workspace_id:
+        from tenants.plans import neon_quota_planned
+
+        planned = neon_quota_planned(vector_database.workspace)  # type: ignore[arg-type]
     try:
         placed = provisioner.credentials_rotate(
-            vector_database.external_id, vector_database.server, vector_database.tenant_key
+            vector_database.external_id,
+            vector_database.server,
+            vector_database.tenant_key,
+            current=decrypt_credentials(vector_database.encrypted_credentials),
+            quota=planned[1] if planned else None,
         )
     except DatabaseMissing:
         logger.error("claimed pooled database %s is missing on its server; replacing it", vector_database.tenant_key)
@@ -797,7 +813,10 @@ def _claim_finish(vector_database: VectorDatabase) -> VectorDatabase:
         update_fields=["status", "rotation_pending", "last_error", "ready_at", *LOCATION_FIELDS, "updated_at"]
     )
     logger.info("claimed tenant database %s ready on %s", vector_database.tenant_key, vector_database.server)
-    _quota_apply(vector_database)
+    if planned:
+        from tenants.plans import neon_quota_recorded
+
+        neon_quota_recorded(*planned, placed.details)
     return vector_database
 
 

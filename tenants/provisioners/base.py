@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -28,6 +28,12 @@ class ProvisionedDatabase:
     dsn: str  # for application traffic (Neon: the pooled endpoint)
     migration_dsn: str  # direct connection, for schema migrations
     new_database: bool = False  # made empty by this very call: no schema in it yet
+    # Neon: the branch whose role the credentials are for, kept with them so a claim's password reset needs no
+    # look-up (other providers: empty).
+    branch_id: str = ""
+    # What the provider answered about the database, for callers that need more than where it is (Neon: the
+    # project, with its period counters; other providers: empty).
+    details: dict = field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:  # keep credentials out of logs and tracebacks
         return f"ProvisionedDatabase(external_id={self.external_id!r}, region={self.region!r}, server={self.server!r})"
@@ -44,9 +50,20 @@ class Provisioner(Protocol):
         attempt for this tenant key can have created anything, so a provider may skip looking for it. `pooled`: for
         the warm pool, named as such until a claim names it for its tenant."""
 
-    def credentials_rotate(self, external_id: str, server: str, tenant_key: str) -> ProvisionedDatabase:
+    def credentials_rotate(
+        self,
+        external_id: str,
+        server: str,
+        tenant_key: str,
+        *,
+        current: dict[str, str] | None = None,
+        quota: dict[str, int] | None = None,
+    ) -> ProvisionedDatabase:
         """After a claim from the warm pool: a new password (the old one stops working and its sessions end) and
-        the database named for its tenant. Idempotent; raises DatabaseMissing when the database is gone."""
+        the database named for its tenant. `current`: the credentials the registry holds (a provider may take what
+        does not change from them instead of asking). `quota`: the tenant's plan's quota, for a provider that
+        enforces one (Neon's `settings.quota`), set in the same step. Idempotent; raises DatabaseMissing when the
+        database is gone."""
 
     def locate(self, tenant_key: str) -> tuple[str, str] | None:
         """(server, external_id) of the database an attempt for this tenant key made, if there is one: for erasing a

@@ -161,7 +161,9 @@ class NeonProvisioner:
         else:
             self._wait_for_operations(client, project["id"], started=created.get("operations", []))
             database = self._created_connection_details(project, created) or self._connection_details(client, project)
-            database = dataclasses.replace(database, new_database=True)  # a project we just made: empty
+            # A project we just made: empty. Its branch is kept for a claim's password reset.
+            branch_id = (created.get("branch") or {}).get("id") or ""
+            database = dataclasses.replace(database, new_database=True, branch_id=branch_id)
         logger.info("Neon project %s ready for tenant %s", project["id"], tenant_key)
         return database
 
@@ -170,12 +172,29 @@ class NeonProvisioner:
         project = self._find_project(self._client(), tenant_key, names=names)
         return (SERVER_NAME, project["id"]) if project else None
 
-    def credentials_rotate(self, external_id: str, server: str, tenant_key: str) -> ProvisionedDatabase:
-        """Name the project for its tenant, reset the owner role's password and wait for the reset to finish: until
-        then Neon keeps the old password valid, after it the old one fails and open connections are dropped."""
+    def credentials_rotate(
+        self,
+        external_id: str,
+        server: str,
+        tenant_key: str,
+        *,
+        current: dict[str, str] | None = None,
+        quota: dict[str, int] | None = None,
+    ) -> ProvisionedDatabase:
+        """Name the project for its tenant (with `quota` as its `settings.quota`, in the same PATCH), reset the owner
+        role's password and wait for the reset to finish: until then Neon keeps the old password valid, after it the
+        old one fails and open connections are dropped. `details` of the answer: the project, as the PATCH left it.
+
+        `current`: the registry's credentials. Their branch id spares listing the branches, and the reset's answer
+        carries the new password, so the new URIs are the current ones with it (a reset changes nothing else): the PATCH,
+        the reset and its polls, where a separate quota sync, the branch list and two URI look-ups made it seven
+        requests. Without them, Neon is asked."""
         client = self._client()
         path = f"/projects/{external_id}"
-        rename = {"project": {"name": PROJECT_NAME_PREFIX + tenant_key}}
+        changes: dict[str, Any] = {"name": PROJECT_NAME_PREFIX + tenant_key}
+        if quota is not None:
+            changes["settings"] = {"quota": quota}
+        rename = {"project": changes}
         # Renaming schedules no operation, so it goes first, and says whether the project is there. A reset that an
         # interrupted attempt started locks the project (423) until its operation finishes: wait, then rename.
         renamed = self._send(client, "PATCH", path, json=rename)
@@ -185,15 +204,38 @@ class NeonProvisioner:
             renamed = self._request(client, "PATCH", path, json=rename, accept_not_found=True)
         if renamed.status_code == 404:
             raise DatabaseMissing(f"Neon project {external_id} does not exist")
-        listed = self._request(client, "GET", f"{path}/branches").json().get("branches", [])
+        project = renamed.json()["project"]
+        current = current or {}
+        branch_id = current.get("branch_id") or ""
+        reset = self._reset_password(client, external_id, branch_id) if branch_id else None
+        if reset is None:  # no branch id kept, or it is gone: the project's own list says which
+            branch_id = self._branch_id(client, external_id)
+            reset = self._reset_password(client, external_id, branch_id)
+            if reset is None:
+                raise ProvisioningError(f"Neon project {external_id}: its {BRANCH_NAME} branch is gone")
+        self._wait_for_operations(client, external_id, started=reset.get("operations", []))
+        password = (reset.get("role") or {}).get("password") or ""
+        uris = _with_password(current, password) if password else None
+        if uris is None:
+            database = self._connection_details(client, project)
+        else:
+            database = self._database(project, pooled=uris[0], direct=uris[1])
+        return dataclasses.replace(database, branch_id=branch_id, details=project)
+
+    def _branch_id(self, client: httpx.Client, project_id: str) -> str:
+        listed = self._request(client, "GET", f"/projects/{project_id}/branches").json().get("branches", [])
         branch = next((b for b in listed if b.get("name") == BRANCH_NAME), None) or next(
             (b for b in listed if b.get("default")), None
         )
         if branch is None:
-            raise ProvisioningError(f"Neon project {external_id} has no {BRANCH_NAME} branch")
-        reset = self._request(client, "POST", f"{path}/branches/{branch['id']}/roles/{ROLE_NAME}/reset_password").json()
-        self._wait_for_operations(client, external_id, started=reset.get("operations", []))
-        return self._connection_details(client, renamed.json()["project"])
+            raise ProvisioningError(f"Neon project {project_id} has no {BRANCH_NAME} branch")
+        return branch["id"]
+
+    def _reset_password(self, client: httpx.Client, project_id: str, branch_id: str) -> dict | None:
+        """The owner role's new password and the reset's operations; None when Neon knows no such branch."""
+        path = f"/projects/{project_id}/branches/{branch_id}/roles/{ROLE_NAME}/reset_password"
+        response = self._request(client, "POST", path, accept_not_found=True)
+        return None if response.status_code == 404 else response.json()
 
     def branch_restore(self, external_id: str, timestamp: str) -> None:
         """Point-in-time restore (tenants.archives): the project's branch back to `timestamp` (ISO 8601) with Neon's
@@ -202,16 +244,11 @@ class NeonProvisioner:
         restored one."""
         client = self._client()
         path = f"/projects/{external_id}"
-        listed = self._request(client, "GET", f"{path}/branches").json().get("branches", [])
-        branch = next((b for b in listed if b.get("name") == BRANCH_NAME), None) or next(
-            (b for b in listed if b.get("default")), None
-        )
-        if branch is None:
-            raise ProvisioningError(f"Neon project {external_id} has no {BRANCH_NAME} branch")
+        branch_id = self._branch_id(client, external_id)
         self._wait_for_operations(client, external_id)  # a running operation would answer 423
         preserved = "silo-before-restore-" + "".join(ch for ch in timestamp if ch.isdigit())[:14]
-        body = {"source_branch_id": branch["id"], "source_timestamp": timestamp, "preserve_under_name": preserved}
-        response = self._send(client, "POST", f"{path}/branches/{branch['id']}/restore", json=body)
+        body = {"source_branch_id": branch_id, "source_timestamp": timestamp, "preserve_under_name": preserved}
+        response = self._send(client, "POST", f"{path}/branches/{branch_id}/restore", json=body)
         if response.status_code >= 400:
             code, message = _error_details(response)
             raise ProvisioningError(f"Neon refused the point-in-time restore of {external_id}: {message or code}")
@@ -527,6 +564,14 @@ def _give_up(state: RetryCallState, method: str, path: str) -> httpx.Response:
 @lru_cache(maxsize=8)
 def _provisioner_for(options: tuple[tuple[str, Any], ...]) -> NeonProvisioner:
     return NeonProvisioner(**dict(options))
+
+
+def _with_password(credentials: dict[str, str], password: str) -> tuple[str, str] | None:
+    """(pooled, direct) URIs: the registry's with `password` in place of theirs; None when either is missing."""
+    pooled, direct = credentials.get("dsn") or "", credentials.get("migration_dsn") or ""
+    if not (pooled and direct):
+        return None
+    return Dsn.parse(pooled).replace(password=password).url(), Dsn.parse(direct).replace(password=password).url()
 
 
 def _with_host(uri: str, host: str | None, new_host: str | None) -> str | None:

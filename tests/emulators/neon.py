@@ -54,6 +54,7 @@ then run the app with NEON_API_URL and NEON_API_KEY as the command prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import random
@@ -64,7 +65,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -123,6 +124,7 @@ class RecordedRequest:
     method: str
     path: str  # after /api/v2, with the query string
     status: int
+    at: float = 0.0  # time.perf_counter() when its answer was ready to send
 
 
 @dataclass
@@ -199,6 +201,8 @@ class NeonEmulator(ServedEmulator):
         self._projects: dict[str, _Project] = {}  # insertion order is the listing order
         self._timers: set[threading.Timer] = set()
         self._lock = threading.RLock()
+        self._background_connection: psycopg.Connection | None = None
+        self._background_lock = threading.Lock()
         # Point-in-time history: project id -> [(taken at, pg_dump file)], oldest first (see record_history).
         self._history: dict[str, list[tuple[datetime.datetime, str]]] = {}
         self._history_folder = tempfile.mkdtemp(prefix="neon-emulator-history-")
@@ -226,6 +230,10 @@ class NeonEmulator(ServedEmulator):
             projects = list(self._projects.values()) if drop_projects else []
             if drop_projects:
                 self._projects.clear()
+        with self._background_lock:
+            if self._background_connection is not None:
+                self._background_connection.close()
+                self._background_connection = None
         for project in projects:
             self._drop_physical(project)
 
@@ -304,8 +312,9 @@ class NeonEmulator(ServedEmulator):
 
         def record() -> None:
             with self._lock:
-                self.requests.append(RecordedRequest(method, recorded, status))
-                self.work_intervals.append((started, time.perf_counter()))
+                now = time.perf_counter()
+                self.requests.append(RecordedRequest(method, recorded, status, now))
+                self.work_intervals.append((started, now))
 
         return status, payload, extra, record
 
@@ -820,7 +829,7 @@ class NeonEmulator(ServedEmulator):
                 if project.data["id"] not in self._projects:
                     return
             try:
-                with self._admin_connection() as connection:
+                with self._background_admin() as connection:
                     if new_password is not None:
                         connection.execute(
                             sql.SQL("ALTER ROLE {} PASSWORD {}").format(
@@ -859,6 +868,19 @@ class NeonEmulator(ServedEmulator):
 
     def _admin_connection(self) -> psycopg.Connection:
         return psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=10)
+
+    @contextlib.contextmanager
+    def _background_admin(self) -> Iterator[psycopg.Connection]:
+        """One administrator connection kept for finishing operations, one finishing at a time: a new connection
+        for each (a backend start and a SCRAM login) cost more than the work, and that is not Neon's cost."""
+        with self._background_lock:
+            if self._background_connection is None or self._background_connection.closed:
+                self._background_connection = self._admin_connection()
+            try:
+                yield self._background_connection
+            except psycopg.Error:
+                self._background_connection.close()  # the next finishing opens another
+                raise
 
     def _create_physical(self, project: _Project) -> None:
         role = sql.Identifier(project.physical_role)

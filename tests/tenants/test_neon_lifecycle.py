@@ -119,7 +119,7 @@ def test_provisioning_makes_a_ready_neon_project_and_records_it_in_the_registry(
     assert provisioned.schema_version == latest_schema_version()
     assert (provisioned.attempts, provisioned.last_error) == (1, "")
     credentials = decrypt_credentials(provisioned.encrypted_credentials)
-    assert set(credentials) == {"dsn", "migration_dsn"}
+    assert set(credentials) == {"dsn", "migration_dsn", "branch_id"}  # the branch: for a claim's password reset
     password = psycopg.conninfo.conninfo_to_dict(credentials["dsn"])["password"]
     assert password not in provisioned.encrypted_credentials  # encrypted at rest
     assert "postgresql://" not in provisioned.encrypted_credentials

@@ -15,11 +15,13 @@ import pytest
 from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from config.settings_paths import BASE_DIR
 from tenants import services
-from tenants.crypto import decrypt_credentials
+from tenants.crypto import decrypt_credentials, encrypt_credentials
 from tenants.models import User, VectorDatabase
 from tenants.provisioners import get_provisioner
 from tests.emulators.neon import NeonEmulator
@@ -134,6 +136,31 @@ def test_a_sign_up_claims_a_pooled_database_and_its_old_password_stops_working(p
     assert VectorDatabase.objects.filter(status=Status.POOLED).count() == 0
     # The tenant reaches it through the app's one door.
     assert services.tenant_target(ready.workspace).key == pooled.tenant_key
+
+
+def test_a_claim_is_one_statement_and_the_new_password_is_stored_only_as_a_cheap_scram_verifier(pool_of, admin_dsn):
+    [pooled] = pool_of(1)
+    tenant = User.objects.create_user(email="ada@example.com")
+    workspace = personal_workspace(tenant)
+
+    with CaptureQueriesContext(connection) as claim:
+        claimed = services.vector_database_claim(workspace, REGION)
+    ready = services.vector_database_provision(claimed.id)
+
+    # Lock, bind and return the row in one round trip (no BEGIN, SELECT, UPDATE, COMMIT).
+    assert [query["sql"].split()[0] for query in claim.captured_queries] == ["UPDATE"]
+    assert (claimed.id, claimed.workspace_id, claimed.status, claimed.rotation_pending) == (
+        pooled.id,
+        workspace.id,
+        Status.PENDING,
+        True,
+    )
+    password = psycopg.conninfo.conninfo_to_dict(dsn_of(ready))["password"]
+    with psycopg.connect(admin_dsn) as admin:
+        [stored] = admin.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", [ready.external_id]).fetchone()
+    # The server never saw the password: it keeps the verifier we made, 16 iterations for 256 random bits.
+    assert stored.startswith("SCRAM-SHA-256$16:") and password not in stored
+    assert can_log_in(dsn_of(ready))
 
 
 def test_tenants_add_claims_from_the_pool_as_sign_up_does(pool_of):
@@ -319,10 +346,35 @@ def test_on_neon_a_claimed_project_is_renamed_for_its_tenant_and_its_password_re
     assert neon.project_names() == [f"silo-{pooled.tenant_key}"]
     resets = neon.requests_matching("POST", f"/projects/{pooled.external_id}/branches/")
     assert [(r.path.rsplit("/", 1)[-1], r.status) for r in resets] == [("reset_password", 200)]
+    # The claim's requests: the rename, the reset (on the branch kept from the create answer), the polls for its
+    # operation; the new URIs are the old ones with the reset's password, so no branch list or URI look-up.
+    claim_requests = [r for r in neon.requests if r.path.startswith(f"/projects/{pooled.external_id}")]
+    claim_requests = claim_requests[[r.method for r in claim_requests].index("PATCH") :]
+    polls = [r for r in claim_requests if r.method == "GET"]
+    assert [r.method for r in claim_requests] == ["PATCH", "POST"] + ["GET"] * len(polls)
+    assert polls and all(r.path.split("?")[0].endswith("/operations") for r in polls)
     assert not can_log_in(pool_password_dsn)
     assert can_log_in(dsn_of(ready))
     assert get_provisioner().locate(pooled.tenant_key) == ("neon", pooled.external_id)
     assert services.tenants_reconcile().clean
+
+
+def test_on_neon_a_pooled_project_kept_without_its_branch_id_is_still_rotated(neon, neon_pool):
+    neon_pool.TENANT_WARM_POOL_SIZE = 1
+    services.tenant_pool_refill(NEON_REGION)
+    pooled = VectorDatabase.objects.get(status=Status.POOLED)
+    credentials = decrypt_credentials(pooled.encrypted_credentials)
+    assert credentials.pop("branch_id")  # kept from the create answer
+    pooled.encrypted_credentials = encrypt_credentials(credentials)  # as pooled before the branch id was kept
+    pooled.save(update_fields=["encrypted_credentials"])
+
+    ready = sign_up("ada@example.com")
+
+    assert (ready.id, ready.status) == (pooled.id, Status.READY)
+    assert len(neon.requests_matching("GET", f"/projects/{pooled.external_id}/branches")) == 1  # looked up once
+    assert not can_log_in(credentials["dsn"])
+    assert can_log_in(dsn_of(ready))
+    assert decrypt_credentials(ready.encrypted_credentials)["branch_id"]  # kept for next time
 
 
 def test_on_neon_the_project_quota_stops_the_refill_with_headroom_and_says_so(neon, neon_pool):

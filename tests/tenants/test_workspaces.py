@@ -4,10 +4,12 @@ workspace or an account takes exactly what it should."""
 from __future__ import annotations
 
 import re
+import threading
 from datetime import timedelta
 
 import psycopg
 import pytest
+from django.db import connection
 from django.urls import reverse
 from django.utils import timezone
 
@@ -24,6 +26,7 @@ from tenants.workspaces import (
 from tests.workspaces import PASSWORD, client_in, erase_databases, make_team, person
 
 pytestmark = pytest.mark.django_db(transaction=True)
+RACERS = 6
 
 
 @pytest.fixture
@@ -75,6 +78,29 @@ def test_a_person_always_has_exactly_one_personal_workspace(owner):
     assert Workspace.objects.personal_for(owner) == first
     assert (first.personal, first.owner, first.name) == (True, owner, "owner's workspace")
     assert list(first.memberships.values_list("user__email", "role")) == [("owner@example.com", "owner")]
+
+
+def test_two_first_requests_racing_for_a_personal_workspace_make_exactly_one():
+    newcomer = User.objects.create_user(email="newcomer@example.com")
+    start = threading.Barrier(RACERS)
+    found: list[int] = []
+
+    def ask() -> None:
+        try:
+            start.wait()
+            found.append(Workspace.objects.personal_for(newcomer).id)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=ask) for _ in range(RACERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    [workspace] = Workspace.objects.filter(owner=newcomer, personal=True)
+    assert found == [workspace.id] * RACERS
+    assert list(workspace.memberships.values_list("user__email", "role")) == [("newcomer@example.com", "owner")]
 
 
 def test_admins_change_roles_below_owner_and_the_last_owner_cannot_be_demoted(team):
