@@ -324,6 +324,10 @@ def _server_environment(emulator: OpenAIEmulator, cap: int, application_name: st
             # Every turn reaches the model, as this load is meant: most questions are about another tenant's passages,
             # which the relevance floor would answer "not found" without a model stream.
             "RETRIEVAL_RELEVANCE_FLOOR": "-1",
+            # Clients pick tenants at random, so a few may ask as the same person at once: the per-person limits
+            # (3 streams, 20 questions a minute) would refuse them with 429, which is not what this load measures.
+            "CHAT_MAX_CONCURRENT_STREAMS": str(CLIENTS),
+            "CHAT_MAX_QUESTIONS_PER_MINUTE": str(CLIENTS * TURNS_PER_CLIENT),
             # libpq's application_name for every connection the server opens: how the sampler tells them apart.
             "PGAPPNAME": application_name,
         }
