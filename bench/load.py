@@ -11,6 +11,12 @@ every 100 ms for client backends on tenant databases: all of them are the server
 tenant connections first), so their peak must stay at or under TENANT_POOL_MAX_TOTAL_CONNECTIONS.
 The server's log is kept in <data>/logs/bench-load-uvicorn.log.
 
+The load runs twice in the same section: with one web process, then with two web processes sharing the listening
+socket (each with half the connection cap) and two Celery workers beside them, the stack as deployed on one machine;
+the second run's figures end in `_2_web_processes`. Tokens are the model's (the emulator streams one a chunk, and the
+client re-splits the answer it received the same way): the server may join tokens that arrive together into one
+`token` event (`token_events_per_answer_mean`).
+
 Diagnosis: BENCH_LOAD_SERVER_THREADS=N runs the server with N threads in its default thread pools (asyncio's default
 is min(32, CPUs + 4), where the chat view's sync_to_async(thread_sensitive=False) steps run); BENCH_LOAD_PROFILE=<file>
 records the server with py-spy during the load. DATABASE_CONN_MAX_AGE is passed on to the server like the rest of the
