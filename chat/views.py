@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import close_old_connections, transaction
+from django.db import connection as main_database
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -157,16 +158,15 @@ def _event_stream(turn, slot: ChatStreamSlot) -> StreamingHttpResponse:
         stopped = threading.Event()  # the browser went away: stop asking the model
 
         def produce() -> None:
-            streaming_tokens = False
             try:
                 for event in turn:
                     slot.renew()
                     arrived.put(event)
-                    if not streaming_tokens:
-                        # The main-database connection goes back to the pool before the model's tokens stream in
-                        # (seconds); held for a whole turn, 50 streams exhausted the pool.
+                    if main_database.connection is not None:
+                        # Whatever took a main-database connection (the checks before the answer, the membership
+                        # recheck every CHAT_ACCESS_RECHECK_SECONDS while it streams) gives it back to the pool now:
+                        # held for the rest of a stream, 50 streams emptied the pool and new questions got a 500.
                         close_old_connections()
-                    streaming_tokens = event.kind == "token"
                     if stopped.is_set():
                         turn.close()  # the reader stopped the answer or left: the service stores what was streamed
                         break
