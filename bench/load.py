@@ -400,7 +400,9 @@ class ConnectionSampler(threading.Thread):
 def _load(sessions: list[BenchSession], clients: int, cap: int, web_processes: int = 1) -> dict:
     emulator = OpenAIEmulator(answer=realistic_answer).start()
     application_name = f"silo-bench-load-{os.getpid()}"
-    log_path = settings.DATA_DIR / "logs" / "bench-load-uvicorn.log"
+    # Each run its own log and profile: the second run would otherwise overwrite the first's.
+    run_name = "" if web_processes == 1 else f"-{web_processes}-web-processes"
+    log_path = settings.DATA_DIR / "logs" / f"bench-load-uvicorn{run_name}.log"
     threads = int(os.environ.get(SERVER_THREADS_VARIABLE) or 0) or None
     environment = _server_environment(emulator, cap // web_processes, application_name)
     server = AsgiServerProcess(
@@ -431,7 +433,7 @@ def _load(sessions: list[BenchSession], clients: int, cap: int, web_processes: i
         emulator.token_delay_seconds = TOKEN_DELAY_SECONDS
         sampler.start()
         pids = [process.pid for process in server.processes]
-        profiler = _start_profiler(pids[0])
+        profiler = _start_profiler(pids[0], run_name)
         progress(f"{clients} concurrent clients x {TURNS_PER_CLIENT} turns over {len(sessions)} tenants")
         cpu_before = sum(_process_cpu_seconds(pid) for pid in pids)
         workers_cpu_before = sum(_process_cpu_seconds(worker.pid) for worker in workers)
@@ -518,10 +520,14 @@ def _process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _start_profiler(pid: int) -> subprocess.Popen | None:
+def _start_profiler(pid: int, run_name: str = "") -> subprocess.Popen | None:
+    """py-spy on the (first) web process, into BENCH_LOAD_PROFILE, its name suffixed with `run_name`."""
     output = os.environ.get(PROFILE_VARIABLE)
     if not output:
         return None
+    if run_name:
+        path = Path(output)
+        output = str(path.with_name(f"{path.stem}{run_name}{path.suffix}"))
     py_spy = Path(sys.executable).with_name("py-spy")
     command = [str(py_spy), "record", "--pid", str(pid), "--format", "raw", "--output", output, "--threads",
                "--rate", "50"]  # fmt: skip
