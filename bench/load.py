@@ -11,6 +11,12 @@ every 100 ms for client backends on tenant databases: all of them are the server
 tenant connections first), so their peak must stay at or under TENANT_POOL_MAX_TOTAL_CONNECTIONS.
 The server's log is kept in <data>/logs/bench-load-uvicorn.log.
 
+The load runs twice in the same section: with one web process, then with two web processes sharing the listening
+socket (each with half the connection cap) and two Celery workers beside them, the stack as deployed on one machine;
+the second run's figures end in `_2_web_processes`. Tokens are the model's (the emulator streams one a chunk, and the
+client re-splits the answer it received the same way): the server may join tokens that arrive together into one
+`token` event (`token_events_per_answer_mean`).
+
 Diagnosis: BENCH_LOAD_SERVER_THREADS=N runs the server with N threads in its default thread pools (asyncio's default
 is min(32, CPUs + 4), where the chat view's sync_to_async(thread_sensitive=False) steps run); BENCH_LOAD_PROFILE=<file>
 records the server with py-spy during the load. DATABASE_CONN_MAX_AGE is passed on to the server like the rest of the
@@ -75,6 +81,12 @@ ANSWER_TOKENS = 200
 TOKEN_DELAY_SECONDS = 0.012
 SAMPLE_INTERVAL_SECONDS = 0.1
 TURN_TIMEOUT_SECONDS = 60.0
+# The warm-up loads the embedding model in the server: over a minute when the machine is shared and busy.
+WARM_UP_TIMEOUT_SECONDS = 300.0
+# The load runs once per entry: one web process, then two web processes and two Celery workers on the same stack
+# (Redis, Postgres, the model), each web process with its share of the tenant connection cap.
+WEB_PROCESS_COUNTS = (1, 2)
+WORKERS_BESIDE_SEVERAL_WEB_PROCESSES = 2
 SERVER_READY_TIMEOUT_SECONDS = 90.0
 SERVER_STOP_TIMEOUT_SECONDS = 20.0
 ERROR_EXAMPLES = 5
@@ -171,7 +183,8 @@ class TurnOutcome:
     first_token_seconds: float | None = None
     sources_seconds: float | None = None
     total_seconds: float = 0.0
-    tokens: int = 0
+    tokens: int = 0  # the model's tokens in the answer received (a `token` event may carry several)
+    token_events: int = 0
     citations: int = 0
 
 
@@ -192,7 +205,10 @@ def run(quick: bool) -> dict:
         # This process wrote the chunks through its own registry: close those so every tenant-database connection
         # sampled from now on is the server's.
         get_registry().close_all()
-        result.update(_load(sessions, clients, cap))
+        for web_processes in WEB_PROCESS_COUNTS:
+            measured = _load(sessions, clients, cap, web_processes)
+            suffix = "" if web_processes == 1 else f"_{web_processes}_web_processes"
+            result.update({f"{name}{suffix}": value for name, value in measured.items()})
     finally:
         _delete_sessions(sessions)
         progress(f"dropped {_remove_tenants_in_parallel()} tenant databases")
@@ -314,6 +330,10 @@ def _server_environment(emulator: OpenAIEmulator, cap: int, application_name: st
             # Every turn reaches the model, as this load is meant: most questions are about another tenant's passages,
             # which the relevance floor would answer "not found" without a model stream.
             "RETRIEVAL_RELEVANCE_FLOOR": "-1",
+            # Clients pick tenants at random, so a few may ask as the same person at once: the per-person limits
+            # (3 streams, 20 questions a minute) would refuse them with 429, which is not what this load measures.
+            "CHAT_MAX_CONCURRENT_STREAMS": str(CLIENTS),
+            "CHAT_MAX_QUESTIONS_PER_MINUTE": str(CLIENTS * TURNS_PER_CLIENT),
             # libpq's application_name for every connection the server opens: how the sampler tells them apart.
             "PGAPPNAME": application_name,
         }
@@ -377,35 +397,50 @@ class ConnectionSampler(threading.Thread):
 # --- the load ----------------------------------------------------------------------------------------------------------
 
 
-def _load(sessions: list[BenchSession], clients: int, cap: int) -> dict:
+def _load(sessions: list[BenchSession], clients: int, cap: int, web_processes: int = 1) -> dict:
     emulator = OpenAIEmulator(answer=realistic_answer).start()
     application_name = f"silo-bench-load-{os.getpid()}"
-    log_path = settings.DATA_DIR / "logs" / "bench-load-uvicorn.log"
+    # Each run its own log and profile: the second run would otherwise overwrite the first's.
+    run_name = "" if web_processes == 1 else f"-{web_processes}-web-processes"
+    log_path = settings.DATA_DIR / "logs" / f"bench-load-uvicorn{run_name}.log"
     threads = int(os.environ.get(SERVER_THREADS_VARIABLE) or 0) or None
+    environment = _server_environment(emulator, cap // web_processes, application_name)
     server = AsgiServerProcess(
-        _server_environment(emulator, cap, application_name),
+        environment,
         log_path,
         default_threads=threads,
         ready_timeout_seconds=SERVER_READY_TIMEOUT_SECONDS,
+        processes=web_processes,
     )
+    workers: list[subprocess.Popen] = []
     sampler = ConnectionSampler(application_name, [session.database for session in sessions], cap)
     try:
         server.start()
-        progress(f"uvicorn up at {server.url} (log {server.log_path}); warming up (embedding model, first turn)")
-        # Untimed and without added latency: loads the embedding model and opens the first connections.
-        warm_up = asyncio.run(_warm_up(server.url, sessions[0]))
-        if warm_up.error or not warm_up.citations or not warm_up.tokens:
-            raise RuntimeError(f"the warm-up turn failed: {warm_up}; server log:\n{server.log_tail()}")
+        if web_processes > 1:
+            workers = _start_workers(environment, WORKERS_BESIDE_SEVERAL_WEB_PROCESSES, log_path.parent)
+        progress(
+            f"uvicorn up at {server.url}, {web_processes} process(es) (log {server.log_path}); "
+            "warming up (embedding model, first turns)"
+        )
+        # Untimed and without added latency: loads the embedding model and opens the first connections. Several turns
+        # at once, so that each web process takes some.
+        warm_ups = asyncio.run(_warm_up(server.url, sessions, 4 * web_processes))
+        failed = [turn for turn in warm_ups if turn.error or not turn.citations or not turn.tokens]
+        if failed:
+            raise RuntimeError(f"a warm-up turn failed: {failed[0]}; server log:\n{server.log_tail()}")
         emulator.reset()
         emulator.latency_seconds = FIRST_TOKEN_SECONDS
         emulator.token_delay_seconds = TOKEN_DELAY_SECONDS
         sampler.start()
-        profiler = _start_profiler(server.process.pid)
+        pids = [process.pid for process in server.processes]
+        profiler = _start_profiler(pids[0], run_name)
         progress(f"{clients} concurrent clients x {TURNS_PER_CLIENT} turns over {len(sessions)} tenants")
-        cpu_before = _process_cpu_seconds(server.process.pid)
+        cpu_before = sum(_process_cpu_seconds(pid) for pid in pids)
+        workers_cpu_before = sum(_process_cpu_seconds(worker.pid) for worker in workers)
         with stopwatch() as load_watch:
             outcomes = asyncio.run(_clients(server.url, sessions, clients))
-        server_cpu_seconds = _process_cpu_seconds(server.process.pid) - cpu_before
+        server_cpu_seconds = sum(_process_cpu_seconds(pid) for pid in pids) - cpu_before
+        workers_cpu_seconds = sum(_process_cpu_seconds(worker.pid) for worker in workers) - workers_cpu_before
         load_during = load_average()
         _stop_profiler(profiler)
         time.sleep(SAMPLE_INTERVAL_SECONDS * 2)  # a last sample or two after the streams ended
@@ -416,11 +451,16 @@ def _load(sessions: list[BenchSession], clients: int, cap: int) -> dict:
     finally:
         if sampler.is_alive():
             sampler.stop()
+        _stop_workers(workers)
         server.stop(SERVER_STOP_TIMEOUT_SECONDS)
         emulator.stop()
     if sampler.failure:
         raise RuntimeError(f"pg_stat_activity sampling failed: {sampler.failure}")
     result = _summary(outcomes, load_watch.seconds, sampler, cap, peak_streams, load_during, server)
+    result["web_processes"] = web_processes
+    if workers:
+        result["celery_workers"] = len(workers)
+        result["celery_workers_cpu_seconds"] = round(workers_cpu_seconds, 1)
     if threads:
         result["server_default_executor_threads"] = threads
     # On a shared machine the server gets what the others leave: its CPU share explains the latencies.
@@ -429,8 +469,31 @@ def _load(sessions: list[BenchSession], clients: int, cap: int) -> dict:
     result["server_cpu_ms_per_turn"] = round(1000 * server_cpu_seconds / max(1, len(outcomes)), 1)
     streamed = sum(outcome.tokens for outcome in outcomes)
     result["tokens_streamed"] = streamed
+    result["token_events_streamed"] = sum(outcome.token_events for outcome in outcomes)
     result["server_cpu_ms_per_token"] = round(1000 * server_cpu_seconds / max(1, streamed), 3)
     return result
+
+
+def _start_workers(environment: dict[str, str], count: int, log_folder: Path) -> list[subprocess.Popen]:
+    """`count` Celery workers on the bench's queue, one process each (`--pool solo`): the stack as deployed."""
+    workers = []
+    for number in range(1, count + 1):
+        command = [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "WARNING",
+                   "--pool", "solo", "-Q", settings.CELERY_TASK_DEFAULT_QUEUE, "-n", f"bench-load-{number}@%h"]  # fmt: skip
+        with (log_folder / f"bench-load-worker-{number}.log").open("wb") as log:
+            workers.append(subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT))
+    return workers
+
+
+def _stop_workers(workers: list[subprocess.Popen]) -> None:
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        try:
+            worker.wait(timeout=SERVER_STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
 
 
 def realistic_answer(messages: list[dict]) -> str:
@@ -457,10 +520,14 @@ def _process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _start_profiler(pid: int) -> subprocess.Popen | None:
+def _start_profiler(pid: int, run_name: str = "") -> subprocess.Popen | None:
+    """py-spy on the (first) web process, into BENCH_LOAD_PROFILE, its name suffixed with `run_name`."""
     output = os.environ.get(PROFILE_VARIABLE)
     if not output:
         return None
+    if run_name:
+        path = Path(output)
+        output = str(path.with_name(f"{path.stem}{run_name}{path.suffix}"))
     py_spy = Path(sys.executable).with_name("py-spy")
     command = [str(py_spy), "record", "--pid", str(pid), "--format", "raw", "--output", output, "--threads",
                "--rate", "50"]  # fmt: skip
@@ -509,6 +576,9 @@ def _summary(
         "throughput_turns_per_second": round(len(completed) / seconds, 2) if seconds else 0.0,
         "load_seconds": round(seconds, 1),
         "tokens_per_answer_mean": round(sum(o.tokens for o in completed) / len(completed), 1) if completed else 0.0,
+        "token_events_per_answer_mean": (
+            round(sum(o.token_events for o in completed) / len(completed), 1) if completed else 0.0
+        ),
         "citations_per_answer_min": min((o.citations for o in completed), default=0),
         "max_open_tenant_connections": max_tenant_connections,
         "tenant_connection_cap": cap,
@@ -536,19 +606,26 @@ def _summary(
     }
 
 
-def _http_client(connections: int) -> httpx.AsyncClient:
+def _http_client(connections: int, timeout_seconds: float = TURN_TIMEOUT_SECONDS) -> httpx.AsyncClient:
     # Each request carries its tenant's cookies in its headers; a jar that accepts nothing keeps tenants apart.
     no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(TURN_TIMEOUT_SECONDS, connect=10.0),
+        timeout=httpx.Timeout(timeout_seconds, connect=10.0),
         limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
         cookies=no_cookies,
     )
 
 
-async def _warm_up(url: str, session: BenchSession) -> TurnOutcome:
-    async with _http_client(1) as client:
-        return await _turn(client, url, session, QUESTIONS[0])
+async def _warm_up(url: str, sessions: list[BenchSession], turns: int) -> list[TurnOutcome]:
+    async with _http_client(turns, WARM_UP_TIMEOUT_SECONDS) as client:
+        return list(
+            await asyncio.gather(
+                *(
+                    _turn(client, url, sessions[number % len(sessions)], QUESTIONS[0], WARM_UP_TIMEOUT_SECONDS)
+                    for number in range(turns)
+                )
+            )
+        )
 
 
 async def _clients(url: str, sessions: list[BenchSession], clients: int) -> list[TurnOutcome]:
@@ -565,11 +642,18 @@ async def _clients(url: str, sessions: list[BenchSession], clients: int) -> list
     return outcomes
 
 
-async def _turn(client: httpx.AsyncClient, url: str, session: BenchSession, question: str) -> TurnOutcome:
+async def _turn(
+    client: httpx.AsyncClient,
+    url: str,
+    session: BenchSession,
+    question: str,
+    timeout_seconds: float = TURN_TIMEOUT_SECONDS,
+) -> TurnOutcome:
     outcome = TurnOutcome()
+    answer: list[str] = []
     started = time.perf_counter()
     try:
-        async with asyncio.timeout(TURN_TIMEOUT_SECONDS):
+        async with asyncio.timeout(timeout_seconds):
             async with client.stream(
                 "POST", f"{url}/chat/stream", data={"question": question}, headers=session.headers()
             ) as response:
@@ -583,7 +667,7 @@ async def _turn(client: httpx.AsyncClient, url: str, session: BenchSession, ques
                         event = line.removeprefix("event: ")
                         elapsed = time.perf_counter() - started
                         if event == "token":
-                            outcome.tokens += 1
+                            outcome.token_events += 1
                             if outcome.first_token_seconds is None:
                                 outcome.first_token_seconds = elapsed
                         elif event == "sources":
@@ -591,7 +675,9 @@ async def _turn(client: httpx.AsyncClient, url: str, session: BenchSession, ques
                         elif event == "done":
                             finished = True
                     elif line.startswith("data: "):
-                        if event == "sources":
+                        if event == "token":
+                            answer.append(json.loads(line.removeprefix("data: "))["text"])
+                        elif event == "sources":
                             outcome.citations = len(json.loads(line.removeprefix("data: "))["citations"])
                         elif event == "error":
                             message = json.loads(line.removeprefix("data: ")).get("message", "")
@@ -599,9 +685,11 @@ async def _turn(client: httpx.AsyncClient, url: str, session: BenchSession, ques
                 if not outcome.error and not finished:
                     outcome.error = "stream ended without done"
     except TimeoutError:
-        outcome.error = f"timeout after {TURN_TIMEOUT_SECONDS:g}s"
+        outcome.error = f"timeout after {timeout_seconds:g}s"
     except httpx.HTTPError as error:
         outcome.error = f"{type(error).__name__}"
     finally:
         outcome.total_seconds = time.perf_counter() - started
+        # The emulator streams one token a chunk; the server may join several into one event.
+        outcome.tokens = len(split_into_tokens("".join(answer)))
     return outcome

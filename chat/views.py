@@ -1,5 +1,4 @@
 import asyncio
-import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +11,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import close_old_connections, transaction
+from django.db import connection as main_database
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -19,6 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from chat import selectors, services
 from chat.limits import ChatLimitReached, ChatStreamSlot, chat_stream_admit
+from chat.streaming import EventHandOver, server_sent_events
 from documents.models import Document
 from documents.selectors import document_get_for_user, documents_for_user
 from tenants.models import AuthenticatedHttpRequest
@@ -108,10 +109,6 @@ def document_chat(request: AuthenticatedHttpRequest, document_id: int) -> HttpRe
     return _chat_page(request, document_get_for_user(request.user, document_id, workspace))
 
 
-def _server_sent_event(event: services.ChatEvent) -> str:
-    return f"event: {event.kind}\ndata: {json.dumps(event.data)}\n\n"
-
-
 @transaction.non_atomic_requests  # streams for minutes, on connections it hands back between steps
 @login_required
 @require_POST
@@ -151,51 +148,56 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
 def _event_stream(turn, slot: ChatStreamSlot) -> StreamingHttpResponse:
     """The turn's events as server-sent events. The service is synchronous (database, embedder, model client): it runs
     in one thread of a pool sized for concurrent streams (CHAT_STREAM_THREADS), from its first event to its last,
-    handing each event to the event loop, which writes whatever has arrived in one piece. (A thread hop per event
-    cost more of the server's CPU than the token it carried, at ~200 tokens a turn: `make bench`, section load.)"""
+    handing the events to the event loop, which writes whatever has arrived in one piece, tokens that arrive within
+    CHAT_STREAM_COALESCE_SECONDS of the last written ones together (chat.streaming: per-token hand-overs and writes were
+    most of the server's CPU after the model client's own, at ~200 tokens a turn: `make bench`, section load)."""
 
     async def events():
         loop = asyncio.get_running_loop()
-        arrived: asyncio.Queue = asyncio.Queue()
+        arrived = EventHandOver(loop)
         stopped = threading.Event()  # the browser went away: stop asking the model
 
         def produce() -> None:
-            streaming_tokens = False
             try:
                 for event in turn:
                     slot.renew()
-                    loop.call_soon_threadsafe(arrived.put_nowait, event)
-                    if not streaming_tokens:
-                        # The main-database connection goes back to the pool before the model's tokens stream in
-                        # (seconds); held for a whole turn, 50 streams exhausted the pool.
+                    arrived.put(event)
+                    if main_database.connection is not None:
+                        # Whatever took a main-database connection (the checks before the answer, the membership
+                        # recheck every CHAT_ACCESS_RECHECK_SECONDS while it streams) gives it back to the pool now:
+                        # held for the rest of a stream, 50 streams emptied the pool and new questions got a 500.
                         close_old_connections()
-                    streaming_tokens = event.kind == "token"
                     if stopped.is_set():
                         turn.close()  # the reader stopped the answer or left: the service stores what was streamed
                         break
             except Exception as error:  # handed to the response, where an error of the turn always went
-                loop.call_soon_threadsafe(arrived.put_nowait, _Failure(error))
+                arrived.put(_Failure(error))
             finally:
                 close_old_connections()  # this thread serves other streams next: its main-database connection goes
-                loop.call_soon_threadsafe(arrived.put_nowait, _END)
+                arrived.put(_END)
 
         loop.run_in_executor(_stream_executor(), produce)
+        coalesce_seconds = settings.CHAT_STREAM_COALESCE_SECONDS
+        tokens_written_at: float | None = None  # the first token is never held back
         try:
             finished = False
             while not finished:
-                batch = [await arrived.get()]
-                while not arrived.empty():
-                    batch.append(arrived.get_nowait())
-                text = []
-                for event in batch:
+                await arrived.wait()
+                if tokens_written_at is not None and coalesce_seconds:
+                    # Let the tokens that follow within the interval join these in one write.
+                    await asyncio.sleep(max(0.0, tokens_written_at + coalesce_seconds - loop.time()))
+                batch = []
+                for event in arrived.take():
                     if event is _END:
                         finished = True
                         break
                     if isinstance(event, _Failure):
                         raise event.error
-                    text.append(_server_sent_event(event))
-                if text:
-                    yield "".join(text)
+                    batch.append((event.kind, event.data))
+                if batch:
+                    if any(kind == "token" for kind, _ in batch):
+                        tokens_written_at = loop.time()
+                    yield server_sent_events(batch)
         finally:
             # The stream ended, failed or its client went away (the server cancels or closes this generator).
             stopped.set()

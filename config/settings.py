@@ -333,6 +333,9 @@ CHAT_EXTRACTIVE_ANSWER_CHARS = env_int("CHAT_EXTRACTIVE_ANSWER_CHARS", 400, mini
 CHAT_MAX_QUESTION_CHARS = env_int("CHAT_MAX_QUESTION_CHARS", 4000, minimum=1)
 CHAT_HISTORY_MESSAGES = env_int("CHAT_HISTORY_MESSAGES", 6, minimum=0)
 CHAT_STREAM_THREADS = env_int("CHAT_STREAM_THREADS", 64, minimum=1)
+# Tokens arriving within this many seconds of the last written ones leave in one server-sent event (the first token of an
+# answer never waits); 0 writes each as it comes. Per-token writes were most of a busy server's CPU (chat/streaming.py).
+CHAT_STREAM_COALESCE_SECONDS = env_float("CHAT_STREAM_COALESCE_SECONDS", 0.05, minimum=0.0)
 CHAT_REQUEST_TIMEOUT_SECONDS = env_float("CHAT_REQUEST_TIMEOUT_SECONDS", 60.0, minimum=1)
 # What one person may ask at once (chat/limits.py): answers streaming at the same time, and questions a minute. They
 # keep one account from taking every stream thread and the model's capacity from everyone else.

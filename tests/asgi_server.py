@@ -34,13 +34,16 @@ class AsgiServerProcess:
         log_level: str = "warning",
         default_threads: int | None = None,  # diagnosis: the size of every ThreadPoolExecutor left at its default
         ready_timeout_seconds: float = 90.0,
+        processes: int = 1,  # web processes sharing the listening socket (the kernel spreads connections over them)
     ):
         self.environment = environment
         self.log_path = Path(log_path)
         self.log_level = log_level
         self.default_threads = default_threads
         self.ready_timeout_seconds = ready_timeout_seconds
-        self.process: subprocess.Popen | None = None
+        self.process_count = processes
+        self.processes: list[subprocess.Popen] = []
+        self.process: subprocess.Popen | None = None  # the first
         self.url = ""
 
     def start(self) -> AsgiServerProcess:
@@ -54,17 +57,21 @@ class AsgiServerProcess:
         if self.default_threads:
             command.append(str(self.default_threads))
         try:
-            with self.log_path.open("wb") as log:  # this run's log only
-                self.process = subprocess.Popen(
-                    command,
-                    cwd=BASE_DIR,
-                    env=self.environment,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    pass_fds=(listener.fileno(),),
-                )
+            for number in range(self.process_count):
+                with self._log_path_of(number).open("wb") as log:  # this run's log only
+                    self.processes.append(
+                        subprocess.Popen(
+                            command,
+                            cwd=BASE_DIR,
+                            env=self.environment,
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            pass_fds=(listener.fileno(),),
+                        )
+                    )
+            self.process = self.processes[0]
         finally:
-            listener.close()  # the child holds its own copy
+            listener.close()  # the children hold their own copies
         self.url = f"http://127.0.0.1:{port}"
         self._wait_until_ready()
         return self
@@ -72,8 +79,9 @@ class AsgiServerProcess:
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout_seconds
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"uvicorn exited with {self.process.returncode}: {self.log_tail()}")
+            for process in self.processes:
+                if process.poll() is not None:
+                    raise RuntimeError(f"uvicorn exited with {process.returncode}: {self.log_tail()}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
                     return
@@ -83,19 +91,27 @@ class AsgiServerProcess:
         raise RuntimeError(f"uvicorn not ready after {self.ready_timeout_seconds:g}s: {self.log_tail()}")
 
     def stop(self, timeout_seconds: float = 20.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+        running = [process for process in self.processes if process.poll() is None]
+        for process in running:
+            process.terminate()
+        for process in running:
             try:
-                self.process.wait(timeout=timeout_seconds)
+                process.wait(timeout=timeout_seconds)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                process.kill()
+                process.wait()
+
+    def _log_path_of(self, number: int) -> Path:
+        return self.log_path if number == 0 else self.log_path.with_name(f"{self.log_path.stem}-{number + 1}.log")
 
     def log_lines(self) -> list[str]:
-        try:
-            return self.log_path.read_text(errors="replace").splitlines()
-        except FileNotFoundError:
-            return []
+        lines: list[str] = []
+        for number in range(self.process_count):
+            try:
+                lines += self._log_path_of(number).read_text(errors="replace").splitlines()
+            except FileNotFoundError:
+                pass
+        return lines
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_lines()[-lines:])

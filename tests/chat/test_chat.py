@@ -282,6 +282,11 @@ def answer_of(events: list[tuple[str, dict]]) -> str:
     return "".join(data["text"] for kind, data in events if kind == "token")
 
 
+def runs_of(event_kinds: list[str]) -> list[str]:
+    """The kinds with each run of repeats written once: tokens that arrive together may leave as one event."""
+    return [kind for index, kind in enumerate(event_kinds) if index == 0 or event_kinds[index - 1] != kind]
+
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
@@ -364,7 +369,8 @@ def test_without_a_model_the_answer_quotes_the_sentences_that_answer_over_the_as
 
     assert kinds(events)[:2] == ["conversation", "sources"]
     assert kinds(events)[-1] == "done"
-    assert set(kinds(events)[2:-1]) == {"token"} and len(events) > 5
+    # The quote is ready at once: its first piece leaves alone, the rest together (chat.streaming).
+    assert set(kinds(events)[2:-1]) == {"token"} and len(events) >= 4
     assert events[-1][1] == {"extractive": True, "found": True}
     answer = answer_of(events)
     citations = events[1][1]["citations"]
@@ -453,6 +459,8 @@ def test_with_no_ready_document_the_answer_says_so(owner, tenants, without_model
 
 
 def test_with_the_model_the_answer_streams_token_by_token_and_cites_sources(owner, espresso, browser_for, emulator):
+    emulator.token_delay_seconds = 0.06  # slower than the stream's coalescing interval: each token its own event
+
     events = browser_for(owner).chat("How long is the warranty?", document=espresso.id)
 
     assert kinds(events)[:2] == ["conversation", "sources"]
@@ -472,6 +480,26 @@ def test_with_the_model_the_answer_streams_token_by_token_and_cites_sources(owne
     assert tenant_rows(owner, "SELECT document_id FROM conversations") == [(espresso.id,)]
 
 
+def test_tokens_arriving_close_together_leave_together_every_token_in_order_then_done(
+    owner, espresso, browser_for, emulator, settings
+):
+    settings.CHAT_STREAM_COALESCE_SECONDS = 0.05
+    emulator.answer = " ".join(f"word{number}" for number in range(60))
+    emulator.token_delay_seconds = 0.005  # ~10 tokens in each interval
+
+    events = browser_for(owner).chat("How long is the warranty?")
+
+    assert runs_of(kinds(events)) == ["conversation", "sources", "token", "done"]
+    tokens = [data["text"] for kind, data in events if kind == "token"]
+    assert "".join(tokens) == emulator.answer  # every token, in order, none twice
+    assert 2 <= len(tokens) <= 30  # joined into fewer events than the model's 60 tokens, yet still streamed
+    assert events[-1][1] == {"extractive": False, "found": True}
+    assert tenant_rows(owner, "SELECT role, content FROM messages ORDER BY id") == [
+        ("user", "How long is the warranty?"),
+        ("assistant", emulator.answer),
+    ]
+
+
 def test_a_model_failing_mid_stream_ends_with_a_readable_error_and_keeps_the_partial_answer(
     owner, espresso, browser_for, emulator
 ):
@@ -479,7 +507,7 @@ def test_a_model_failing_mid_stream_ends_with_a_readable_error_and_keeps_the_par
 
     events = browser_for(owner).chat("How long is the warranty?")
 
-    assert kinds(events) == ["conversation", "sources", "token", "token", "token", "error"]
+    assert runs_of(kinds(events)) == ["conversation", "sources", "token", "error"]
     assert events[-1][1] == {"message": MODEL_STOPPED}
     partial = answer_of(events)
     assert partial == "According to ["
