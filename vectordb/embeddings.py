@@ -58,6 +58,14 @@ def local_precision(requested: str) -> str:
     return requested
 
 
+def local_model_threads_set(threads: int) -> None:
+    """The CPU threads each computation of the local model uses in this process (torch's intra-op pool, which is
+    process-wide)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 class LocalEmbedder:
     """sentence-transformers on the CPU; vectors are unit length, so cosine distance is what HNSW sorts by.
 
