@@ -1,9 +1,11 @@
 import asyncio
+import functools
 import json
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -12,7 +14,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import close_old_connections, transaction
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -43,7 +45,7 @@ UNREACHABLE_MESSAGE = (
 )
 
 
-@lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def _stream_executor() -> ThreadPoolExecutor:
     # Most of a streamed answer is waiting on the model: threads, not cores, bound concurrent streams.
     return ThreadPoolExecutor(max_workers=settings.CHAT_STREAM_THREADS, thread_name_prefix="chat-stream")
@@ -115,11 +117,13 @@ def _server_sent_event(event: services.ChatEvent) -> str:
 @transaction.non_atomic_requests  # streams for minutes, on connections it hands back between steps
 @login_required
 @require_POST
-async def chat_stream(request: HttpRequest) -> HttpResponseBase:
-    """One chat turn as server-sent events: conversation, sources, token..., then done or error."""
-    user = await request.auser()
-    # 404/403 now, while the response can still say so; the stream re-checks while it runs.
-    membership = await sync_to_async(membership_current)(request, Action.CHAT)
+def chat_stream(request: AuthenticatedHttpRequest) -> HttpResponseBase:
+    """One chat turn as server-sent events: conversation, sources, token..., then done or error.
+
+    A plain view: under ASGI it runs in one thread hop, where an async view took one per check. The checks that can
+    refuse the question (404, 403, 429) run here, while the response can still say so; the turn then starts at once,
+    so its work overlaps the response's way out (middleware, headers), and the stream re-checks while it runs."""
+    membership = membership_current(request, Action.CHAT)
     workspace = membership.workspace
     question = request.POST.get("question", "")
     conversation_id = request.POST.get("conversation") or None
@@ -131,21 +135,75 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     if document_id is not None:
         # Someone else's document is a 404 now: raised inside the stream, after the 200 went out, it would only cut
         # the connection.
-        await sync_to_async(document_get_for_user)(user, document_id, workspace)
+        document_get_for_user(request.user, document_id, workspace, membership=membership)
     try:
-        max_streams = await sync_to_async(workspace_limit)(workspace, "chat_max_concurrent_streams")
-        slot = await sync_to_async(chat_stream_admit, thread_sensitive=False)(user.pk, max_streams)
+        slot = chat_stream_admit(request.user.pk, workspace_limit(workspace, "chat_max_concurrent_streams"))
     except ChatLimitReached as error:
         refused = JsonResponse({"error": str(error)}, status=429)
         refused["Retry-After"] = str(error.retry_after_seconds)
         return refused
     # The request's own main-database connection would otherwise stay checked out of the pool for the whole stream.
-    await sync_to_async(close_old_connections)()
+    close_old_connections()
+    question_embedding = _question_embedding_start(question, conversation_id)
     turn = services.chat_turn(
-        user, question, conversation_id=conversation_id, document_id=document_id, workspace=workspace
+        request.user,
+        question,
+        conversation_id=conversation_id,
+        document_id=document_id,
+        workspace=workspace,
+        membership=membership,
+        question_embedding=question_embedding,
     )
-
     return _event_stream(turn, slot)
+
+
+def _question_embedding_start(question: str, conversation_id: str | None) -> Future[list[float]] | None:
+    """The question's embedding, started now that the question is admitted: it is computed while the turn is checked
+    and stored. None for a question the turn will refuse or not search for as asked."""
+    try:
+        question = services.question_validate(question)
+    except services.QuestionRejected:
+        return None
+    if not services.searches_question_itself(conversation_id):
+        return None
+    return services.question_embedding_start(question)
+
+
+class _EventChannel:
+    """The turn's events, handed from the thread that runs the turn to the event loop that writes them. The turn
+    starts before anyone reads the response, so the reader's loop is learnt when it first waits."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list = []
+        self._wake: Callable[[], object] | None = None
+
+    def put(self, item: object) -> None:
+        with self._lock:
+            self._items.append(item)
+            wake, self._wake = self._wake, None
+        if wake is not None:
+            wake()
+
+    async def take(self) -> list:
+        """Whatever has arrived, waiting for at least one item."""
+        with self._lock:
+            if not self._items:
+                loop = asyncio.get_running_loop()
+                arrived = loop.create_future()
+                self._wake = functools.partial(loop.call_soon_threadsafe, _resolve, arrived)
+            else:
+                arrived = None
+        if arrived is not None:
+            await arrived
+        with self._lock:
+            items, self._items = self._items, []
+        return items
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _event_stream(turn, slot: ChatStreamSlot) -> StreamingHttpResponse:
@@ -153,41 +211,36 @@ def _event_stream(turn, slot: ChatStreamSlot) -> StreamingHttpResponse:
     in one thread of a pool sized for concurrent streams (CHAT_STREAM_THREADS), from its first event to its last,
     handing each event to the event loop, which writes whatever has arrived in one piece. (A thread hop per event
     cost more of the server's CPU than the token it carried, at ~200 tokens a turn: `make bench`, section load.)"""
+    channel = _EventChannel()
+    stopped = threading.Event()  # the browser went away: stop asking the model
+
+    def produce() -> None:
+        try:
+            for event in turn:
+                slot.renew()
+                channel.put(event)
+                if event.kind == "sources":
+                    # The main-database connection goes back to the pool before the model's tokens stream in
+                    # (seconds); held for a whole turn, 50 streams exhausted the pool.
+                    close_old_connections()
+                if stopped.is_set():
+                    turn.close()  # the reader stopped the answer or left: the service stores what was streamed
+                    break
+        except Exception as error:  # handed to the response, where an error of the turn always went
+            channel.put(_Failure(error))
+        finally:
+            close_old_connections()  # this thread serves other streams next: its main-database connection goes
+            slot.release()  # also when the response was never read (its client left while it was being sent)
+            channel.put(_END)
+
+    _stream_executor().submit(produce)
 
     async def events():
-        loop = asyncio.get_running_loop()
-        arrived: asyncio.Queue = asyncio.Queue()
-        stopped = threading.Event()  # the browser went away: stop asking the model
-
-        def produce() -> None:
-            streaming_tokens = False
-            try:
-                for event in turn:
-                    slot.renew()
-                    loop.call_soon_threadsafe(arrived.put_nowait, event)
-                    if not streaming_tokens:
-                        # The main-database connection goes back to the pool before the model's tokens stream in
-                        # (seconds); held for a whole turn, 50 streams exhausted the pool.
-                        close_old_connections()
-                    streaming_tokens = event.kind == "token"
-                    if stopped.is_set():
-                        turn.close()  # the reader stopped the answer or left: the service stores what was streamed
-                        break
-            except Exception as error:  # handed to the response, where an error of the turn always went
-                loop.call_soon_threadsafe(arrived.put_nowait, _Failure(error))
-            finally:
-                close_old_connections()  # this thread serves other streams next: its main-database connection goes
-                loop.call_soon_threadsafe(arrived.put_nowait, _END)
-
-        loop.run_in_executor(_stream_executor(), produce)
         try:
             finished = False
             while not finished:
-                batch = [await arrived.get()]
-                while not arrived.empty():
-                    batch.append(arrived.get_nowait())
                 text = []
-                for event in batch:
+                for event in await channel.take():
                     if event is _END:
                         finished = True
                         break
@@ -202,6 +255,8 @@ def _event_stream(turn, slot: ChatStreamSlot) -> StreamingHttpResponse:
             await sync_to_async(slot.release, thread_sensitive=False)()
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
+    # A response dropped before it was read (its client left while the middleware handled it) stops the turn too.
+    weakref.finalize(response, stopped.set)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return response
