@@ -9,6 +9,7 @@ slots when their leases run out.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 
 import redis
@@ -46,6 +47,7 @@ class ChatStreamSlot:
         self._lock = lock
         self._lease_seconds = lease_seconds
         self._renewed_at = time.monotonic()
+        self._released = threading.Event()
 
     def renew(self) -> None:
         """Cheap to call for every event: it reaches Redis once a third of the lease."""
@@ -58,6 +60,10 @@ class ChatStreamSlot:
             pass  # lost (Redis restarted): the stream goes on, and the next question is counted afresh
 
     def release(self) -> None:
+        """Idempotent: the stream's thread and its response both release it, whichever ends first."""
+        if self._released.is_set():
+            return
+        self._released.set()
         try:
             self._lock.release()
         except (LockError, redis.RedisError):

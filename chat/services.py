@@ -20,6 +20,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 
 import psycopg
@@ -30,17 +31,16 @@ from chat import answers
 from documents.models import Document
 from documents.selectors import document_get_for_user, documents_for_user
 from tenants import usage
-from tenants.models import Workspace
+from tenants.models import Membership, Workspace
 from tenants.open_streams import OpenStream, workspace_stream_open
 from tenants.permissions import (
     Action,
     WorkspaceNotFound,
     membership_require,
     membership_still_allows,
-    workspace_writable_require,
 )
 from tenants.plans import LimitReached
-from tenants.services import TenantDatabaseNotReady, tenant_target
+from tenants.services import TenantDatabaseNotReady, tenant_target, tenant_target_for_writing
 from vectordb import conversations
 from vectordb.connections import ConnectionCapacityExhausted, TenantTarget, get_registry
 from vectordb.embeddings import get_embedder
@@ -217,12 +217,15 @@ def _recent(history: Sequence[Exchange]) -> Sequence[Exchange]:
 # --- retrieval -----------------------------------------------------------------------------------------------------------
 
 
-def _ready_titles(user, document_id: int | None, workspace: Workspace) -> dict[int, str]:
+def _ready_titles(
+    user, document_id: int | None, workspace: Workspace, membership: Membership | None = None
+) -> dict[int, str]:
     # The titles come with the ids (one query of the main database rather than a second one after the search).
     if document_id is not None:
-        document = document_get_for_user(user, document_id, workspace)
+        document = document_get_for_user(user, document_id, workspace, membership=membership)
         return {document.id: document.title} if document.status == Document.Status.READY else {}
-    return dict(documents_for_user(user, workspace).filter(status=Document.Status.READY).values_list("id", "title"))
+    ready = documents_for_user(user, workspace, membership).filter(status=Document.Status.READY)
+    return dict(ready.values_list("id", "title"))
 
 
 def _search(connection, embedding, query: str, document_ids: list[int], k: int, hybrid: bool) -> list[SearchHit]:
@@ -235,8 +238,9 @@ def _search(connection, embedding, query: str, document_ids: list[int], k: int, 
         hits = vector_search(connection, embedding, document_ids, k + EXTRA_CANDIDATES)
     hits = distinct_passages(hits)
     # Tables of contents and indexes name a topic without saying anything about it: after every passage that does.
-    return [hit for hit in hits if not answers.is_navigation(hit.content)] + [
-        hit for hit in hits if answers.is_navigation(hit.content)
+    navigation = [answers.is_navigation(hit.content) for hit in hits]
+    return [hit for hit, is_navigation in zip(hits, navigation, strict=True) if not is_navigation] + [
+        hit for hit, is_navigation in zip(hits, navigation, strict=True) if is_navigation
     ]
 
 
@@ -312,18 +316,22 @@ def passages_for_turn(
     with_model: bool | None = None,
     rerank: bool | None = None,
     workspace: Workspace | None = None,
+    membership: Membership | None = None,
+    question_embedding: Future[list[float]] | None = None,
 ) -> Retrieval:
     """What this turn means and the passages that answer it, over the user's ready documents (or one of them).
 
     `with_model`: whether a chat model answers (default: OPENAI_API_KEY is set); it rewrites follow-ups. `rerank`:
     read the first RETRIEVAL_RERANK_CANDIDATES passages sentence by sentence, reorder them and pick the quotes
-    (default: when there is no chat model, whose answer reads every passage anyway)."""
+    (default: when there is no chat model, whose answer reads every passage anyway). `membership`: the person's,
+    just checked by the caller (a chat turn), not read again. `question_embedding`: the question's embedding being
+    computed meanwhile (question_embedding_start), used when the question itself is searched."""
     k = k or settings.RETRIEVAL_K
     hybrid = settings.RETRIEVAL_HYBRID if hybrid is None else hybrid
     with_model = bool(settings.OPENAI_API_KEY) if with_model is None else with_model
     rerank = (not with_model) if rerank is None else rerank
     workspace = workspace or Workspace.objects.personal_for(user)
-    titles = _ready_titles(user, document_id, workspace)
+    titles = _ready_titles(user, document_id, workspace, membership)
     if not titles:
         return Retrieval(query=question, strategy="question", found=False, relevance=None, no_documents=True)
     target = target or tenant_target(workspace)
@@ -335,7 +343,12 @@ def passages_for_turn(
             strategy, queries = "standalone", [rewritten]
     if strategy == "question" and history and refers_back(question):
         queries.append(contextual_query(question, history))
-    embeddings = [embedder.embed_query(query) for query in queries]
+    embeddings = [
+        question_embedding.result()
+        if question_embedding is not None and query == question
+        else embedder.embed_query(query)
+        for query in queries
+    ]
     depth = max(k, settings.RETRIEVAL_RERANK_CANDIDATES if rerank else 0)
     with get_registry().connection(target) as connection:
         rankings = [
@@ -573,27 +586,36 @@ def chat_turn(
     conversation_id: str | None = None,
     document_id: int | None = None,
     workspace: Workspace | None = None,
+    membership: Membership | None = None,
+    question_embedding: Future[list[float]] | None = None,
 ) -> Generator[ChatEvent, None, None]:
     """One question and its streamed answer, stored in the workspace's database (default: the user's personal one).
     Never raises for expected failures: they end the stream with an `error` event the user can read. A person removed
     from the workspace while the answer streams loses it at once: the stream ends with an error, nothing more is
-    stored. A reader who stops the answer keeps what was streamed so far in the conversation, marked as stopped."""
+    stored. A reader who stops the answer keeps what was streamed so far in the conversation, marked as stopped.
+
+    `membership`: the person's membership of the workspace, read by the request a moment ago (not read again).
+    `question_embedding`: the question's embedding, already being computed (question_embedding_start); by default
+    the turn starts it itself once the question is admitted, so that it is computed while the turn is stored."""
     counted = answered = False  # the question is counted against the day's allowance; the answer is stored
     meter: dict = {}
     stream: OpenStream | None = None
     try:
         question = question_validate(question)
         workspace = workspace or Workspace.objects.personal_for(user)
-        membership_require(user, workspace, Action.CHAT)
+        membership = membership_require(user, workspace, Action.CHAT, checked=membership)
         stream = workspace_stream_open(workspace.id)  # first: a restore or move marked after this waits for it
-        workspace_writable_require(workspace)  # the turn is stored: not while a restore or move runs
+        # The turn is stored: not while a restore or move runs (WorkspaceMoving), read with the database's address.
+        target = tenant_target_for_writing(workspace)
         usage.question_admit(workspace)  # refused (with the limit and when it resets) before any work
         counted = True
+        if question_embedding is None and searches_question_itself(conversation_id):
+            question_embedding = question_embedding_start(question)
         is_owner = workspace.owner_id == user.id
         if document_id is not None:
-            document_get_for_user(user, document_id, workspace)  # 404 for another workspace's document
+            # 404 for another workspace's document
+            document_get_for_user(user, document_id, workspace, membership=membership)
         allowed = _still_allowed(user, workspace)
-        target = tenant_target(workspace)
         registry = get_registry()
         with registry.connection(target) as connection:
             conversation = conversations.conversation_get(connection, conversation_id) if conversation_id else None
@@ -615,9 +637,16 @@ def chat_turn(
             yield ChatEvent("conversation", {"id": str(conversation.id), "title": conversation.title})
             exchanges = history_from_messages(history)
             retrieval = passages_for_turn(
-                user, question, exchanges, conversation.document_id, target=target, workspace=workspace
+                user,
+                question,
+                exchanges,
+                conversation.document_id,
+                target=target,
+                workspace=workspace,
+                membership=membership,
+                question_embedding=question_embedding,
             )
-            allowed(force=True)
+            allowed()
             citations = [asdict(citation) for citation in retrieval.citations]
             yield ChatEvent("sources", {"citations": citations})
             pieces = answer_stream(question, retrieval, exchanges, meter)
@@ -675,6 +704,27 @@ def chat_turn(
     finally:
         if stream is not None:
             stream.close()
+
+
+def searches_question_itself(conversation_id: str | None) -> bool:
+    """Whether the turn will search for the question as asked: not when a chat model rewrites a follow-up first."""
+    return not (conversation_id and settings.OPENAI_API_KEY)
+
+
+@functools.lru_cache(maxsize=1)
+def _embedding_executor() -> ThreadPoolExecutor:
+    # The embedder computes one question at a time (its own lock): a few threads only queue questions for it.
+    return ThreadPoolExecutor(max_workers=4, thread_name_prefix="question-embedding")
+
+
+def question_embedding_start(question: str) -> Future[list[float]]:
+    """The question's embedding, computed in the background (about 15 ms of CPU with the local model) while the turn
+    is checked and stored; passages_for_turn waits for it. Start it only once the question is admitted."""
+    return _embedding_executor().submit(_question_embed, question)
+
+
+def _question_embed(question: str) -> list[float]:
+    return get_embedder().embed_query(question)
 
 
 def _tokens_record(workspace: Workspace, meter: dict, question: str, answer: str) -> None:

@@ -23,7 +23,8 @@ class EventHandOver:
 
     The loop is woken once for everything that arrives until it takes it, instead of once per event."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None):
+        # None: the loop is learnt when it first waits (a turn starts producing before its response is read).
         self._loop = loop
         self._lock = threading.Lock()
         self._events: list[Any] = []
@@ -33,13 +34,21 @@ class EventHandOver:
     def put(self, event: Any) -> None:
         with self._lock:
             self._events.append(event)
-            if self._wake_pending:
-                return  # the loop has been told and has not taken yet: this event goes with the others
+            if self._wake_pending or self._loop is None:
+                # The loop has been told and has not taken yet, or nobody waits yet: this event goes with the others.
+                return
             self._wake_pending = True
-        self._loop.call_soon_threadsafe(self._arrived.set)
+            loop = self._loop
+        loop.call_soon_threadsafe(self._arrived.set)
 
     async def wait(self) -> None:
         """Until at least one event is there to take."""
+        if self._loop is None:
+            with self._lock:
+                self._loop = asyncio.get_running_loop()
+                if self._events and not self._wake_pending:
+                    self._wake_pending = True
+                    self._arrived.set()  # what was put before the loop was known
         await self._arrived.wait()
 
     def take(self) -> list[Any]:

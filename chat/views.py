@@ -1,8 +1,9 @@
 import asyncio
+import functools
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -12,7 +13,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import close_old_connections, transaction
 from django.db import connection as main_database
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -44,7 +45,7 @@ UNREACHABLE_MESSAGE = (
 )
 
 
-@lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=1)
 def _stream_executor() -> ThreadPoolExecutor:
     # Most of a streamed answer is waiting on the model: threads, not cores, bound concurrent streams.
     return ThreadPoolExecutor(max_workers=settings.CHAT_STREAM_THREADS, thread_name_prefix="chat-stream")
@@ -112,11 +113,13 @@ def document_chat(request: AuthenticatedHttpRequest, document_id: int) -> HttpRe
 @transaction.non_atomic_requests  # streams for minutes, on connections it hands back between steps
 @login_required
 @require_POST
-async def chat_stream(request: HttpRequest) -> HttpResponseBase:
-    """One chat turn as server-sent events: conversation, sources, token..., then done or error."""
-    user = await request.auser()
-    # 404/403 now, while the response can still say so; the stream re-checks while it runs.
-    membership = await sync_to_async(membership_current)(request, Action.CHAT)
+def chat_stream(request: AuthenticatedHttpRequest) -> HttpResponseBase:
+    """One chat turn as server-sent events: conversation, sources, token..., then done or error.
+
+    A plain view: under ASGI it runs in one thread hop, where an async view took one per check. The checks that can
+    refuse the question (404, 403, 429) run here, while the response can still say so; the turn then starts at once,
+    so its work overlaps the response's way out (middleware, headers), and the stream re-checks while it runs."""
+    membership = membership_current(request, Action.CHAT)
     workspace = membership.workspace
     question = request.POST.get("question", "")
     conversation_id = request.POST.get("conversation") or None
@@ -128,21 +131,38 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     if document_id is not None:
         # Someone else's document is a 404 now: raised inside the stream, after the 200 went out, it would only cut
         # the connection.
-        await sync_to_async(document_get_for_user)(user, document_id, workspace)
+        document_get_for_user(request.user, document_id, workspace, membership=membership)
     try:
-        max_streams = await sync_to_async(workspace_limit)(workspace, "chat_max_concurrent_streams")
-        slot = await sync_to_async(chat_stream_admit, thread_sensitive=False)(user.pk, max_streams)
+        slot = chat_stream_admit(request.user.pk, workspace_limit(workspace, "chat_max_concurrent_streams"))
     except ChatLimitReached as error:
         refused = JsonResponse({"error": str(error)}, status=429)
         refused["Retry-After"] = str(error.retry_after_seconds)
         return refused
     # The request's own main-database connection would otherwise stay checked out of the pool for the whole stream.
-    await sync_to_async(close_old_connections)()
+    close_old_connections()
+    question_embedding = _question_embedding_start(question, conversation_id)
     turn = services.chat_turn(
-        user, question, conversation_id=conversation_id, document_id=document_id, workspace=workspace
+        request.user,
+        question,
+        conversation_id=conversation_id,
+        document_id=document_id,
+        workspace=workspace,
+        membership=membership,
+        question_embedding=question_embedding,
     )
-
     return _event_stream(turn, slot)
+
+
+def _question_embedding_start(question: str, conversation_id: str | None) -> Future[list[float]] | None:
+    """The question's embedding, started now that the question is admitted: it is computed while the turn is checked
+    and stored. None for a question the turn will refuse or not search for as asked."""
+    try:
+        question = services.question_validate(question)
+    except services.QuestionRejected:
+        return None
+    if not services.searches_question_itself(conversation_id):
+        return None
+    return services.question_embedding_start(question)
 
 
 def _event_stream(turn, slot: ChatStreamSlot) -> StreamingHttpResponse:
@@ -151,32 +171,33 @@ def _event_stream(turn, slot: ChatStreamSlot) -> StreamingHttpResponse:
     handing the events to the event loop, which writes whatever has arrived in one piece, tokens that arrive within
     CHAT_STREAM_COALESCE_SECONDS of the last written ones together (chat.streaming: per-token hand-overs and writes were
     most of the server's CPU after the model client's own, at ~200 tokens a turn: `make bench`, section load)."""
+    arrived = EventHandOver()  # the turn starts before anyone reads the response: the loop is learnt when it waits
+    stopped = threading.Event()  # the browser went away: stop asking the model
+
+    def produce() -> None:
+        try:
+            for event in turn:
+                slot.renew()
+                arrived.put(event)
+                if main_database.connection is not None:
+                    # Whatever took a main-database connection (the checks before the answer, the membership
+                    # recheck every CHAT_ACCESS_RECHECK_SECONDS while it streams) gives it back to the pool now:
+                    # held for the rest of a stream, 50 streams emptied the pool and new questions got a 500.
+                    close_old_connections()
+                if stopped.is_set():
+                    turn.close()  # the reader stopped the answer or left: the service stores what was streamed
+                    break
+        except Exception as error:  # handed to the response, where an error of the turn always went
+            arrived.put(_Failure(error))
+        finally:
+            close_old_connections()  # this thread serves other streams next: its main-database connection goes
+            slot.release()  # also when the response was never read (its client left while it was being sent)
+            arrived.put(_END)
+
+    _stream_executor().submit(produce)
 
     async def events():
         loop = asyncio.get_running_loop()
-        arrived = EventHandOver(loop)
-        stopped = threading.Event()  # the browser went away: stop asking the model
-
-        def produce() -> None:
-            try:
-                for event in turn:
-                    slot.renew()
-                    arrived.put(event)
-                    if main_database.connection is not None:
-                        # Whatever took a main-database connection (the checks before the answer, the membership
-                        # recheck every CHAT_ACCESS_RECHECK_SECONDS while it streams) gives it back to the pool now:
-                        # held for the rest of a stream, 50 streams emptied the pool and new questions got a 500.
-                        close_old_connections()
-                    if stopped.is_set():
-                        turn.close()  # the reader stopped the answer or left: the service stores what was streamed
-                        break
-            except Exception as error:  # handed to the response, where an error of the turn always went
-                arrived.put(_Failure(error))
-            finally:
-                close_old_connections()  # this thread serves other streams next: its main-database connection goes
-                arrived.put(_END)
-
-        loop.run_in_executor(_stream_executor(), produce)
         coalesce_seconds = settings.CHAT_STREAM_COALESCE_SECONDS
         tokens_written_at: float | None = None  # the first token is never held back
         try:
@@ -204,6 +225,8 @@ def _event_stream(turn, slot: ChatStreamSlot) -> StreamingHttpResponse:
             await sync_to_async(slot.release, thread_sensitive=False)()
 
     response = StreamingHttpResponse(events(), content_type="text/event-stream")
+    # A response dropped before it was read (its client left while the middleware handled it) stops the turn too.
+    weakref.finalize(response, stopped.set)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # nginx: do not buffer the stream
     return response

@@ -71,9 +71,12 @@ application = RequestBodyLimit(django_application, settings.REQUEST_MAX_BODY_BYT
 
 def _warm_up_embedder() -> None:
     # Load the embedding model now, off the request path: the first question would otherwise wait seconds for it.
-    from vectordb.embeddings import get_embedder
+    from vectordb.embeddings import LocalEmbedder, get_embedder, local_model_threads_set
 
-    get_embedder().embed_query("warm up")
+    embedder = get_embedder()
+    if isinstance(embedder, LocalEmbedder):
+        local_model_threads_set(settings.WEB_EMBEDDING_THREADS)
+    embedder.embed_query("warm up")
 
 
 threading.Thread(target=_warm_up_embedder, name="embedder-warm-up", daemon=True).start()

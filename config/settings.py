@@ -64,7 +64,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "config.middleware.StaticFilesMiddleware",  # WhiteNoise, kept asynchronous under ASGI
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -310,6 +310,10 @@ EMBEDDING_BATCH_SIZE = env_int("EMBEDDING_BATCH_SIZE", 0, minimum=0)
 # The local model's matrix multiplications: bfloat16 (fp32 accumulation) where the CPU has native bfloat16
 # instructions ("auto"), else float32. Vectors agree with float32 ones to a cosine of 0.9999.
 EMBEDDING_LOCAL_PRECISION = env_str("EMBEDDING_LOCAL_PRECISION", "auto")
+# CPU threads the web process's local model uses for one question (Celery workers keep every core for documents).
+# One question is a small product: a second thread saves little on a quiet machine and, on a busy one, its threads
+# wait for each other (a question took 1,030 ms with 2 threads against 190 ms with 1 at a load average of 15).
+WEB_EMBEDDING_THREADS = env_int("WEB_EMBEDDING_THREADS", 1, minimum=1)
 if EMBEDDING_LOCAL_PRECISION not in {"auto", "float32", "bfloat16"}:
     raise ImproperEnvironment(
         f"EMBEDDING_LOCAL_PRECISION={EMBEDDING_LOCAL_PRECISION!r} must be 'auto', 'float32' or 'bfloat16'"

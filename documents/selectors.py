@@ -9,27 +9,34 @@ from django.http import Http404
 
 from documents.formats import ParseLimits
 from documents.models import Document
-from tenants.models import VectorDatabase, Workspace
+from tenants.models import Membership, VectorDatabase, Workspace
 from tenants.permissions import Action, membership_require
 from tenants.selectors import vector_database_for_tenant
 
 
-def documents_for_user(user, workspace: Workspace | None = None) -> QuerySet[Document]:
+def documents_for_user(
+    user, workspace: Workspace | None = None, membership: Membership | None = None
+) -> QuerySet[Document]:
     """The documents of a workspace the person may read (default: their personal workspace); WorkspaceNotFound for
-    one they are not a member of."""
+    one they are not a member of. `membership`: theirs, just read by the caller (tenants.permissions.membership_require
+    takes it as `checked`)."""
     workspace = workspace or Workspace.objects.personal_for(user)
-    membership_require(user, workspace, Action.READ)
+    membership_require(user, workspace, Action.READ, checked=membership)
     return Document.objects.filter(workspace=workspace).order_by("-created_at")
 
 
 def document_get_for_user(
-    user, document_id: int | str, workspace: Workspace | None = None, action: Action = Action.READ
+    user,
+    document_id: int | str,
+    workspace: Workspace | None = None,
+    action: Action = Action.READ,
+    membership: Membership | None = None,
 ) -> Document:
     """The workspace's document, for a person whose role allows `action` there: 404 for a workspace they are not in
     and for a document of another workspace (the same answer whether it exists elsewhere or not at all), 403 for a
-    role that lacks the action."""
+    role that lacks the action. `membership`: as for documents_for_user."""
     workspace = workspace or Workspace.objects.personal_for(user)
-    membership_require(user, workspace, action)
+    membership_require(user, workspace, action, checked=membership)
     try:
         return Document.objects.select_related("workspace").get(workspace=workspace, id=int(document_id))
     except (Document.DoesNotExist, ValueError, TypeError):

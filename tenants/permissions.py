@@ -69,10 +69,22 @@ def membership_find(user: User, workspace: Workspace | str | int) -> Membership:
     return membership
 
 
-def membership_require(user: User, workspace: Workspace | str | int, action: Action) -> Membership:
+def membership_require(
+    user: User, workspace: Workspace | str | int, action: Action, *, checked: Membership | None = None
+) -> Membership:
     """The user's membership, checked for `action`: WorkspaceNotFound for a non-member, ActionForbidden for a member
-    whose role lacks it. Read fresh from the database on every call, so a removed member loses access at once."""
+    whose role lacks it. Read fresh from the database on every call, so a removed member loses access at once.
+
+    `checked`: the membership the same piece of work read a moment ago (a chat turn, checked by its request), used
+    instead of reading it again when it is this user's membership of this workspace."""
+    if checked is not None and _is_membership_of(checked, user, workspace):
+        return membership_check(checked, action)
     return membership_check(membership_find(user, workspace), action)
+
+
+def _is_membership_of(membership: Membership, user: User, workspace: Workspace | str | int) -> bool:
+    workspace_id = workspace.id if isinstance(workspace, Workspace) else workspace
+    return membership.user_id == getattr(user, "id", None) and membership.workspace_id == workspace_id
 
 
 def membership_check(membership: Membership, action: Action) -> Membership:

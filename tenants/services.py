@@ -21,6 +21,7 @@ from django.utils import timezone
 from config.celery import enqueue
 from tenants.crypto import decrypt_credentials, encrypt_credentials
 from tenants.models import Membership, MigrationRun, MigrationRunTenant, TenantServer, User, VectorDatabase, Workspace
+from tenants.permissions import MOVING_MESSAGE, WorkspaceMoving
 from tenants.provisioners import (
     DatabaseMissing,
     ProvisionedDatabase,
@@ -670,6 +671,17 @@ def tenant_target(tenant: Tenant) -> TenantTarget:
     """How `vectordb` reaches this workspace's database. Credentials are decrypted once per process (cached there).
     Callers checked the person's role first (tenants.permissions)."""
     vector_database = VectorDatabase.objects.filter(workspace=tenant_workspace(tenant)).first()
+    if vector_database is None or vector_database.status != Status.READY:
+        raise TenantDatabaseNotReady(vector_database.status if vector_database else "missing")
+    return vector_database_target(vector_database)
+
+
+def tenant_target_for_writing(workspace: Workspace) -> TenantTarget:
+    """tenant_target for work that writes there (a chat turn), from the same read of the registry: WorkspaceMoving
+    while a restore or move runs (tenants.archives), as tenants.permissions.workspace_writable_require says."""
+    vector_database = VectorDatabase.objects.filter(workspace=workspace).first()
+    if vector_database is not None and vector_database.operation:
+        raise WorkspaceMoving(MOVING_MESSAGE)
     if vector_database is None or vector_database.status != Status.READY:
         raise TenantDatabaseNotReady(vector_database.status if vector_database else "missing")
     return vector_database_target(vector_database)

@@ -58,6 +58,14 @@ def local_precision(requested: str) -> str:
     return requested
 
 
+def local_model_threads_set(threads: int) -> None:
+    """The CPU threads each computation of the local model uses in this process (torch's intra-op pool, which is
+    process-wide)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 class LocalEmbedder:
     """sentence-transformers on the CPU; vectors are unit length, so cosine distance is what HNSW sorts by.
 
@@ -209,14 +217,20 @@ def _build(model_name: str, dimensions: int, api_key: str, base_url: str, local_
     return OpenAIEmbedder(model_name=model_name, dimensions=dimensions, api_key=api_key, base_url=base_url or None)
 
 
+_build_lock = threading.Lock()
+
+
 def get_embedder() -> Embedder:
     """The configured embedding model (settings.EMBEDDING_MODEL / EMBEDDING_DIMENSIONS / OPENAI_*)."""
     from django.conf import settings
 
-    return _build(
-        settings.EMBEDDING_MODEL,
-        settings.EMBEDDING_DIMENSIONS,
-        settings.OPENAI_API_KEY,
-        settings.OPENAI_BASE_URL,
-        settings.EMBEDDING_LOCAL_PRECISION,
-    )
+    # One thread builds it, the others wait for that one: the web server's warm-up and a first question arriving
+    # meanwhile would otherwise load the model twice, importing torch from two threads at once.
+    with _build_lock:
+        return _build(
+            settings.EMBEDDING_MODEL,
+            settings.EMBEDDING_DIMENSIONS,
+            settings.OPENAI_API_KEY,
+            settings.OPENAI_BASE_URL,
+            settings.EMBEDDING_LOCAL_PRECISION,
+        )

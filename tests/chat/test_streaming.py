@@ -85,3 +85,20 @@ def test_taking_with_nothing_new_returns_nothing_and_the_next_put_wakes_the_loop
         return taken
 
     assert asyncio.run(scenario()) == [["a"], [], ["b"]]
+
+
+def test_events_put_before_the_loop_is_known_are_taken_when_it_first_waits():
+    # A turn starts producing as soon as it is admitted, before its response is read by the event loop.
+    hand_over = EventHandOver()
+    hand_over.put("conversation")
+    hand_over.put("sources")
+
+    async def scenario():
+        await asyncio.wait_for(hand_over.wait(), timeout=5)
+        taken = [hand_over.take()]
+        threading.Thread(target=hand_over.put, args=("token",)).start()
+        await asyncio.wait_for(hand_over.wait(), timeout=5)
+        taken.append(hand_over.take())
+        return taken
+
+    assert asyncio.run(scenario()) == [["conversation", "sources"], ["token"]]

@@ -18,7 +18,7 @@ from documents import services as document_services
 from documents.models import Document
 from tenants import services as tenant_services
 from tenants.models import Invitation, Membership, VectorDatabase, Workspace
-from tenants.permissions import WorkspaceNotFound
+from tenants.permissions import MOVING_MESSAGE, Action, WorkspaceNotFound, membership_require
 from tenants.workspaces import invitation_accept, invitation_create, member_remove
 from tests.helpers import server_sent_events
 from tests.pdf_factory import text_pdf
@@ -273,3 +273,46 @@ def test_a_member_of_one_workspace_never_reaches_anothers_database_files_or_conv
     # Files live under their workspace's folder.
     assert Path(w.document_a.file.path).parent.name == f"workspace-{w.a.id}"
     assert Path(w.document_b.file.path).parent.name == f"workspace-{w.b.id}"
+
+
+def test_a_membership_read_by_the_request_stands_only_for_its_own_person_and_workspace(workspaces):
+    """A chat turn reuses the membership its request just read instead of reading it again; handed anyone else's,
+    or one of another workspace, it reads afresh and refuses as before."""
+    w = workspaces
+    owners_membership_of_a = w.team.membership(w.team.owner)
+    reused = membership_require(w.team.owner, w.a, Action.CHAT, checked=owners_membership_of_a)
+    assert reused is owners_membership_of_a
+    with pytest.raises(WorkspaceNotFound):
+        membership_require(w.team.owner, w.b, Action.CHAT, checked=owners_membership_of_a)
+    with pytest.raises(WorkspaceNotFound):
+        membership_require(w.stranger, w.a, Action.CHAT, checked=owners_membership_of_a)
+    messages_before = w.rows(w.a, "SELECT count(*) FROM messages")
+
+    question = "When is the lamp cleaned?"
+    turn = chat_services.chat_turn(
+        w.stranger,
+        question,
+        workspace=w.a,
+        membership=owners_membership_of_a,
+        question_embedding=chat_services.question_embedding_start(question),
+    )
+
+    assert [(event.kind, event.data) for event in turn] == [("error", {"message": chat_services.ACCESS_LOST_MESSAGE})]
+    assert w.rows(w.a, "SELECT count(*) FROM messages") == messages_before
+
+
+def test_a_question_whose_embedding_is_already_being_computed_is_still_refused_while_the_workspace_moves(workspaces):
+    w = workspaces
+    VectorDatabase.objects.filter(workspace=w.a).update(operation="move", operation_step="restoring the database")
+    messages_before = w.rows(w.a, "SELECT count(*) FROM messages")
+    question = "When is the lamp cleaned?"
+    embedding = chat_services.question_embedding_start(question)
+
+    events = list(chat_services.chat_turn(w.team.editor, question, workspace=w.a, question_embedding=embedding))
+
+    assert [(event.kind, event.data) for event in events] == [("error", {"message": MOVING_MESSAGE})]
+    assert w.rows(w.a, "SELECT count(*) FROM messages") == messages_before
+    assert len(embedding.result()) == 384  # computed, never used
+    VectorDatabase.objects.filter(workspace=w.a).update(operation="", operation_step="")
+    events = list(chat_services.chat_turn(w.team.editor, question, workspace=w.a, question_embedding=embedding))
+    assert events[-1].kind == "done" and events[1].data["citations"], events
