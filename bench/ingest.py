@@ -178,7 +178,7 @@ def _provision_tenant(prefix: str):
 
 def _ours(tenant, path: Path) -> dict:
     from documents.models import Document
-    from documents.services import document_ingest, document_upload
+    from documents.services import document_delete, document_ingest, document_upload
 
     with path.open("rb") as file:
         document = document_upload(tenant, File(file, name="bench-ingest.pdf"), enqueue=False)
@@ -189,12 +189,16 @@ def _ours(tenant, path: Path) -> dict:
     if document.status != Document.Status.READY:
         raise RuntimeError(f"ingest ended {document.status}: {document.error_message}")
     timings = report.timings.as_dict()
-    return {
+    measured = {
         "wall": wall,
         "pages": document.page_count,
         "chunks": document.chunk_count,
         "stages": {stage: round(seconds, 3) for stage, seconds in timings.items()},
     }
+    # The next round uploads the same bytes, which a workspace refuses as a duplicate; and each round starts from
+    # the same empty table.
+    document_delete(tenant, document.id)
+    return measured
 
 
 def _fix_column_dimensions(tenant, dimensions: int) -> None:
