@@ -54,7 +54,7 @@ from documents.models import Document
 from tenants import services as tenant_services
 from tenants.models import VectorDatabase
 from tenants.provisioners.postgres import DATABASE_PREFIX, database_name
-from tests.asgi_server import AsgiServerProcess
+from tests.asgi_server import AsgiServerProcess, processes_stop
 from tests.emulators.openai import NO_SOURCE_ANSWER, OpenAIEmulator, grounded_answer, split_into_tokens
 from vectordb.chunks import ChunkRecord, chunks_replace
 from vectordb.connections import get_registry
@@ -451,7 +451,7 @@ def _load(sessions: list[BenchSession], clients: int, cap: int, web_processes: i
     finally:
         if sampler.is_alive():
             sampler.stop()
-        _stop_workers(workers)
+        processes_stop(workers, SERVER_STOP_TIMEOUT_SECONDS)
         server.stop(SERVER_STOP_TIMEOUT_SECONDS)
         emulator.stop()
     if sampler.failure:
@@ -483,17 +483,6 @@ def _start_workers(environment: dict[str, str], count: int, log_folder: Path) ->
         with (log_folder / f"bench-load-worker-{number}.log").open("wb") as log:
             workers.append(subprocess.Popen(command, env=environment, stdout=log, stderr=subprocess.STDOUT))
     return workers
-
-
-def _stop_workers(workers: list[subprocess.Popen]) -> None:
-    for worker in workers:
-        worker.terminate()
-    for worker in workers:
-        try:
-            worker.wait(timeout=SERVER_STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
 
 
 def realistic_answer(messages: list[dict]) -> str:

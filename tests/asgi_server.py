@@ -91,15 +91,7 @@ class AsgiServerProcess:
         raise RuntimeError(f"uvicorn not ready after {self.ready_timeout_seconds:g}s: {self.log_tail()}")
 
     def stop(self, timeout_seconds: float = 20.0) -> None:
-        running = [process for process in self.processes if process.poll() is None]
-        for process in running:
-            process.terminate()
-        for process in running:
-            try:
-                process.wait(timeout=timeout_seconds)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        processes_stop(self.processes, timeout_seconds)
 
     def _log_path_of(self, number: int) -> Path:
         return self.log_path if number == 0 else self.log_path.with_name(f"{self.log_path.stem}-{number + 1}.log")
@@ -154,3 +146,16 @@ def _default_thread_pools_of(threads: int) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def processes_stop(processes: list[subprocess.Popen], timeout_seconds: float) -> None:
+    """Ask every running process to stop at once, then wait for each; one that does not stop in time is killed."""
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
+        process.terminate()
+    for process in running:
+        try:
+            process.wait(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
